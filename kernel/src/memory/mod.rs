@@ -1,0 +1,3 @@
+//! Physical memory: the frame allocator (pure logic, host tested) and the kernel heap.
+pub mod frame;
+pub mod heap;
