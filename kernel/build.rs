@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let boot = manifest.join("..").join("boot");
     let script = boot.join("linker.ld");
     for arg in [
@@ -19,6 +20,9 @@ fn main() {
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
     println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rerun-if-changed={}", boot.join("src").join("entry.S").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        boot.join("src").join("entry.S").display()
+    );
     println!("cargo:rerun-if-changed=src/asm");
 }

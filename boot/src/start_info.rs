@@ -89,8 +89,12 @@ pub struct Module {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartInfoError {
     /// The structure itself is not readable at that address.
-    Unreadable { paddr: u64 },
-    BadMagic { found: u32 },
+    Unreadable {
+        paddr: u64,
+    },
+    BadMagic {
+        found: u32,
+    },
 }
 
 impl core::fmt::Display for StartInfoError {
@@ -171,9 +175,17 @@ impl StartInfo {
             modlist_raw_entries: u32_at(12),
             cmdline: [0; MAX_CMDLINE],
             cmdline_len: 0,
-            regions: [MemoryRegion { base: 0, size: 0, kind: MemoryType::Reserved }; MAX_MEMORY_REGIONS],
+            regions: [MemoryRegion {
+                base: 0,
+                size: 0,
+                kind: MemoryType::Reserved,
+            }; MAX_MEMORY_REGIONS],
             region_count: 0,
-            modules: [Module { paddr: 0, size: 0, cmdline_paddr: 0 }; MAX_MODULES],
+            modules: [Module {
+                paddr: 0,
+                size: 0,
+                cmdline_paddr: 0,
+            }; MAX_MODULES],
             module_count: 0,
             warnings: StartInfoWarnings::default(),
         };
@@ -181,7 +193,10 @@ impl StartInfo {
         info.rsdp_paddr = (rsdp != 0).then_some(rsdp);
 
         if version >= 1 {
-            if mem.read(paddr + START_INFO_V0_SIZE as u64, &mut raw[START_INFO_V0_SIZE..]) {
+            if mem.read(
+                paddr + START_INFO_V0_SIZE as u64,
+                &mut raw[START_INFO_V0_SIZE..],
+            ) {
                 info.memmap_paddr = u64_at(&raw, 40);
                 info.memmap_raw_entries = u32::from_le_bytes([raw[48], raw[49], raw[50], raw[51]]);
                 info.read_memory_map(mem);
@@ -209,7 +224,8 @@ impl StartInfo {
             }
             let base = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
             let size = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
-            let kind = MemoryType::from_raw(u32::from_le_bytes(e[16..20].try_into().unwrap_or_default()));
+            let kind =
+                MemoryType::from_raw(u32::from_le_bytes(e[16..20].try_into().unwrap_or_default()));
             if size == 0 {
                 continue;
             }
@@ -235,8 +251,11 @@ impl StartInfo {
                 return;
             }
             let field = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap_or_default());
-            self.modules[self.module_count] =
-                Module { paddr: field(0), size: field(8), cmdline_paddr: field(16) };
+            self.modules[self.module_count] = Module {
+                paddr: field(0),
+                size: field(8),
+                cmdline_paddr: field(16),
+            };
             self.module_count += 1;
         }
     }
@@ -248,7 +267,11 @@ impl StartInfo {
         // Read byte by byte until NUL: the string has no length field to trust.
         let mut len = 0;
         loop {
-            let Some(b) = self.cmdline_paddr.checked_add(len as u64).and_then(|a| mem.read_u8(a)) else {
+            let Some(b) = self
+                .cmdline_paddr
+                .checked_add(len as u64)
+                .and_then(|a| mem.read_u8(a))
+            else {
                 self.warnings.cmdline_unreadable = true;
                 break;
             };
@@ -289,7 +312,11 @@ impl StartInfo {
     /// Physical ranges the loader's own structures occupy (start info, memory map,
     /// module list, command line): the frame allocator must not hand these out.
     pub fn occupied_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let size = if self.version >= 1 { START_INFO_V1_SIZE } else { START_INFO_V0_SIZE } as u64;
+        let size = if self.version >= 1 {
+            START_INFO_V1_SIZE
+        } else {
+            START_INFO_V0_SIZE
+        } as u64;
         let memmap = self.memmap_raw_entries as u64 * MEMMAP_ENTRY_SIZE;
         let modlist = self.modlist_raw_entries as u64 * MODLIST_ENTRY_SIZE;
         let cmdline = (self.cmdline_len as u64 + 1).min(MAX_CMDLINE as u64 + 1);
@@ -343,7 +370,14 @@ mod tests {
         assert_eq!(info.cmdline(), "log=debug hold");
         assert_eq!(info.rsdp_paddr, Some(0xf5b60));
         assert_eq!(info.memory_map().len(), 3);
-        assert_eq!(info.memory_map()[1], MemoryRegion { base: 0x100000, size: 0x1ff00000, kind: MemoryType::Ram });
+        assert_eq!(
+            info.memory_map()[1],
+            MemoryRegion {
+                base: 0x100000,
+                size: 0x1ff00000,
+                kind: MemoryType::Ram
+            }
+        );
         assert_eq!(info.memory_map()[2].kind, MemoryType::Reserved);
         assert_eq!(info.warnings, StartInfoWarnings::default());
         let occupied: Vec<_> = info.occupied_ranges().collect();
@@ -358,7 +392,10 @@ mod tests {
         let mut b = start_info(1, 0, 0, 0, 0);
         b[0] ^= 1;
         mem.put(0x6000, &b);
-        assert!(matches!(StartInfo::parse(&mem, 0x6000), Err(StartInfoError::BadMagic { .. })));
+        assert!(matches!(
+            StartInfo::parse(&mem, 0x6000),
+            Err(StartInfoError::BadMagic { .. })
+        ));
         assert!(matches!(
             StartInfo::parse(&mem, 0x1_0000),
             Err(StartInfoError::Unreadable { paddr: 0x1_0000 })

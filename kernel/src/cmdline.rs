@@ -125,14 +125,23 @@ mod tests {
         assert_eq!(o.log_level, LevelFilter::Trace);
         assert!(o.hold);
         assert_eq!(o.selftest, Some(SelfTest::PageFault));
-        assert_eq!(Options::parse("selftest=panic").selftest, Some(SelfTest::Panic));
-        assert_eq!(Options::parse("selftest=invalid-opcode").selftest, Some(SelfTest::InvalidOpcode));
+        assert_eq!(
+            Options::parse("selftest=panic").selftest,
+            Some(SelfTest::Panic)
+        );
+        assert_eq!(
+            Options::parse("selftest=invalid-opcode").selftest,
+            Some(SelfTest::InvalidOpcode)
+        );
     }
 
     #[test]
     fn unknown_words_are_kept_not_fatal() {
         let o = Options::parse("log=loud hold=1 selftest=boom frobnicate log=warn");
-        assert_eq!(o.unknown(), &["log=loud", "hold=1", "selftest=boom", "frobnicate"]);
+        assert_eq!(
+            o.unknown(),
+            &["log=loud", "hold=1", "selftest=boom", "frobnicate"]
+        );
         assert_eq!(o.log_level, LevelFilter::Warn);
         assert!(!o.hold);
         let many = "a b c d e f g h i j";

@@ -50,7 +50,12 @@ mod tests {
 
     #[test]
     fn statuses_are_distinct_from_triple_fault_and_timeout() {
-        let all = [ExitCode::Success, ExitCode::BootFailed, ExitCode::Panic, ExitCode::Exception];
+        let all = [
+            ExitCode::Success,
+            ExitCode::BootFailed,
+            ExitCode::Panic,
+            ExitCode::Exception,
+        ];
         let statuses: Vec<i32> = all.iter().map(|c| c.qemu_status()).collect();
         assert_eq!(statuses, vec![33, 35, 37, 39]);
         assert!(!statuses.contains(&0) && !statuses.contains(&124));

@@ -70,7 +70,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     pic::mask_all();
     info!(target: "arch", "GDT/TSS/IDT loaded: 256 vectors, each on an IST stack; 8259 PICs masked");
 
-    let phys = IdentityMapped { limit: paging::IDENTITY_MAP_LIMIT };
+    let phys = IdentityMapped {
+        limit: paging::IDENTITY_MAP_LIMIT,
+    };
     let start_info = match StartInfo::parse(&phys, start_info_paddr) {
         Ok(s) => s,
         Err(e) => {
@@ -84,7 +86,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     info!(target: "cpu", "{}", CpuFeatures::read());
 
     // SAFETY: boot_pd is the page-directory array CR3 uses (entry.S); boot is single threaded.
-    let uncached = unsafe { paging::apply_cache_policy((&raw mut boot_pd).cast::<u64>(), start_info.memory_map()) };
+    let uncached = unsafe {
+        paging::apply_cache_policy((&raw mut boot_pd).cast::<u64>(), start_info.memory_map())
+    };
     info!(target: "paging", "first {} GiB identity mapped in 2 MiB pages, {} of them uncached (no RAM)",
         paging::IDENTITY_MAP_LIMIT >> 30,
         uncached
@@ -110,7 +114,10 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         .memory_map()
         .iter()
         .filter(|r| r.kind == sluice_boot::start_info::MemoryType::Ram)
-        .map(|r| r.end().saturating_sub(r.base.max(paging::IDENTITY_MAP_LIMIT)))
+        .map(|r| {
+            r.end()
+                .saturating_sub(r.base.max(paging::IDENTITY_MAP_LIMIT))
+        })
         .sum();
     if above_map > 0 {
         warn!(target: "memory", "{} MiB of RAM above 4 GiB is not mapped yet and stays unused", above_map >> 20);
@@ -235,7 +242,10 @@ fn discover_acpi(phys: &IdentityMapped, si: &StartInfo) -> Option<AcpiTables> {
 }
 
 /// Copy a valid table out of firmware memory.
-fn copy_table(phys: &IdentityMapped, entry: &acpi::TableEntry) -> Result<Vec<u8>, acpi::TableError> {
+fn copy_table(
+    phys: &IdentityMapped,
+    entry: &acpi::TableEntry,
+) -> Result<Vec<u8>, acpi::TableError> {
     let len = entry.header.map_or(0, |h| h.length as usize);
     let mut bytes = vec![0u8; len];
     AcpiTables::copy_table(phys, entry, &mut bytes)?;
@@ -269,7 +279,9 @@ fn report_madt(phys: &IdentityMapped, tables: &AcpiTables) {
             }
             info!(target: "cpus", "  {} interrupt source overrides", m.overrides.len());
         }
-        Err(e) => error!(target: "acpi", "MADT at {:#x} is malformed: {e}; CPU list unknown", entry.address),
+        Err(e) => {
+            error!(target: "acpi", "MADT at {:#x} is malformed: {e}; CPU list unknown", entry.address)
+        }
     }
 }
 
@@ -324,10 +336,11 @@ fn read_mcfg(phys: &IdentityMapped, tables: &AcpiTables) -> Vec<EcamRegion> {
 
 fn enumerate_pci(regions: Vec<EcamRegion>) {
     // ECAM must be inside the identity map (which is uncached there: no RAM).
-    let (usable, unmapped): (Vec<EcamRegion>, Vec<EcamRegion>) = regions.into_iter().partition(|r| {
-        let end = r.base.checked_add(((r.bus_end as u64) + 1) << 20);
-        end.is_some_and(|e| e <= paging::IDENTITY_MAP_LIMIT)
-    });
+    let (usable, unmapped): (Vec<EcamRegion>, Vec<EcamRegion>) =
+        regions.into_iter().partition(|r| {
+            let end = r.base.checked_add(((r.bus_end as u64) + 1) << 20);
+            end.is_some_and(|e| e <= paging::IDENTITY_MAP_LIMIT)
+        });
     for r in &unmapped {
         error!(target: "pci", "ECAM of segment {:04x} at {:#x} is above the identity map; segment skipped", r.segment, r.base);
     }

@@ -10,7 +10,9 @@ pub struct IdentityMapped {
 
 impl PhysRead for IdentityMapped {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = paddr.checked_add(buf.len() as u64) else { return false };
+        let Some(end) = paddr.checked_add(buf.len() as u64) else {
+            return false;
+        };
         if paddr == 0 || end > self.limit {
             return false;
         }

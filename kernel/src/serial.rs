@@ -73,7 +73,13 @@ impl Log for SerialLogger {
             }
             None => {
                 drop(guard);
-                let _ = writeln!(EmergencyWriter, "[{:<5} {}] {}", record.level(), target, record.args());
+                let _ = writeln!(
+                    EmergencyWriter,
+                    "[{:<5} {}] {}",
+                    record.level(),
+                    target,
+                    record.args()
+                );
             }
         }
     }

@@ -54,11 +54,17 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
 /// Parse a whole MADT (header included; its checksum was verified when it was listed).
 pub fn parse(table: &[u8]) -> Result<Madt, TableError> {
     if table.len() < MADT_FIXED_LEN {
-        return Err(TableError::TooShort { length: table.len() as u32, minimum: MADT_FIXED_LEN as u32 });
+        return Err(TableError::TooShort {
+            length: table.len() as u32,
+            minimum: MADT_FIXED_LEN as u32,
+        });
     }
     let declared = u32_at(table, 4) as usize;
     if declared != table.len() {
-        return Err(TableError::BadLength { length: declared as u32, rule: "differs from the bytes provided" });
+        return Err(TableError::BadLength {
+            length: declared as u32,
+            rule: "differs from the bytes provided",
+        });
     }
     let mut madt = Madt {
         local_apic_address: u32_at(table, 36) as u64,
@@ -68,7 +74,11 @@ pub fn parse(table: &[u8]) -> Result<Madt, TableError> {
     let mut off = MADT_FIXED_LEN;
     while off < table.len() {
         if off + 2 > table.len() {
-            return Err(TableError::EntryOverrun { offset: off, entry_length: 2, table_length: table.len() });
+            return Err(TableError::EntryOverrun {
+                offset: off,
+                entry_length: 2,
+                table_length: table.len(),
+            });
         }
         let kind = table[off];
         let len = table[off + 1] as usize;
@@ -76,11 +86,24 @@ pub fn parse(table: &[u8]) -> Result<Madt, TableError> {
             return Err(TableError::ZeroLengthEntry { offset: off });
         }
         if off + len > table.len() {
-            return Err(TableError::EntryOverrun { offset: off, entry_length: len, table_length: table.len() });
+            return Err(TableError::EntryOverrun {
+                offset: off,
+                entry_length: len,
+                table_length: table.len(),
+            });
         }
         let e = &table[off..off + len];
         let need = |n: usize| {
-            if len < n { Err(TableError::EntryTooShort { offset: off, entry_type: kind, length: len, needed: n }) } else { Ok(()) }
+            if len < n {
+                Err(TableError::EntryTooShort {
+                    offset: off,
+                    entry_type: kind,
+                    length: len,
+                    needed: n,
+                })
+            } else {
+                Ok(())
+            }
         };
         match kind {
             0 => {
@@ -96,7 +119,11 @@ pub fn parse(table: &[u8]) -> Result<Madt, TableError> {
             }
             1 => {
                 need(12)?;
-                madt.io_apics.push(IoApic { id: e[2], address: u32_at(e, 4), gsi_base: u32_at(e, 8) });
+                madt.io_apics.push(IoApic {
+                    id: e[2],
+                    address: u32_at(e, 4),
+                    gsi_base: u32_at(e, 8),
+                });
             }
             2 => {
                 need(10)?;
@@ -153,14 +180,40 @@ mod tests {
 
     #[test]
     fn parses_qemu_like_madt() {
-        let t = table(b"APIC", 1, &body(&[&LAPIC0, &LAPIC1_OFF, &IOAPIC, &ISO, &[4, 6, 0xFF, 0, 0, 1], &[0x7F, 3, 0]]));
+        let t = table(
+            b"APIC",
+            1,
+            &body(&[
+                &LAPIC0,
+                &LAPIC1_OFF,
+                &IOAPIC,
+                &ISO,
+                &[4, 6, 0xFF, 0, 0, 1],
+                &[0x7F, 3, 0],
+            ]),
+        );
         let m = parse(&t).unwrap();
         assert_eq!(m.local_apic_address, 0xFEE0_0000);
         assert!(m.pcat_compat);
         assert_eq!(m.cpus.len(), 2);
         assert!(m.cpus[0].enabled && !m.cpus[1].enabled);
-        assert_eq!(m.io_apics, vec![IoApic { id: 0, address: 0xFEC0_0000, gsi_base: 0 }]);
-        assert_eq!(m.overrides[0], InterruptOverride { bus: 0, source_irq: 0, gsi: 2, flags: 0 });
+        assert_eq!(
+            m.io_apics,
+            vec![IoApic {
+                id: 0,
+                address: 0xFEC0_0000,
+                gsi_base: 0
+            }]
+        );
+        assert_eq!(
+            m.overrides[0],
+            InterruptOverride {
+                bus: 0,
+                source_irq: 0,
+                gsi: 2,
+                flags: 0
+            }
+        );
         assert_eq!((m.nmi_entries, m.other_entries), (1, 1));
     }
 
@@ -173,14 +226,33 @@ mod tests {
     #[test]
     fn overrunning_and_short_entries_are_errors() {
         let t = table(b"APIC", 1, &body(&[&LAPIC0, &[1, 40, 0, 0]]));
-        assert_eq!(parse(&t), Err(TableError::EntryOverrun { offset: 52, entry_length: 40, table_length: 56 }));
+        assert_eq!(
+            parse(&t),
+            Err(TableError::EntryOverrun {
+                offset: 52,
+                entry_length: 40,
+                table_length: 56
+            })
+        );
         let t = table(b"APIC", 1, &body(&[&[1, 4, 0, 0]]));
         assert_eq!(
             parse(&t),
-            Err(TableError::EntryTooShort { offset: 44, entry_type: 1, length: 4, needed: 12 })
+            Err(TableError::EntryTooShort {
+                offset: 44,
+                entry_type: 1,
+                length: 4,
+                needed: 12
+            })
         );
         let t = table(b"APIC", 1, &body(&[&[9]]));
-        assert_eq!(parse(&t), Err(TableError::EntryOverrun { offset: 44, entry_length: 2, table_length: 45 }));
+        assert_eq!(
+            parse(&t),
+            Err(TableError::EntryOverrun {
+                offset: 44,
+                entry_length: 2,
+                table_length: 45
+            })
+        );
         assert!(matches!(parse(&t[..40]), Err(TableError::TooShort { .. })));
     }
 

@@ -13,20 +13,29 @@ const ENTRY_LEN: usize = 16;
 /// Why one MCFG allocation entry was not used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryProblem {
-    EndBeforeStart { start: u8, end: u8 },
+    EndBeforeStart {
+        start: u8,
+        end: u8,
+    },
     BaseZero,
     /// ECAM gives each bus 1 MiB: a base that is not 1 MiB aligned cannot be right.
-    BaseMisaligned { base: u64 },
+    BaseMisaligned {
+        base: u64,
+    },
     /// The range wraps the 64-bit address space.
     Wraps,
     /// Some bus of this segment is already covered by an earlier entry.
-    Overlaps { earlier: usize },
+    Overlaps {
+        earlier: usize,
+    },
 }
 
 impl fmt::Display for EntryProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::EndBeforeStart { start, end } => write!(f, "end bus {end:#04x} is below start bus {start:#04x}"),
+            Self::EndBeforeStart { start, end } => {
+                write!(f, "end bus {end:#04x} is below start bus {start:#04x}")
+            }
             Self::BaseZero => write!(f, "base address is 0"),
             Self::BaseMisaligned { base } => write!(f, "base {base:#x} is not 1 MiB aligned"),
             Self::Wraps => write!(f, "address range wraps"),
@@ -52,14 +61,23 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// rejected whole: its entries cannot be trusted to line up.
 pub fn parse(table: &[u8]) -> Result<Mcfg, TableError> {
     if table.len() < MCFG_FIXED_LEN {
-        return Err(TableError::TooShort { length: table.len() as u32, minimum: MCFG_FIXED_LEN as u32 });
+        return Err(TableError::TooShort {
+            length: table.len() as u32,
+            minimum: MCFG_FIXED_LEN as u32,
+        });
     }
     let declared = u32::from_le_bytes([table[4], table[5], table[6], table[7]]) as usize;
     if declared != table.len() {
-        return Err(TableError::BadLength { length: declared as u32, rule: "differs from the bytes provided" });
+        return Err(TableError::BadLength {
+            length: declared as u32,
+            rule: "differs from the bytes provided",
+        });
     }
     if (table.len() - MCFG_FIXED_LEN) % ENTRY_LEN != 0 {
-        return Err(TableError::BadLength { length: table.len() as u32, rule: "MCFG must be 44 + 16*n bytes" });
+        return Err(TableError::BadLength {
+            length: table.len() as u32,
+            rule: "MCFG must be 44 + 16*n bytes",
+        });
     }
     let mut mcfg = Mcfg::default();
     let mut accepted_index = Vec::new();
@@ -71,19 +89,28 @@ pub fn parse(table: &[u8]) -> Result<Mcfg, TableError> {
             bus_end: e[11],
         };
         let problem = if region.bus_end < region.bus_start {
-            Some(EntryProblem::EndBeforeStart { start: region.bus_start, end: region.bus_end })
+            Some(EntryProblem::EndBeforeStart {
+                start: region.bus_start,
+                end: region.bus_end,
+            })
         } else if region.base == 0 {
             Some(EntryProblem::BaseZero)
         } else if region.base % (1 << 20) != 0 {
             Some(EntryProblem::BaseMisaligned { base: region.base })
-        } else if region.base.checked_add(((region.bus_end as u64) + 1) << 20).is_none() {
+        } else if region
+            .base
+            .checked_add(((region.bus_end as u64) + 1) << 20)
+            .is_none()
+        {
             Some(EntryProblem::Wraps)
         } else {
             mcfg.regions
                 .iter()
                 .zip(&accepted_index)
                 .find(|(r, _)| {
-                    r.segment == region.segment && r.bus_start <= region.bus_end && region.bus_start <= r.bus_end
+                    r.segment == region.segment
+                        && r.bus_start <= region.bus_end
+                        && region.bus_start <= r.bus_end
                 })
                 .map(|(_, &earlier)| EntryProblem::Overlaps { earlier })
         };
@@ -121,7 +148,15 @@ mod tests {
     #[test]
     fn parses_q35_mcfg() {
         let m = parse(&mcfg(&[entry(0xB000_0000, 0, 0, 0xFF)])).unwrap();
-        assert_eq!(m.regions, vec![EcamRegion { segment: 0, bus_start: 0, bus_end: 0xFF, base: 0xB000_0000 }]);
+        assert_eq!(
+            m.regions,
+            vec![EcamRegion {
+                segment: 0,
+                bus_start: 0,
+                bus_end: 0xFF,
+                base: 0xB000_0000
+            }]
+        );
         assert!(m.rejected.is_empty());
     }
 
@@ -131,7 +166,13 @@ mod tests {
         t.extend_from_slice(&[0xEE; 7]);
         let len = t.len() as u32;
         t[4..8].copy_from_slice(&len.to_le_bytes());
-        assert_eq!(parse(&t), Err(TableError::BadLength { length: 67, rule: "MCFG must be 44 + 16*n bytes" }));
+        assert_eq!(
+            parse(&t),
+            Err(TableError::BadLength {
+                length: 67,
+                rule: "MCFG must be 44 + 16*n bytes"
+            })
+        );
         assert!(matches!(parse(&t[..40]), Err(TableError::TooShort { .. })));
     }
 
@@ -153,7 +194,13 @@ mod tests {
             m.rejected,
             vec![
                 (1, EntryProblem::Overlaps { earlier: 0 }),
-                (2, EntryProblem::EndBeforeStart { start: 0x10, end: 0x0F }),
+                (
+                    2,
+                    EntryProblem::EndBeforeStart {
+                        start: 0x10,
+                        end: 0x0F
+                    }
+                ),
                 (3, EntryProblem::BaseZero),
                 (4, EntryProblem::BaseMisaligned { base: 0xE000_1000 }),
                 (5, EntryProblem::Wraps),

@@ -48,7 +48,11 @@ struct OemText<'a>(&'a [u8]);
 impl fmt::Display for OemText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for &b in self.0 {
-            let c = if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' };
+            let c = if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            };
             write!(f, "{c}")?;
         }
         Ok(())
@@ -104,15 +108,27 @@ pub enum TableError {
     /// The bytes do not sum to zero (`sum` is what they sum to).
     BadChecksum { sum: u8 },
     /// Signature differs from what the referencing structure promised.
-    WrongSignature { expected: Signature, found: Signature },
+    WrongSignature {
+        expected: Signature,
+        found: Signature,
+    },
     /// A length that the table's format does not allow.
     BadLength { length: u32, rule: &'static str },
     /// A sub-structure with length 0 or 1 (would loop forever).
     ZeroLengthEntry { offset: usize },
     /// A sub-structure that runs past the end of the table.
-    EntryOverrun { offset: usize, entry_length: usize, table_length: usize },
+    EntryOverrun {
+        offset: usize,
+        entry_length: usize,
+        table_length: usize,
+    },
     /// A sub-structure shorter than its type requires.
-    EntryTooShort { offset: usize, entry_type: u8, length: usize, needed: usize },
+    EntryTooShort {
+        offset: usize,
+        entry_type: u8,
+        length: usize,
+        needed: usize,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -120,17 +136,35 @@ impl fmt::Display for TableError {
         match *self {
             Self::NullAddress => write!(f, "listed at address 0"),
             Self::Unreadable { address } => write!(f, "not readable at {address:#x}"),
-            Self::TooShort { length, minimum } => write!(f, "length {length} is below the minimum {minimum}"),
-            Self::TooLong { length } => write!(f, "length {length} exceeds the sanity limit {MAX_TABLE_LEN}"),
+            Self::TooShort { length, minimum } => {
+                write!(f, "length {length} is below the minimum {minimum}")
+            }
+            Self::TooLong { length } => write!(
+                f,
+                "length {length} exceeds the sanity limit {MAX_TABLE_LEN}"
+            ),
             Self::BadChecksum { sum } => write!(f, "bad checksum (bytes sum to {sum:#04x}, not 0)"),
-            Self::WrongSignature { expected, found } => write!(f, "signature {found}, expected {expected}"),
+            Self::WrongSignature { expected, found } => {
+                write!(f, "signature {found}, expected {expected}")
+            }
             Self::BadLength { length, rule } => write!(f, "length {length} is invalid: {rule}"),
-            Self::ZeroLengthEntry { offset } => write!(f, "entry at offset {offset:#x} has length < 2"),
-            Self::EntryOverrun { offset, entry_length, table_length } => write!(
+            Self::ZeroLengthEntry { offset } => {
+                write!(f, "entry at offset {offset:#x} has length < 2")
+            }
+            Self::EntryOverrun {
+                offset,
+                entry_length,
+                table_length,
+            } => write!(
                 f,
                 "entry at offset {offset:#x} (length {entry_length}) runs past the table end {table_length:#x}"
             ),
-            Self::EntryTooShort { offset, entry_type, length, needed } => write!(
+            Self::EntryTooShort {
+                offset,
+                entry_type,
+                length,
+                needed,
+            } => write!(
                 f,
                 "entry type {entry_type} at offset {offset:#x} has length {length}, needs {needed}"
             ),
@@ -144,14 +178,25 @@ pub enum AcpiError {
     /// No valid RSDP at the hint nor in the BIOS areas.
     NoRsdp,
     /// Neither the XSDT nor the RSDT could be used.
-    BadRootTable { signature: Signature, address: u64, error: TableError },
+    BadRootTable {
+        signature: Signature,
+        address: u64,
+        error: TableError,
+    },
 }
 
 impl fmt::Display for AcpiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoRsdp => write!(f, "no valid RSDP (start info hint and BIOS area scan both failed)"),
-            Self::BadRootTable { signature, address, error } => {
+            Self::NoRsdp => write!(
+                f,
+                "no valid RSDP (start info hint and BIOS area scan both failed)"
+            ),
+            Self::BadRootTable {
+                signature,
+                address,
+                error,
+            } => {
                 write!(f, "{signature} at {address:#x} is unusable: {error}")
             }
         }
@@ -197,7 +242,14 @@ fn rsdp_at(mem: &dyn PhysRead, address: u64) -> Option<Rsdp> {
     let mut oem_id = [0; 6];
     oem_id.copy_from_slice(&b[9..15]);
     let rsdt_address = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
-    let mut rsdp = Rsdp { address, revision, oem_id, rsdt_address, xsdt_address: None, length: 20 };
+    let mut rsdp = Rsdp {
+        address,
+        revision,
+        oem_id,
+        rsdt_address,
+        xsdt_address: None,
+        length: 20,
+    };
     if revision >= 2 && mem.read(address, &mut b) {
         let length = u32::from_le_bytes([b[20], b[21], b[22], b[23]]);
         // ACPI 2.0+ RSDP is 36 bytes; its extended checksum covers `length` bytes.
@@ -220,8 +272,14 @@ pub fn find_rsdp(mem: &dyn PhysRead, hint: Option<u64>) -> Result<(Rsdp, bool), 
         }
     }
     let hint_bad = hint.is_some();
-    let ebda = mem.read_u16(0x40E).map(|seg| (seg as u64) << 4).filter(|a| (0x400..0xA0000).contains(a));
-    let areas = ebda.map(|a| (a, a + 1024)).into_iter().chain(core::iter::once((0xE0000, 0x100000)));
+    let ebda = mem
+        .read_u16(0x40E)
+        .map(|seg| (seg as u64) << 4)
+        .filter(|a| (0x400..0xA0000).contains(a));
+    let areas = ebda
+        .map(|a| (a, a + 1024))
+        .into_iter()
+        .chain(core::iter::once((0xE0000, 0x100000)));
     for (start, end) in areas {
         let mut a = start & !0xF;
         while a + 20 <= end {
@@ -255,7 +313,8 @@ impl TableEntry {
     /// The bytes the table occupies, if its header could be read and its length is sane.
     pub fn range(&self) -> Option<(u64, u64)> {
         let h = self.header?;
-        (h.length as usize >= SDT_HEADER_LEN && h.length <= MAX_TABLE_LEN).then_some((self.address, h.length as u64))
+        (h.length as usize >= SDT_HEADER_LEN && h.length <= MAX_TABLE_LEN)
+            .then_some((self.address, h.length as u64))
     }
 }
 
@@ -288,7 +347,11 @@ impl fmt::Display for TableEntry {
 /// Read and validate the table at `address`: header readable, sane length, checksum.
 /// `expected` additionally pins the signature.
 pub fn probe_table(mem: &dyn PhysRead, address: u64, expected: Option<Signature>) -> TableEntry {
-    let mut entry = TableEntry { address, header: None, status: Ok(()) };
+    let mut entry = TableEntry {
+        address,
+        header: None,
+        status: Ok(()),
+    };
     if address == 0 {
         entry.status = Err(TableError::NullAddress);
         return entry;
@@ -304,14 +367,25 @@ pub fn probe_table(mem: &dyn PhysRead, address: u64, expected: Option<Signature>
     entry
 }
 
-fn check_table(mem: &dyn PhysRead, address: u64, h: &SdtHeader, expected: Option<Signature>) -> Result<(), TableError> {
+fn check_table(
+    mem: &dyn PhysRead,
+    address: u64,
+    h: &SdtHeader,
+    expected: Option<Signature>,
+) -> Result<(), TableError> {
     if let Some(e) = expected {
         if e != h.signature {
-            return Err(TableError::WrongSignature { expected: e, found: h.signature });
+            return Err(TableError::WrongSignature {
+                expected: e,
+                found: h.signature,
+            });
         }
     }
     if (h.length as usize) < SDT_HEADER_LEN {
-        return Err(TableError::TooShort { length: h.length, minimum: SDT_HEADER_LEN as u32 });
+        return Err(TableError::TooShort {
+            length: h.length,
+            minimum: SDT_HEADER_LEN as u32,
+        });
     }
     if h.length > MAX_TABLE_LEN {
         return Err(TableError::TooLong { length: h.length });
@@ -372,7 +446,11 @@ impl AcpiTables {
                 let address = rsdp.rsdt_address as u64;
                 let e = probe_table(mem, address, Some(Signature::RSDT));
                 if let Err(error) = e.status {
-                    return Err(AcpiError::BadRootTable { signature: Signature::RSDT, address, error });
+                    return Err(AcpiError::BadRootTable {
+                        signature: Signature::RSDT,
+                        address,
+                        error,
+                    });
                 }
                 (e, 4usize)
             }
@@ -383,17 +461,29 @@ impl AcpiTables {
             rsdp,
             root,
             xsdt_rejected,
-            entries: [TableEntry { address: 0, header: None, status: Ok(()) }; MAX_TABLES],
+            entries: [TableEntry {
+                address: 0,
+                header: None,
+                status: Ok(()),
+            }; MAX_TABLES],
             count: 0,
             dropped: 0,
             trailing_bytes: body % entry_size,
         };
         for i in 0..body / entry_size {
             let at = root.address + (SDT_HEADER_LEN + i * entry_size) as u64;
-            let address = if entry_size == 8 { mem.read_u64(at) } else { mem.read_u32(at).map(u64::from) };
+            let address = if entry_size == 8 {
+                mem.read_u64(at)
+            } else {
+                mem.read_u32(at).map(u64::from)
+            };
             let entry = match address {
                 Some(a) => probe_table(mem, a, None),
-                None => TableEntry { address: at, header: None, status: Err(TableError::Unreadable { address: at }) },
+                None => TableEntry {
+                    address: at,
+                    header: None,
+                    status: Err(TableError::Unreadable { address: at }),
+                },
             };
             tables.push(entry);
         }
@@ -416,8 +506,19 @@ impl AcpiTables {
     fn dsdt_address(&self, mem: &dyn PhysRead) -> Option<u64> {
         let fadt = self.find(Signature::FADT)?;
         let len = fadt.header?.length as u64;
-        let x_dsdt = if len >= 148 { mem.read_u64(fadt.address + 140).filter(|&a| a != 0) } else { None };
-        x_dsdt.or_else(|| (len >= 44).then(|| mem.read_u32(fadt.address + 40)).flatten().map(u64::from)).filter(|&a| a != 0)
+        let x_dsdt = if len >= 148 {
+            mem.read_u64(fadt.address + 140).filter(|&a| a != 0)
+        } else {
+            None
+        };
+        x_dsdt
+            .or_else(|| {
+                (len >= 44)
+                    .then(|| mem.read_u32(fadt.address + 40))
+                    .flatten()
+                    .map(u64::from)
+            })
+            .filter(|&a| a != 0)
     }
 
     /// Every table listed, valid or not, in root-table order (then the DSDT).
@@ -427,12 +528,16 @@ impl AcpiTables {
 
     /// The first *valid* table with this signature.
     pub fn find(&self, sig: Signature) -> Option<&TableEntry> {
-        self.entries().iter().find(|e| e.is_valid() && e.signature() == Some(sig))
+        self.entries()
+            .iter()
+            .find(|e| e.is_valid() && e.signature() == Some(sig))
     }
 
     /// All tables with this signature, valid or not.
     pub fn find_all(&self, sig: Signature) -> impl Iterator<Item = &TableEntry> {
-        self.entries().iter().filter(move |e| e.signature() == Some(sig))
+        self.entries()
+            .iter()
+            .filter(move |e| e.signature() == Some(sig))
     }
 
     /// Memory the ACPI tables occupy (RSDP, root table, each listed table with a sane
@@ -444,12 +549,18 @@ impl AcpiTables {
     }
 
     /// Copy a valid table's bytes into `out` (which must be exactly its length).
-    pub fn copy_table(mem: &dyn PhysRead, entry: &TableEntry, out: &mut [u8]) -> Result<(), TableError> {
+    pub fn copy_table(
+        mem: &dyn PhysRead,
+        entry: &TableEntry,
+        out: &mut [u8],
+    ) -> Result<(), TableError> {
         entry.status?;
         if mem.read(entry.address, out) {
             Ok(())
         } else {
-            Err(TableError::Unreadable { address: entry.address })
+            Err(TableError::Unreadable {
+                address: entry.address,
+            })
         }
     }
 }
@@ -492,7 +603,10 @@ mod tests {
     fn finds_rsdp_by_hint_and_by_scan() {
         let mem = q35_like();
         let (r, hint_bad) = find_rsdp(&mem, Some(0xF5B60)).unwrap();
-        assert_eq!((r.address, r.revision, r.rsdt_address, hint_bad), (0xF5B60, 0, 0x7FFE_0000, false));
+        assert_eq!(
+            (r.address, r.revision, r.rsdt_address, hint_bad),
+            (0xF5B60, 0, 0x7FFE_0000, false)
+        );
         // A wrong hint falls back to the scan, and says so.
         let (r, hint_bad) = find_rsdp(&mem, Some(0x1234)).unwrap();
         assert_eq!((r.address, hint_bad), (0xF5B60, true));
@@ -513,13 +627,20 @@ mod tests {
         let mem = q35_like();
         let (rsdp, _) = find_rsdp(&mem, Some(0xF5B60)).unwrap();
         let t = AcpiTables::load(&mem, rsdp).unwrap();
-        let sigs: Vec<String> = t.entries().iter().map(|e| e.signature().unwrap().to_string()).collect();
+        let sigs: Vec<String> = t
+            .entries()
+            .iter()
+            .map(|e| e.signature().unwrap().to_string())
+            .collect();
         assert_eq!(sigs, ["FACP", "APIC", "MCFG", "DSDT"]);
         assert!(t.entries().iter().all(|e| e.is_valid()));
         assert_eq!(t.find(Signature::MCFG).unwrap().address, 0x7FFE_3000);
         assert_eq!(t.occupied_ranges().count(), 6);
         let line = t.find(Signature::MCFG).unwrap().to_string();
-        assert!(line.starts_with("MCFG 0x000000007ffe3000 00002C (v01 BOCHS  BXPC    "), "{line}");
+        assert!(
+            line.starts_with("MCFG 0x000000007ffe3000 00002C (v01 BOCHS  BXPC    "),
+            "{line}"
+        );
     }
 
     #[test]
@@ -538,22 +659,47 @@ mod tests {
         mem.put(0x7FFE_7000, &huge);
         mem.put(
             0x7FFE_0000,
-            &rsdt(&[0x7FFE_1000, 0x7FFE_5000, 0x7FFE_6000, 0xDEAD_0000, 0x7FFE_7000, 0, 0x7FFE_3000]),
+            &rsdt(&[
+                0x7FFE_1000,
+                0x7FFE_5000,
+                0x7FFE_6000,
+                0xDEAD_0000,
+                0x7FFE_7000,
+                0,
+                0x7FFE_3000,
+            ]),
         );
         let (rsdp, _) = find_rsdp(&mem, Some(0xF5B60)).unwrap();
         let t = AcpiTables::load(&mem, rsdp).unwrap();
         let st: Vec<_> = t.entries().iter().map(|e| e.status).collect();
         assert_eq!(st[0], Ok(()));
         assert!(matches!(st[1], Err(TableError::BadChecksum { .. })));
-        assert_eq!(st[2], Err(TableError::TooShort { length: 0, minimum: 36 }));
-        assert_eq!(st[3], Err(TableError::Unreadable { address: 0xDEAD_0000 }));
+        assert_eq!(
+            st[2],
+            Err(TableError::TooShort {
+                length: 0,
+                minimum: 36
+            })
+        );
+        assert_eq!(
+            st[3],
+            Err(TableError::Unreadable {
+                address: 0xDEAD_0000
+            })
+        );
         assert_eq!(st[4], Err(TableError::TooLong { length: u32::MAX }));
         assert_eq!(st[5], Err(TableError::NullAddress));
         assert_eq!(st[6], Ok(()));
         assert!(t.find(Signature::MCFG).is_some());
-        assert!(t.entries()[1].to_string().contains("HPET") && t.entries()[1].to_string().contains("INVALID"));
+        assert!(
+            t.entries()[1].to_string().contains("HPET")
+                && t.entries()[1].to_string().contains("INVALID")
+        );
         // Only tables with a sane length count as occupied memory.
-        assert!(t.occupied_ranges().all(|(_, len)| len <= MAX_TABLE_LEN as u64));
+        assert!(
+            t.occupied_ranges()
+                .all(|(_, len)| len <= MAX_TABLE_LEN as u64)
+        );
     }
 
     #[test]
@@ -565,7 +711,10 @@ mod tests {
         let (rsdp, _) = find_rsdp(&mem, Some(0xF5B60)).unwrap();
         assert!(matches!(
             AcpiTables::load(&mem, rsdp),
-            Err(AcpiError::BadRootTable { error: TableError::TooShort { length: 10, .. }, .. })
+            Err(AcpiError::BadRootTable {
+                error: TableError::TooShort { length: 10, .. },
+                ..
+            })
         ));
 
         // v2 RSDP whose XSDT is corrupt: the RSDT is used and the rejection recorded.
@@ -584,7 +733,10 @@ mod tests {
         let (rsdp, _) = find_rsdp(&mem, Some(0xF5B60)).unwrap();
         assert_eq!(rsdp.xsdt_address, Some(0x7FFF_0000));
         let t = AcpiTables::load(&mem, rsdp).unwrap();
-        assert!(matches!(t.xsdt_rejected, Some(TableError::BadChecksum { .. })));
+        assert!(matches!(
+            t.xsdt_rejected,
+            Some(TableError::BadChecksum { .. })
+        ));
         assert_eq!(t.root.signature(), Some(Signature::RSDT));
     }
 

@@ -29,7 +29,14 @@ impl CpuFeatures {
             nrip_save = l.edx & (1 << 3) != 0;
             asids = l.ebx;
         }
-        CpuFeatures { vendor, max_extended_leaf, svm, npt, nrip_save, asids }
+        CpuFeatures {
+            vendor,
+            max_extended_leaf,
+            svm,
+            npt,
+            nrip_save,
+            asids,
+        }
     }
 }
 

@@ -28,7 +28,15 @@ pub struct Gate {
 
 impl Gate {
     pub const fn missing() -> Self {
-        Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 }
+        Gate {
+            offset_low: 0,
+            selector: 0,
+            ist: 0,
+            attributes: 0,
+            offset_mid: 0,
+            offset_high: 0,
+            reserved: 0,
+        }
     }
 
     /// A present, DPL 0, 64-bit interrupt gate (IF cleared on entry).
@@ -69,7 +77,11 @@ impl Idt {
     /// Fill every vector from the stub table starting at `stubs`.
     pub fn fill(&mut self, stubs: u64, selector: u16) {
         for (v, gate) in self.0.iter_mut().enumerate() {
-            *gate = Gate::interrupt(stubs + v as u64 * STUB_STRIDE, selector, ist_for_vector(v as u8));
+            *gate = Gate::interrupt(
+                stubs + v as u64 * STUB_STRIDE,
+                selector,
+                ist_for_vector(v as u8),
+            );
         }
     }
 }
@@ -106,7 +118,12 @@ mod tests {
         let g = Gate::interrupt(0x1122_3344_5566_7788, 0x08, 2);
         // SAFETY: Gate is repr(C), 16 bytes of plain integers.
         let raw: [u8; 16] = unsafe { core::mem::transmute(g) };
-        assert_eq!(raw, [0x88, 0x77, 0x08, 0x00, 0x02, 0x8E, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0, 0, 0, 0]);
+        assert_eq!(
+            raw,
+            [
+                0x88, 0x77, 0x08, 0x00, 0x02, 0x8E, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0, 0, 0, 0
+            ]
+        );
         assert_eq!(g.handler(), 0x1122_3344_5566_7788);
     }
 
@@ -116,7 +133,10 @@ mod tests {
         idt.fill(0x10_0000, 0x08);
         for (v, g) in idt.0.iter().enumerate() {
             assert_eq!(g.handler(), 0x10_0000 + 16 * v as u64);
-            assert_ne!(g.ist, 0, "vector {v} would run on the interrupted stack (red zone)");
+            assert_ne!(
+                g.ist, 0,
+                "vector {v} would run on the interrupted stack (red zone)"
+            );
         }
         assert_eq!(idt.0[8].ist, gdt::IST_DOUBLE_FAULT);
         assert_eq!(idt.0[14].ist, gdt::IST_EXCEPTION);

@@ -21,7 +21,8 @@ const PAGE_SIZE_2M: u64 = 1 << 7;
 /// Does `[start, start + LARGE_PAGE)` overlap any RAM region?
 pub fn page_has_ram(map: &[MemoryRegion], start: u64) -> bool {
     let end = start + LARGE_PAGE;
-    map.iter().any(|r| r.kind == MemoryType::Ram && r.base < end && r.end() > start)
+    map.iter()
+        .any(|r| r.kind == MemoryType::Ram && r.base < end && r.end() > start)
 }
 
 /// The identity-map PD entry for 2 MiB page `index`.
@@ -62,9 +63,21 @@ mod tests {
     #[test]
     fn ram_pages_cached_mmio_pages_not() {
         let map = [
-            MemoryRegion { base: 0, size: 0x9fc00, kind: MemoryType::Ram },
-            MemoryRegion { base: 0x10_0000, size: 0x1fee_0000, kind: MemoryType::Ram },
-            MemoryRegion { base: 0xB000_0000, size: 0x1000_0000, kind: MemoryType::Reserved },
+            MemoryRegion {
+                base: 0,
+                size: 0x9fc00,
+                kind: MemoryType::Ram,
+            },
+            MemoryRegion {
+                base: 0x10_0000,
+                size: 0x1fee_0000,
+                kind: MemoryType::Ram,
+            },
+            MemoryRegion {
+                base: 0xB000_0000,
+                size: 0x1000_0000,
+                kind: MemoryType::Reserved,
+            },
         ];
         assert!(page_has_ram(&map, 0));
         assert!(page_has_ram(&map, 0x1FE0_0000)); // partly RAM: stays cached

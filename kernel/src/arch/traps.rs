@@ -82,8 +82,18 @@ impl fmt::Display for PageFaultCode {
         write!(
             f,
             "{} {} in {} mode{}{}",
-            if c & 1 != 0 { "protection violation" } else { "not-present page" },
-            if c & 2 != 0 { "write" } else if c & 16 != 0 { "instruction fetch" } else { "read" },
+            if c & 1 != 0 {
+                "protection violation"
+            } else {
+                "not-present page"
+            },
+            if c & 2 != 0 {
+                "write"
+            } else if c & 16 != 0 {
+                "instruction fetch"
+            } else {
+                "read"
+            },
             if c & 4 != 0 { "user" } else { "supervisor" },
             if c & 8 != 0 { ", reserved bit set" } else { "" },
             if c & 32 != 0 { ", protection key" } else { "" },
@@ -94,16 +104,46 @@ impl fmt::Display for PageFaultCode {
 /// Write the full report of a trap. `cr2`/`cr3` are passed in so this is host testable.
 pub fn write_report(w: &mut dyn Write, f: &TrapFrame, cr2: u64, cr3: u64) -> fmt::Result {
     writeln!(w)?;
-    writeln!(w, "!!! EXCEPTION vector {} ({}) error code {:#x}", f.vector, exception_name(f.vector), f.error_code)?;
+    writeln!(
+        w,
+        "!!! EXCEPTION vector {} ({}) error code {:#x}",
+        f.vector,
+        exception_name(f.vector),
+        f.error_code
+    )?;
     if f.vector == 14 {
         writeln!(w, "!!! page fault: {}", PageFaultCode(f.error_code))?;
     }
-    writeln!(w, "!!! RIP={:#018x} CS={:#06x} RFLAGS={:#010x}", f.rip, f.cs, f.rflags)?;
-    writeln!(w, "!!! RSP={:#018x} SS={:#06x} CR2={:#x} CR3={:#x}", f.rsp, f.ss, cr2, cr3)?;
-    writeln!(w, "!!! RAX={:#018x} RBX={:#018x} RCX={:#018x} RDX={:#018x}", f.rax, f.rbx, f.rcx, f.rdx)?;
-    writeln!(w, "!!! RSI={:#018x} RDI={:#018x} RBP={:#018x} R8 ={:#018x}", f.rsi, f.rdi, f.rbp, f.r8)?;
-    writeln!(w, "!!! R9 ={:#018x} R10={:#018x} R11={:#018x} R12={:#018x}", f.r9, f.r10, f.r11, f.r12)?;
-    writeln!(w, "!!! R13={:#018x} R14={:#018x} R15={:#018x}", f.r13, f.r14, f.r15)
+    writeln!(
+        w,
+        "!!! RIP={:#018x} CS={:#06x} RFLAGS={:#010x}",
+        f.rip, f.cs, f.rflags
+    )?;
+    writeln!(
+        w,
+        "!!! RSP={:#018x} SS={:#06x} CR2={:#x} CR3={:#x}",
+        f.rsp, f.ss, cr2, cr3
+    )?;
+    writeln!(
+        w,
+        "!!! RAX={:#018x} RBX={:#018x} RCX={:#018x} RDX={:#018x}",
+        f.rax, f.rbx, f.rcx, f.rdx
+    )?;
+    writeln!(
+        w,
+        "!!! RSI={:#018x} RDI={:#018x} RBP={:#018x} R8 ={:#018x}",
+        f.rsi, f.rdi, f.rbp, f.r8
+    )?;
+    writeln!(
+        w,
+        "!!! R9 ={:#018x} R10={:#018x} R11={:#018x} R12={:#018x}",
+        f.r9, f.r10, f.r11, f.r12
+    )?;
+    writeln!(
+        w,
+        "!!! R13={:#018x} R14={:#018x} R15={:#018x}",
+        f.r13, f.r14, f.r15
+    )
 }
 
 static IN_TRAP: AtomicU32 = AtomicU32::new(0);
@@ -114,11 +154,18 @@ static PANICKING: AtomicBool = AtomicBool::new(false);
 pub fn handle_trap(frame: &TrapFrame) -> ! {
     if IN_TRAP.fetch_add(1, Ordering::SeqCst) > 0 {
         // A fault while reporting a fault: say the least possible and leave.
-        let _ = writeln!(EmergencyWriter, "\n!!! EXCEPTION vector {} while handling an exception", frame.vector);
+        let _ = writeln!(
+            EmergencyWriter,
+            "\n!!! EXCEPTION vector {} while handling an exception",
+            frame.vector
+        );
         exit_qemu(ExitCode::Exception);
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
-    let cr3 = x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64();
+    let cr3 = x86_64::registers::control::Cr3::read_raw()
+        .0
+        .start_address()
+        .as_u64();
     let _ = write_report(&mut EmergencyWriter, frame, cr2, cr3);
     exit_qemu(ExitCode::Exception)
 }
@@ -135,7 +182,14 @@ pub fn handle_panic(info: &PanicInfo<'_>) -> ! {
 
 fn write_panic(w: &mut dyn Write, info: &PanicInfo<'_>) -> fmt::Result {
     match info.location() {
-        Some(l) => writeln!(w, "\n!!! PANIC at {}:{}:{}: {}", l.file(), l.line(), l.column(), info.message()),
+        Some(l) => writeln!(
+            w,
+            "\n!!! PANIC at {}:{}:{}: {}",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        ),
         None => writeln!(w, "\n!!! PANIC at unknown location: {}", info.message()),
     }
 }
@@ -154,11 +208,24 @@ mod tests {
 
     #[test]
     fn report_has_everything() {
-        let f = TrapFrame { vector: 14, error_code: 0, rip: 0x10_2345, rsp: 0x20_0000, rax: 7, ..Default::default() };
+        let f = TrapFrame {
+            vector: 14,
+            error_code: 0,
+            rip: 0x10_2345,
+            rsp: 0x20_0000,
+            rax: 7,
+            ..Default::default()
+        };
         let mut s = String::new();
         write_report(&mut s, &f, 0x4000_0000_0000, 0x10_3000).unwrap();
-        assert!(s.contains("EXCEPTION vector 14 (#PF page fault) error code 0x0"), "{s}");
-        assert!(s.contains("not-present page read in supervisor mode"), "{s}");
+        assert!(
+            s.contains("EXCEPTION vector 14 (#PF page fault) error code 0x0"),
+            "{s}"
+        );
+        assert!(
+            s.contains("not-present page read in supervisor mode"),
+            "{s}"
+        );
         assert!(s.contains("RIP=0x0000000000102345"), "{s}");
         assert!(s.contains("CR2=0x400000000000"), "{s}");
         assert!(s.contains("RAX=0x0000000000000007"), "{s}");
@@ -168,6 +235,8 @@ mod tests {
     fn names_and_error_codes() {
         assert_eq!(exception_name(6), "#UD invalid opcode");
         assert_eq!(exception_name(77), "unexpected interrupt");
-        assert!(has_error_code(14) && has_error_code(8) && !has_error_code(6) && !has_error_code(3));
+        assert!(
+            has_error_code(14) && has_error_code(8) && !has_error_code(6) && !has_error_code(3)
+        );
     }
 }

@@ -55,7 +55,10 @@ const fn align_up(x: u64, align: u64) -> Option<u64> {
 
 impl FrameAllocator {
     pub const fn new() -> Self {
-        Self { free: [PhysRange { start: 0, end: 0 }; MAX_FREE_RANGES], len: 0 }
+        Self {
+            free: [PhysRange { start: 0, end: 0 }; MAX_FREE_RANGES],
+            len: 0,
+        }
     }
 
     /// Build from a firmware memory map: RAM entries clipped to `[min_addr, max_addr)`,
@@ -96,7 +99,9 @@ impl FrameAllocator {
 
     /// Add `[start, end)` (shrunk inward to page boundaries) as free memory.
     pub fn add_free(&mut self, start: u64, end: u64) -> Result<(), FrameError> {
-        let Some(start) = align_up(start, PAGE_SIZE) else { return Ok(()) };
+        let Some(start) = align_up(start, PAGE_SIZE) else {
+            return Ok(());
+        };
         let end = end & !(PAGE_SIZE - 1);
         if start >= end {
             return Ok(());
@@ -118,27 +123,28 @@ impl FrameAllocator {
                 i += 1;
                 continue;
             }
-            let left = PhysRange { start: r.start, end: start };
-            let right = PhysRange { start: end, end: r.end };
-            match (left.start < left.end, right.start < right.end) {
-                (false, false) => {
-                    self.remove_at(i);
-                    continue;
-                }
-                (true, false) => self.free[i] = left,
-                (false, true) => self.free[i] = right,
-                (true, true) => {
-                    if self.len == MAX_FREE_RANGES {
-                        // No room to split: drop the smaller side (lost, never handed out twice).
-                        self.free[i] = if left.pages() >= right.pages() { left } else { right };
+            let (cut_start, cut_end) = (start.max(r.start), end.min(r.end));
+            match self.carve(i, cut_start, cut_end) {
+                Some(remaining) => i += remaining,
+                None => {
+                    // No room to split: keep the larger side. The other is lost, which
+                    // is safe (never handed out twice), just wasteful.
+                    let left = PhysRange {
+                        start: r.start,
+                        end: cut_start,
+                    };
+                    let right = PhysRange {
+                        start: cut_end,
+                        end: r.end,
+                    };
+                    self.free[i] = if left.pages() >= right.pages() {
+                        left
                     } else {
-                        self.free[i] = left;
-                        self.insert_at(i + 1, right);
-                        i += 1;
-                    }
+                        right
+                    };
+                    i += 1;
                 }
             }
-            i += 1;
         }
     }
 
@@ -152,28 +158,55 @@ impl FrameAllocator {
         let size = pages.checked_mul(PAGE_SIZE)?;
         for i in 0..self.len {
             let r = self.free[i];
-            let Some(start) = align_up(r.start, align) else { continue };
-            let Some(end) = start.checked_add(size) else { continue };
+            let Some(start) = align_up(r.start, align) else {
+                continue;
+            };
+            let Some(end) = start.checked_add(size) else {
+                continue;
+            };
             if end > r.end {
                 continue;
             }
-            let left = PhysRange { start: r.start, end: start };
-            let right = PhysRange { start: end, end: r.end };
-            match (left.start < left.end, right.start < right.end) {
-                (false, false) => self.remove_at(i),
-                (true, false) => self.free[i] = left,
-                (false, true) => self.free[i] = right,
-                (true, true) => {
-                    if self.len == MAX_FREE_RANGES {
-                        continue;
-                    }
-                    self.free[i] = left;
-                    self.insert_at(i + 1, right);
-                }
+            if self.carve(i, start, end).is_some() {
+                return Some(start);
             }
-            return Some(start);
         }
         None
+    }
+
+    /// Remove `[start, end)`, which lies within free range `i`, from it. Returns how many
+    /// ranges now stand where range `i` stood (0, 1 or 2), or `None`, changing nothing,
+    /// when the cut needs a split and the table is full.
+    fn carve(&mut self, i: usize, start: u64, end: u64) -> Option<usize> {
+        let r = self.free[i];
+        let left = PhysRange {
+            start: r.start,
+            end: start,
+        };
+        let right = PhysRange {
+            start: end,
+            end: r.end,
+        };
+        match (left.start < left.end, right.start < right.end) {
+            (false, false) => {
+                self.remove_at(i);
+                Some(0)
+            }
+            (true, false) => {
+                self.free[i] = left;
+                Some(1)
+            }
+            (false, true) => {
+                self.free[i] = right;
+                Some(1)
+            }
+            (true, true) if self.len < MAX_FREE_RANGES => {
+                self.free[i] = left;
+                self.insert_at(i + 1, right);
+                Some(2)
+            }
+            (true, true) => None,
+        }
     }
 
     /// Return `pages` frames at `addr` to the allocator.
@@ -181,7 +214,10 @@ impl FrameAllocator {
         if addr % PAGE_SIZE != 0 || pages == 0 {
             return Err(FrameError::BadRange);
         }
-        let end = pages.checked_mul(PAGE_SIZE).and_then(|s| addr.checked_add(s)).ok_or(FrameError::BadRange)?;
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|s| addr.checked_add(s))
+            .ok_or(FrameError::BadRange)?;
         self.insert(PhysRange { start: addr, end })
     }
 
@@ -193,7 +229,9 @@ impl FrameAllocator {
             return Err(FrameError::DoubleFree { addr: new.start });
         }
         if pos < self.len && self.free[pos].start < new.end {
-            return Err(FrameError::DoubleFree { addr: self.free[pos].start });
+            return Err(FrameError::DoubleFree {
+                addr: self.free[pos].start,
+            });
         }
         let merge_left = pos > 0 && self.free[pos - 1].end == new.start;
         let merge_right = pos < self.len && self.free[pos].start == new.end;
@@ -233,7 +271,11 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn ram(base: u64, size: u64) -> MemoryRegion {
-        MemoryRegion { base, size, kind: MemoryType::Ram }
+        MemoryRegion {
+            base,
+            size,
+            kind: MemoryType::Ram,
+        }
     }
 
     #[test]
@@ -241,17 +283,31 @@ mod tests {
         let map = [
             ram(0, 0x9fc00),
             ram(MIB, 127 * MIB),
-            MemoryRegion { base: 0x7000000, size: MIB, kind: MemoryType::Reserved }, // overlaps RAM
+            MemoryRegion {
+                base: 0x7000000,
+                size: MIB,
+                kind: MemoryType::Reserved,
+            }, // overlaps RAM
         ];
         let kernel = (MIB, 0x40000);
-        let (fa, lost) = FrameAllocator::from_memory_map(&map, [kernel, (0x0200_0000, 5)], MIB, 4 << 30);
+        let (fa, lost) =
+            FrameAllocator::from_memory_map(&map, [kernel, (0x0200_0000, 5)], MIB, 4 << 30);
         assert_eq!(lost, 0);
         assert_eq!(
             fa.ranges(),
             &[
-                PhysRange { start: MIB + 0x40000, end: 0x2000000 },
-                PhysRange { start: 0x2001000, end: 0x7000000 },
-                PhysRange { start: 0x7100000, end: 128 * MIB },
+                PhysRange {
+                    start: MIB + 0x40000,
+                    end: 0x2000000
+                },
+                PhysRange {
+                    start: 0x2001000,
+                    end: 0x7000000
+                },
+                PhysRange {
+                    start: 0x7100000,
+                    end: 128 * MIB
+                },
             ]
         );
     }
@@ -266,7 +322,10 @@ mod tests {
         assert_eq!(b, 0x200000);
         // The hole below the 2 MiB run is still free and used next.
         assert_eq!(fa.alloc(2, PAGE_SIZE).unwrap(), 0x2000);
-        assert_eq!(fa.free_bytes(), 0x400000 - 0x1000 - 0x1000 - 16 * 0x1000 - 0x2000);
+        assert_eq!(
+            fa.free_bytes(),
+            0x400000 - 0x1000 - 0x1000 - 16 * 0x1000 - 0x2000
+        );
         // Nothing left that is 4 MiB aligned and 1 MiB long.
         assert_eq!(fa.alloc(256, 0x400000), None);
         assert_eq!(fa.alloc(0, PAGE_SIZE), None);
@@ -282,8 +341,17 @@ mod tests {
         fa.free(a, 4).unwrap();
         assert_eq!(fa.free(a, 1), Err(FrameError::DoubleFree { addr: a }));
         fa.free(b, 4).unwrap();
-        assert_eq!(fa.ranges(), &[PhysRange { start: 0, end: 0x10000 }]);
-        assert_eq!(fa.free(0x10000 - 0x1000, 2), Err(FrameError::DoubleFree { addr: 0xf000 }));
+        assert_eq!(
+            fa.ranges(),
+            &[PhysRange {
+                start: 0,
+                end: 0x10000
+            }]
+        );
+        assert_eq!(
+            fa.free(0x10000 - 0x1000, 2),
+            Err(FrameError::DoubleFree { addr: 0xf000 })
+        );
         assert_eq!(fa.free(0x123, 1), Err(FrameError::BadRange));
         assert_eq!(fa.free(!0xfff, 2), Err(FrameError::BadRange));
     }
@@ -300,10 +368,14 @@ mod tests {
     #[test]
     fn fragmentation_limit_never_double_hands_out() {
         let mut fa = FrameAllocator::new();
-        fa.add_free(0, (MAX_FREE_RANGES as u64 * 4) * PAGE_SIZE).unwrap();
+        fa.add_free(0, (MAX_FREE_RANGES as u64 * 4) * PAGE_SIZE)
+            .unwrap();
         // Punch holes until the table is full, then keep punching.
         for i in 0..(MAX_FREE_RANGES as u64 * 2) {
-            fa.reserve(i * 2 * PAGE_SIZE + PAGE_SIZE, i * 2 * PAGE_SIZE + 2 * PAGE_SIZE);
+            fa.reserve(
+                i * 2 * PAGE_SIZE + PAGE_SIZE,
+                i * 2 * PAGE_SIZE + 2 * PAGE_SIZE,
+            );
         }
         assert!(fa.ranges().len() <= MAX_FREE_RANGES);
         let mut seen = std::collections::BTreeSet::new();
@@ -315,8 +387,16 @@ mod tests {
 
     #[test]
     fn hostile_map_entries_do_not_panic() {
-        let map = [ram(u64::MAX - 0x1000, u64::MAX), ram(0x5000, 0), ram(0x10_0fff, 1)];
+        let map = [
+            ram(u64::MAX - 0x1000, u64::MAX),
+            ram(0x5000, 0),
+            ram(0x10_0fff, 1),
+        ];
         let (fa, _) = FrameAllocator::from_memory_map(&map, [(u64::MAX, u64::MAX)], 0, u64::MAX);
-        assert!(fa.ranges().iter().all(|r| r.start < r.end && r.start % PAGE_SIZE == 0));
+        assert!(
+            fa.ranges()
+                .iter()
+                .all(|r| r.start < r.end && r.start % PAGE_SIZE == 0)
+        );
     }
 }

@@ -1,0 +1,469 @@
+//! The one place where QEMU command lines are built.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The IOMMU model of the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Iommu {
+    /// Intel VT-d (`-device intel-iommu`), q35 only.
+    Vtd,
+    /// AMD-Vi (`-device amd-iommu`, itself a PCI function), q35 only.
+    AmdVi,
+    None,
+}
+
+impl Iommu {
+    pub fn parse(s: &str) -> Result<Iommu, String> {
+        match s {
+            "vtd" | "intel" => Ok(Iommu::Vtd),
+            "amdvi" | "amd" => Ok(Iommu::AmdVi),
+            "none" => Ok(Iommu::None),
+            _ => Err(format!("--iommu: expected vtd, amdvi or none, got {s:?}")),
+        }
+    }
+}
+
+/// Named device topologies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// q35, one edu on the root bus.
+    Flat,
+    /// q35 with root ports, a PCIe-to-PCI bridge and a PCIe switch, an edu behind each.
+    Bridges,
+    /// i440fx (`-machine pc`): no MCFG/ECAM, no IOMMU possible; one edu.
+    Legacy,
+}
+
+impl Topology {
+    pub const ALL: [(&'static str, Topology, &'static str); 3] = [
+        ("flat", Topology::Flat, "q35, edu on the root bus (default)"),
+        (
+            "bridges",
+            Topology::Bridges,
+            "q35: root port > edu; root port > pcie-pci-bridge > edu; root port > x3130 switch > edu (+ 1 empty port)",
+        ),
+        (
+            "legacy",
+            Topology::Legacy,
+            "machine pc (i440fx): no MCFG, no IOMMU; edu on the root bus",
+        ),
+    ];
+
+    pub fn parse(s: &str) -> Result<Topology, String> {
+        Self::ALL
+            .iter()
+            .find(|(name, _, _)| *name == s)
+            .map(|(_, t, _)| *t)
+            .ok_or_else(|| format!("--topology: expected flat, bridges or legacy, got {s:?}"))
+    }
+
+    pub fn machine_type(self) -> &'static str {
+        match self {
+            Topology::Legacy => "pc",
+            Topology::Flat | Topology::Bridges => "q35",
+        }
+    }
+
+    fn devices(self) -> &'static [&'static str] {
+        match self {
+            Topology::Flat | Topology::Legacy => &["edu"],
+            Topology::Bridges => &[
+                // Root port 1: an edu directly below.
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+                "edu,bus=rp1",
+                // Root port 2: a PCIe-to-PCI bridge, a conventional edu behind it
+                // (slot 0 of a bridge with SHPC is avoided).
+                "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2",
+                "pcie-pci-bridge,id=pb1,bus=rp2",
+                "edu,bus=pb1,addr=1.0",
+                // Root port 3: a switch (upstream port + two downstream ports), an edu
+                // below the first downstream port, the second one empty.
+                "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3",
+                "x3130-upstream,id=up1,bus=rp3",
+                "xio3130-downstream,id=dn1,bus=up1,chassis=4,slot=0",
+                "xio3130-downstream,id=dn2,bus=up1,chassis=5,slot=0",
+                "edu,bus=dn1",
+            ],
+        }
+    }
+}
+
+/// Machine model: everything `--iommu/--aw-bits/--intremap/--topology` select.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// `None` = default: VT-d on q35, none on the legacy machine.
+    pub iommu: Option<Iommu>,
+    pub aw_bits: Option<u32>,
+    pub intremap: Option<bool>,
+    pub topology: Topology,
+}
+
+impl Machine {
+    pub const DEFAULT: Machine = Machine {
+        iommu: None,
+        aw_bits: None,
+        intremap: None,
+        topology: Topology::Flat,
+    };
+
+    pub const fn with_iommu(self, iommu: Iommu) -> Machine {
+        Machine {
+            iommu: Some(iommu),
+            ..self
+        }
+    }
+
+    pub const fn with_topology(self, topology: Topology) -> Machine {
+        Machine { topology, ..self }
+    }
+
+    pub fn effective_iommu(&self) -> Iommu {
+        self.iommu.unwrap_or(match self.topology {
+            Topology::Legacy => Iommu::None,
+            Topology::Flat | Topology::Bridges => Iommu::Vtd,
+        })
+    }
+
+    /// The `-device` arguments: the IOMMU first, then the topology.
+    pub fn device_args(&self) -> Result<Vec<String>, String> {
+        let iommu = self.effective_iommu();
+        if self.topology == Topology::Legacy && iommu != Iommu::None {
+            return Err(
+                "topology legacy (machine pc) cannot have an IOMMU: use --iommu none".into(),
+            );
+        }
+        if self.aw_bits.is_some() && iommu != Iommu::Vtd {
+            return Err("--aw-bits applies to --iommu vtd only".into());
+        }
+        if self.intremap.is_some() && iommu == Iommu::None {
+            return Err("--intremap needs an IOMMU (--iommu vtd or amdvi)".into());
+        }
+        let mut args = Vec::new();
+        let onoff = |b: bool| if b { "on" } else { "off" };
+        let mut iommu_dev = match iommu {
+            Iommu::Vtd => Some("intel-iommu".to_string()),
+            Iommu::AmdVi => Some("amd-iommu".to_string()),
+            Iommu::None => None,
+        };
+        if let Some(dev) = iommu_dev.as_mut() {
+            if let Some(bits) = self.aw_bits {
+                dev.push_str(&format!(",aw-bits={bits}"));
+            }
+            if let Some(ir) = self.intremap {
+                dev.push_str(&format!(",intremap={}", onoff(ir)));
+            }
+            // intel-iommu must precede every other -device.
+            args.extend(["-device".to_string(), dev.clone()]);
+        }
+        for dev in self.topology.devices() {
+            args.extend(["-device".to_string(), dev.to_string()]);
+        }
+        Ok(args)
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let topo = Topology::ALL
+            .iter()
+            .find(|(_, t, _)| *t == self.topology)
+            .map_or("?", |(n, _, _)| n);
+        let iommu = match self.effective_iommu() {
+            Iommu::Vtd => "vtd",
+            Iommu::AmdVi => "amdvi",
+            Iommu::None => "none",
+        };
+        write!(f, "topology {topo}, iommu {iommu}")
+    }
+}
+
+/// A QEMU binary and its version (for version-specific flags).
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    pub program: PathBuf,
+    pub version: (u32, u32, u32),
+}
+
+impl Qemu {
+    /// Resolves `--qemu`, else `$QEMU`, else `qemu-system-x86_64`, and asks it for its version.
+    pub fn probe(explicit: Option<&Path>) -> Result<Qemu, String> {
+        let program = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                std::env::var_os("QEMU")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        let out = Command::new(&program)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run QEMU `{}`: {e}\n{}",
+                    program.display(),
+                    install_hint()
+                )
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = parse_version(&text).ok_or_else(|| {
+            format!(
+                "`{} --version` printed no QEMU version: {text:?}",
+                program.display()
+            )
+        })?;
+        Ok(Qemu { program, version })
+    }
+
+    /// `-audio none` (no model) exists since QEMU 8.2; 7.2 rejects it. Newer QEMUs
+    /// installed beside an older one need it to avoid loading foreign audio modules.
+    pub fn supports_audio_none(&self) -> bool {
+        self.version >= (8, 2, 0)
+    }
+
+    pub fn version_string(&self) -> String {
+        format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
+    }
+}
+
+pub fn install_hint() -> &'static str {
+    "Install QEMU: Debian/Ubuntu `sudo apt-get install qemu-system-x86`, Fedora `sudo dnf install qemu-system-x86`, \
+     Arch `sudo pacman -S qemu-system-x86`, macOS `brew install qemu`; or pass --qemu PATH / set QEMU=PATH."
+}
+
+/// Parses `QEMU emulator version 7.2.22 (Debian ...)`.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let rest = &text[text.find("version ")? + "version ".len()..];
+    let word = rest.split_whitespace().next()?;
+    let mut nums = word.split('.').map(|n| {
+        let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = nums.next()??;
+    let minor = nums.next().flatten().unwrap_or(0);
+    let micro = nums.next().flatten().unwrap_or(0);
+    Some((major, minor, micro))
+}
+
+/// How the serial port and QMP are wired.
+#[derive(Clone, Debug, Default)]
+pub struct Wiring {
+    /// QMP on this Unix socket (`-qmp unix:...,server=on,wait=off`).
+    pub qmp_socket: Option<PathBuf>,
+    /// Extra ACPI tables (`-acpitable file=...`).
+    pub acpi_tables: Vec<PathBuf>,
+    /// `-s -S`: wait for gdb on TCP port 1234.
+    pub gdb: bool,
+}
+
+/// QEMU option values are comma-separated: a literal comma is written `,,`.
+fn opt_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// The full QEMU argument list (without the program).
+pub fn qemu_args(
+    qemu: &Qemu,
+    machine: &Machine,
+    kernel: &Path,
+    cmdline: &str,
+    wiring: &Wiring,
+    extra: &[String],
+) -> Result<Vec<String>, String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+    push(&["-machine", machine.topology.machine_type(), "-accel", "tcg"]);
+    push(&["-cpu", "qemu64,+svm,+npt", "-m", "512M"]);
+    push(&["-nodefaults", "-display", "none", "-no-reboot"]);
+    if qemu.supports_audio_none() {
+        push(&["-audio", "none"]);
+    }
+    // Serial on stdio; the monitor must then not be on stdio too.
+    push(&["-serial", "stdio", "-monitor", "none"]);
+    // The IOMMU is the first -device (intel-iommu must precede the others).
+    args.extend(machine.device_args()?);
+    args.extend([
+        "-device".into(),
+        "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+    ]);
+    if let Some(sock) = &wiring.qmp_socket {
+        args.extend([
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", opt_path(sock)),
+        ]);
+    }
+    for table in &wiring.acpi_tables {
+        args.extend(["-acpitable".into(), format!("file={}", opt_path(table))]);
+    }
+    args.extend(["-kernel".into(), kernel.display().to_string()]);
+    args.extend(["-append".into(), cmdline.to_string()]);
+    if wiring.gdb {
+        args.extend(["-s".into(), "-S".into()]);
+    }
+    args.extend(extra.iter().cloned());
+    Ok(args)
+}
+
+/// Renders a command line so that it can be pasted into a shell.
+pub fn shell_quote(program: &Path, args: &[String]) -> String {
+    std::iter::once(program.display().to_string())
+        .chain(args.iter().cloned())
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu(v: (u32, u32, u32)) -> Qemu {
+        Qemu {
+            program: "qemu-system-x86_64".into(),
+            version: v,
+        }
+    }
+
+    fn args_of(m: &Machine) -> String {
+        args_vec(m).join(" ")
+    }
+
+    fn args_vec(m: &Machine) -> Vec<String> {
+        qemu_args(
+            &qemu((7, 2, 22)),
+            m,
+            Path::new("target/release/sluice"),
+            "log=info hold",
+            &Wiring::default(),
+            &[],
+        )
+        .unwrap()
+    }
+
+    /// The devices part, starting at the first -device.
+    fn devices_of(m: &Machine) -> String {
+        let a = args_vec(m);
+        let first = a.iter().position(|x| x == "-device").unwrap();
+        a[first..].join(" ")
+    }
+
+    #[test]
+    fn default_machine() {
+        let a = args_of(&Machine::DEFAULT);
+        assert_eq!(
+            a,
+            "-machine q35 -accel tcg -cpu qemu64,+svm,+npt -m 512M \
+             -nodefaults -display none -no-reboot -serial stdio -monitor none \
+             -device intel-iommu -device edu -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel target/release/sluice -append log=info hold"
+        );
+    }
+
+    #[test]
+    fn iommu_first_and_options() {
+        let m = Machine {
+            aw_bits: Some(48),
+            intremap: Some(false),
+            ..Machine::DEFAULT.with_topology(Topology::Bridges)
+        };
+        let a = devices_of(&m);
+        assert!(
+            a.starts_with("-device intel-iommu,aw-bits=48,intremap=off -device pcie-root-port"),
+            "{a}"
+        );
+        let a = devices_of(&Machine::DEFAULT.with_iommu(Iommu::AmdVi));
+        assert!(
+            a.starts_with("-device amd-iommu -device edu -device isa-debug-exit"),
+            "{a}"
+        );
+        let a = devices_of(&Machine::DEFAULT.with_iommu(Iommu::None));
+        assert!(a.starts_with("-device edu -device isa-debug-exit"), "{a}");
+        let a = args_of(&Machine::DEFAULT.with_topology(Topology::Legacy));
+        assert!(a.starts_with("-machine pc "), "{a}");
+        assert!(
+            devices_of(&Machine::DEFAULT.with_topology(Topology::Legacy))
+                .starts_with("-device edu -device isa")
+        );
+    }
+
+    #[test]
+    fn invalid_combinations() {
+        let m = Machine::DEFAULT
+            .with_topology(Topology::Legacy)
+            .with_iommu(Iommu::Vtd);
+        assert!(m.device_args().unwrap_err().contains("legacy"));
+        let m = Machine {
+            aw_bits: Some(48),
+            ..Machine::DEFAULT.with_iommu(Iommu::AmdVi)
+        };
+        assert!(m.device_args().unwrap_err().contains("--aw-bits"));
+        let m = Machine {
+            intremap: Some(true),
+            ..Machine::DEFAULT.with_iommu(Iommu::None)
+        };
+        assert!(m.device_args().unwrap_err().contains("--intremap"));
+    }
+
+    #[test]
+    fn version_guarded_flags_and_wiring() {
+        let w = Wiring {
+            qmp_socket: Some("/tmp/x,y/qmp.sock".into()),
+            acpi_tables: vec!["/t/mcfg.aml".into()],
+            gdb: true,
+        };
+        let a = qemu_args(
+            &qemu((10, 0, 2)),
+            &Machine::DEFAULT,
+            Path::new("k"),
+            "",
+            &w,
+            &["-d".into(), "int".into()],
+        )
+        .unwrap()
+        .join(" ");
+        assert!(a.contains("-audio none"), "{a}");
+        assert!(
+            a.contains("-qmp unix:/tmp/x,,y/qmp.sock,server=on,wait=off"),
+            "{a}"
+        );
+        assert!(a.contains("-acpitable file=/t/mcfg.aml"), "{a}");
+        assert!(a.ends_with("-s -S -d int"), "{a}");
+        assert!(!args_of(&Machine::DEFAULT).contains("-audio"));
+    }
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n"),
+            Some((7, 2, 22))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1~bpo12+1)"),
+            Some((10, 0, 2))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 8.2.0-rc1"),
+            Some((8, 2, 0))
+        );
+        assert_eq!(parse_version("nothing"), None);
+    }
+
+    #[test]
+    fn quotes_for_shell() {
+        let q = shell_quote(
+            Path::new("qemu"),
+            &["-append".into(), "log=info hold".into(), "it's".into()],
+        );
+        assert_eq!(q, r"qemu -append 'log=info hold' 'it'\''s'");
+    }
+}
