@@ -29,6 +29,9 @@ pub struct Options<'a> {
     /// After bring-up, wait for one byte on the serial port before finishing (lets a test
     /// harness inspect the running machine through QEMU's monitor).
     pub hold: bool,
+    /// Print every ACPI table's bytes as hex (`acpi: dump SIG ADDRESS HEX`), which is how
+    /// the test fixtures of the DMAR/IVRS parsers are captured from QEMU.
+    pub acpi_dump: bool,
     unknown: [&'a str; MAX_UNKNOWN],
     unknown_count: usize,
     /// Unknown words beyond [`MAX_UNKNOWN`].
@@ -41,6 +44,7 @@ impl<'a> Options<'a> {
             log_level: LevelFilter::Info,
             selftest: None,
             hold: false,
+            acpi_dump: false,
             unknown: [""; MAX_UNKNOWN],
             unknown_count: 0,
             unknown_dropped: 0,
@@ -72,6 +76,10 @@ impl<'a> Options<'a> {
                 }
                 ("hold", None) => {
                     opts.hold = true;
+                    true
+                }
+                ("acpidump", None) => {
+                    opts.acpi_dump = true;
                     true
                 }
                 _ => false,
@@ -121,7 +129,8 @@ mod tests {
 
     #[test]
     fn parses_known_words() {
-        let o = Options::parse("  log=trace   hold selftest=page-fault ");
+        let o = Options::parse("  log=trace   hold selftest=page-fault acpidump");
+        assert!(o.acpi_dump);
         assert_eq!(o.log_level, LevelFilter::Trace);
         assert!(o.hold);
         assert_eq!(o.selftest, Some(SelfTest::PageFault));

@@ -94,7 +94,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         uncached
     );
 
-    let tables = discover_acpi(&phys, &start_info);
+    let tables = discover_acpi(&phys, &start_info, opts.acpi_dump);
 
     let kernel_start = &raw const __kernel_start as u64;
     let kernel_end = &raw const __kernel_end as u64;
@@ -202,7 +202,7 @@ fn report_start_info(si: &StartInfo, opts: &Options<'_>) {
 }
 
 /// Find the RSDP and list every table. `None` when the machine has no usable ACPI.
-fn discover_acpi(phys: &IdentityMapped, si: &StartInfo) -> Option<AcpiTables> {
+fn discover_acpi(phys: &IdentityMapped, si: &StartInfo, dump: bool) -> Option<AcpiTables> {
     let (rsdp, hint_bad) = match find_rsdp(phys, si.rsdp_paddr) {
         Ok(r) => r,
         Err(e) => {
@@ -230,6 +230,18 @@ fn discover_acpi(phys: &IdentityMapped, si: &StartInfo) -> Option<AcpiTables> {
             info!(target: "acpi", "{t}");
         } else {
             error!(target: "acpi", "{t}; table ignored");
+        }
+    }
+    if dump {
+        for t in tables.entries() {
+            if let (Some(sig), Some((address, length))) = (t.signature(), t.range()) {
+                let hex = acpi::HexDump {
+                    mem: phys,
+                    address,
+                    length,
+                };
+                info!(target: "acpi", "dump {sig} {address:#x} {hex}");
+            }
         }
     }
     if tables.trailing_bytes > 0 {

@@ -15,8 +15,8 @@ pub mod mcfg;
 mod sdt;
 
 pub use sdt::{
-    AcpiError, AcpiTables, MAX_TABLE_LEN, MAX_TABLES, Rsdp, SDT_HEADER_LEN, SdtHeader, Signature,
-    TableEntry, TableError, find_rsdp,
+    AcpiError, AcpiTables, HexDump, MAX_TABLE_LEN, MAX_TABLES, Rsdp, SDT_HEADER_LEN, SdtHeader,
+    Signature, TableEntry, TableError, find_rsdp,
 };
 
 #[cfg(test)]

@@ -344,6 +344,30 @@ impl fmt::Display for TableEntry {
     }
 }
 
+/// A table's bytes as one lowercase hex string, read from physical memory as it is
+/// formatted (no buffer, so it works before the heap exists). Unreadable bytes print `??`.
+pub struct HexDump<'a> {
+    pub mem: &'a dyn PhysRead,
+    pub address: u64,
+    pub length: u64,
+}
+
+impl fmt::Display for HexDump<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for i in 0..self.length {
+            match self
+                .address
+                .checked_add(i)
+                .and_then(|a| self.mem.read_u8(a))
+            {
+                Some(b) => write!(f, "{b:02x}")?,
+                None => f.write_str("??")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Read and validate the table at `address`: header readable, sane length, checksum.
 /// `expected` additionally pins the signature.
 pub fn probe_table(mem: &dyn PhysRead, address: u64, expected: Option<Signature>) -> TableEntry {
@@ -597,6 +621,19 @@ mod tests {
         mem.put(0x7FFE_3000, &table(b"MCFG", 1, &[0; 8]));
         mem.put(0x7FFE_4000, &table(b"DSDT", 1, &[0x10; 100]));
         mem
+    }
+
+    #[test]
+    fn hex_dump_prints_bytes_and_marks_unreadable_ones() {
+        let mut mem = FakePhys::new();
+        mem.put(0x1000, &[0xde, 0xad, 0x01]);
+        let hex = HexDump {
+            mem: &mem,
+            address: 0x1000,
+            length: 4,
+        }
+        .to_string();
+        assert_eq!(hex, "dead01??");
     }
 
     #[test]
