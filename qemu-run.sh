@@ -2,7 +2,10 @@
 # Boot the Sluice kernel in QEMU, or run the QEMU test suite.
 #
 #   ./qemu-run.sh [OPTIONS] [-- QEMU-ARGS...]   build + boot, serial log on this terminal
-#   ./qemu-run.sh test [--qemu PATH] [--filter SUBSTR] [...]
+#   ./qemu-run.sh test [--qemu PATH] [--also-qemu PATH|none] [--filter SUBSTR] [...]
+#                      (runs the scenarios a second time on target/qemu10/qemu-system-x86_64
+#                      when scripts/fetch-qemu10.sh has unpacked it)
+#   ./qemu-run.sh capture [--qemu PATH] [--check]   regenerate the DMAR/IVRS fixtures
 #   ./qemu-run.sh list | --help
 #
 # This script only makes sure QEMU is installed and then hands over to the Rust

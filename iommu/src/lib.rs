@@ -74,4 +74,11 @@ pub trait IommuTopology {
     /// The unit that translates `device`'s DMA, or `None` when no unit covers it (its
     /// DMA is then not translated at all, and it can belong to no IOMMU group).
     fn binding(&self, table: &DeviceTable, device: PciAddress) -> Option<FirmwareBinding>;
+
+    /// Is `device` a remapping unit's own PCI function (AMD-Vi's IOMMU appears on the
+    /// bus)? Such a function is never translated and must never be assigned.
+    fn is_remapping_unit(&self, device: PciAddress) -> bool {
+        let _ = device;
+        false
+    }
 }

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::arch::global_asm;
@@ -16,15 +17,19 @@ use core::panic::PanicInfo;
 
 use linked_list_allocator::LockedHeap;
 use log::{LevelFilter, error, info, warn};
+use sluice_boot::start_info::MemoryRegion;
 use sluice_boot::start_info::StartInfo;
+use sluice_iommu::IommuTopology;
 use sluice_kernel::acpi::{self, AcpiTables, Signature, find_rsdp};
 use sluice_kernel::arch::{cpu::CpuFeatures, gdt, idt, paging, pic, traps};
 use sluice_kernel::cmdline::{Options, SELFTEST_FAULT_ADDR, SelfTest};
+use sluice_kernel::discovery::Discovery;
 use sluice_kernel::exit::{ExitCode, exit_qemu};
 use sluice_kernel::memory::{frame::FrameAllocator, heap};
+use sluice_kernel::mmio::{self, MmioRegion};
 use sluice_kernel::phys::IdentityMapped;
 use sluice_kernel::serial;
-use sluice_pci::{EcamRegion, enumerate};
+use sluice_pci::{DeviceTable, Ecam, EcamRegion, enumerate};
 
 global_asm!(include_str!("../../boot/src/entry.S"), options(att_syntax));
 global_asm!(include_str!("asm/traps.S"), options(att_syntax));
@@ -59,6 +64,17 @@ fn panic(info: &PanicInfo<'_>) -> ! {
 /// called, but the linker wants the symbol.
 #[unsafe(no_mangle)]
 extern "C" fn rust_eh_personality() {}
+
+/// The prebuilt `alloc` (e.g. `format!`) has unwinding landing pads that name this. With
+/// `panic = "abort"` no unwind ever starts, so arriving here is a bug: fail the run.
+#[unsafe(no_mangle)]
+extern "C" fn _Unwind_Resume() -> ! {
+    let _ = core::fmt::Write::write_str(
+        &mut serial::EmergencyWriter,
+        "\n!!! PANIC at unwind: _Unwind_Resume reached\n",
+    );
+    exit_qemu(ExitCode::Panic)
+}
 
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
@@ -138,7 +154,22 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     if let Some(tables) = &tables {
         report_madt(&phys, tables);
         let regions = read_mcfg(&phys, tables);
-        enumerate_pci(regions);
+        if let Some((ecam, mut table)) = enumerate_pci(regions, start_info.memory_map()) {
+            for change in sluice_pci::enable_acs(&ecam, &mut table) {
+                if !change.write_stuck {
+                    warn!(target: "pci", "{change}");
+                } else if change.changed() {
+                    info!(target: "pci", "{change}");
+                }
+            }
+            if let Some(topology) = discover_iommus(&phys, tables, &table, start_info.memory_map())
+            {
+                let discovery = Discovery::new(topology, &table);
+                for line in discovery.report() {
+                    info!(target: "iommu", "{line}");
+                }
+            }
+        }
     } else {
         warn!(target: "pci", "no ACPI, so no MCFG: PCI enumeration skipped");
     }
@@ -346,29 +377,187 @@ fn read_mcfg(phys: &IdentityMapped, tables: &AcpiTables) -> Vec<EcamRegion> {
     }
 }
 
-fn enumerate_pci(regions: Vec<EcamRegion>) {
-    // ECAM must be inside the identity map (which is uncached there: no RAM).
-    let (usable, unmapped): (Vec<EcamRegion>, Vec<EcamRegion>) =
-        regions.into_iter().partition(|r| {
-            let end = r.base.checked_add(((r.bus_end as u64) + 1) << 20);
-            end.is_some_and(|e| e <= paging::IDENTITY_MAP_LIMIT)
-        });
-    for r in &unmapped {
-        error!(target: "pci", "ECAM of segment {:04x} at {:#x} is above the identity map; segment skipped", r.segment, r.base);
+/// Log a multi-line report one line at a time (the harness reads lines).
+fn log_lines(target: &str, level: log::Level, text: &dyn core::fmt::Display) {
+    let text = alloc::format!("{text}");
+    for line in text.lines() {
+        log::log!(target: target, level, "{line}");
     }
-    if usable.is_empty() {
-        info!(target: "pci", "enumerated 0 functions");
+}
+
+/// Find the IOMMUs: parse the DMAR (Intel) or IVRS (AMD) against the live PCI topology
+/// and describe each unit from its own registers. This is the one place in the kernel
+/// that names a vendor; everything after it sees an [`IommuTopology`].
+fn discover_iommus(
+    phys: &IdentityMapped,
+    tables: &AcpiTables,
+    table: &DeviceTable,
+    map: &[MemoryRegion],
+) -> Option<Box<dyn IommuTopology>> {
+    let dmar = tables.find(Signature::DMAR);
+    let ivrs = tables.find(Signature::IVRS);
+    if dmar.is_some() && ivrs.is_some() {
+        warn!(target: "iommu", "both DMAR and IVRS present; using the DMAR");
+    }
+    if let Some(entry) = dmar {
+        let bytes = copy_table(phys, entry).ok()?;
+        let topology = match sluice_vtd::DmarTopology::parse(&bytes, table) {
+            Ok(t) => t,
+            Err(e) => {
+                error!(target: "iommu", "{e}; DMAR ignored: no IOMMU, no device can be assigned");
+                return None;
+            }
+        };
+        log_lines("iommu", log::Level::Info, &topology);
+        for w in topology.warnings() {
+            warn!(target: "iommu", "DMAR: {w}");
+        }
+        for unit in topology.units() {
+            describe_vtd_unit(unit, map);
+        }
+        return Some(Box::new(topology));
+    }
+    if let Some(entry) = ivrs {
+        let bytes = copy_table(phys, entry).ok()?;
+        return discover_amdvi(&bytes, table, map);
+    }
+    info!(target: "iommu", "no DMAR or IVRS: no IOMMU, so no device can be assigned");
+    None
+}
+
+/// A VT-d unit's version and capabilities, read from its registers.
+fn describe_vtd_unit(unit: &sluice_iommu::UnitDescription, map: &[MemoryRegion]) {
+    use sluice_vtd::regs::{Capability, ExtendedCapability, Version, offset};
+    // SAFETY: read-only use of registers nothing else programs yet; MmioRegion::new checks
+    // the firmware-supplied range (identity mapped, uncached, no RAM).
+    let regs = match unsafe { MmioRegion::new(unit.register_base, unit.register_size, map) } {
+        Ok(r) => r,
+        Err(e) => {
+            error!(target: "iommu", "{}: {e}; unit unusable", unit.name);
+            return;
+        }
+    };
+    let (Some(ver), Some(cap), Some(ecap)) = (
+        regs.read32(offset::VER as u64),
+        regs.read64(offset::CAP as u64),
+        regs.read64(offset::ECAP as u64),
+    ) else {
+        error!(target: "iommu", "{}: register block too small for VER/CAP/ECAP", unit.name);
+        return;
+    };
+    if cap == u64::MAX || ver == u32::MAX {
+        error!(target: "iommu", "{}: registers read all-ones: no unit at {:#x}", unit.name, unit.register_base);
         return;
     }
-    // SAFETY: every region lies in the identity map below 4 GiB, and the pages holding
-    // no RAM (ECAM among them) were made uncached by apply_cache_policy.
-    let ecam = unsafe { sluice_pci::Ecam::new(usable.clone()) };
-    let table = enumerate(&ecam, &usable);
+    info!(
+        target: "iommu",
+        "{}: VT-d {} at {:#x}: {}; {}",
+        unit.name,
+        Version::decode(ver),
+        unit.register_base,
+        Capability::decode(cap),
+        ExtendedCapability::decode(ecap)
+    );
+}
+
+/// Parse the IVRS against the live topology and describe each unit from its registers.
+fn discover_amdvi(
+    bytes: &[u8],
+    table: &DeviceTable,
+    map: &[MemoryRegion],
+) -> Option<Box<dyn IommuTopology>> {
+    let ivrs = match sluice_amdvi::Ivrs::parse(bytes) {
+        Ok(i) => i,
+        Err(e) => {
+            error!(target: "iommu", "{e}; IVRS ignored: no IOMMU, no device can be assigned");
+            return None;
+        }
+    };
+    let topology = match sluice_amdvi::IvrsTopology::new(&ivrs, table) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(target: "iommu", "IVRS: {e}; no IOMMU, no device can be assigned");
+            return None;
+        }
+    };
+    log_lines("iommu", log::Level::Info, &topology);
+    for w in topology.warnings() {
+        warn!(target: "iommu", "IVRS: {w}");
+    }
+    for unit in topology.amd_units() {
+        describe_amdvi_unit(unit, map);
+    }
+    Some(Box::new(topology))
+}
+
+/// An AMD-Vi unit's Extended Feature Register, read from MMIO and checked against the
+/// image firmware put in the IVHD.
+fn describe_amdvi_unit(unit: &sluice_amdvi::AmdViUnit, map: &[MemoryRegion]) {
+    /// MMIO offset of the Extended Feature Register.
+    const EFR: u64 = 0x30;
+    let d = &unit.description;
+    // SAFETY: read-only use of registers nothing else programs yet; MmioRegion::new checks
+    // the firmware-supplied range (identity mapped, uncached, no RAM).
+    let regs = match unsafe { MmioRegion::new(d.register_base, d.register_size, map) } {
+        Ok(r) => r,
+        Err(e) => {
+            error!(target: "iommu", "{}: {e}; unit unusable", d.name);
+            return;
+        }
+    };
+    let Some(raw) = regs.read64(EFR) else {
+        error!(target: "iommu", "{}: register block too small for the EFR", d.name);
+        return;
+    };
+    if raw == u64::MAX {
+        error!(target: "iommu", "{}: registers read all-ones: no unit at {:#x}", d.name, d.register_base);
+        return;
+    }
+    let efr = sluice_amdvi::ExtendedFeatures::from_raw(raw);
+    info!(
+        target: "iommu",
+        "{}: AMD-Vi at {:#x}, function {}: EFR {raw:#x}: {efr}",
+        d.name,
+        d.register_base,
+        unit.iommu_function
+    );
+    if let Some(image) = unit.efr_image() {
+        if image != efr {
+            warn!(target: "iommu", "{}: EFR differs from the IVHD's image ({image})", d.name);
+        }
+    }
+}
+
+/// Enumerate every PCI function the usable ECAM regions reach. ECAM addresses come from
+/// the MCFG, so each region must pass the same checks as any firmware register range:
+/// inside the identity map and clear of RAM (BAR sizing writes there).
+fn enumerate_pci(regions: Vec<EcamRegion>, map: &[MemoryRegion]) -> Option<(Ecam, DeviceTable)> {
+    let usable: Vec<EcamRegion> = regions
+        .into_iter()
+        .filter(|r| {
+            let start = r.base + ((r.bus_start as u64) << 20);
+            let size = ((r.bus_end - r.bus_start) as u64 + 1) << 20;
+            let checked = mmio::check_range(start, size, map);
+            if let Err(e) = checked {
+                error!(target: "pci", "ECAM of segment {:04x}: {e}; skipped", r.segment);
+            }
+            checked.is_ok()
+        })
+        .collect();
+    if usable.is_empty() {
+        info!(target: "pci", "enumerated 0 functions");
+        return None;
+    }
+    // SAFETY: every region passed check_range: inside the identity map and holding no
+    // RAM, so apply_cache_policy made it uncached; nothing else touches config space.
+    let ecam = unsafe { Ecam::new(usable) };
+    let table = enumerate(&ecam, ecam.regions());
     for d in table.iter() {
         info!(target: "pci", "{d}");
         for b in &d.bars {
             info!(target: "pci", "    {b}");
         }
     }
-    info!(target: "pci", "enumerated {} functions", table.iter().count());
+    info!(target: "pci", "enumerated {} functions", table.len());
+    Some((ecam, table))
 }

@@ -241,7 +241,8 @@ pub struct AcsCapability {
     pub offset: u16,
     /// Controls the port implements (bits 15:7 of the raw register are kept).
     pub capabilities: AcsFlags,
-    /// Controls enabled when enumerated (raw register value retained).
+    /// Controls enabled (raw register value retained): as enumerated, then the
+    /// read-back value once [`crate::enable_acs()`] has run.
     pub control: AcsFlags,
 }
 

@@ -520,12 +520,32 @@ impl FakeFunction {
         self.with_capability(cap_id::POWER_MANAGEMENT, &body)
     }
 
-    /// Adds an ACS extended capability.
+    /// Adds an ACS extended capability that behaves like real (and QEMU's) ports:
+    /// the capability register is read-only and a control bit is writable exactly
+    /// when its capability bit is set (unsupported controls are hard-wired to the
+    /// value given here, normally 0).
     pub fn with_acs(self, capability: AcsFlags, control: AcsFlags) -> Self {
+        let writable = capability & AcsFlags::all();
+        self.with_acs_writable(capability, control, writable)
+    }
+
+    /// Adds an ACS extended capability whose control register only lets the
+    /// `writable` bits change: models hardware that ignores (some) writes.
+    pub fn with_acs_writable(
+        mut self,
+        capability: AcsFlags,
+        control: AcsFlags,
+        writable: AcsFlags,
+    ) -> Self {
         let mut body = [0u8; 4];
         body[0..2].copy_from_slice(&capability.bits().to_le_bytes());
         body[2..4].copy_from_slice(&control.bits().to_le_bytes());
-        self.with_extended_capability(ext_cap_id::ACS, 1, &body)
+        self = self.with_extended_capability(ext_cap_id::ACS, 1, &body);
+        let offset = self.last_extended.expect("just added");
+        self.read_only(offset + 4, 2);
+        let control_at = usize::from(offset) + 6;
+        self.writable[control_at..control_at + 2].copy_from_slice(&writable.bits().to_le_bytes());
+        self
     }
 
     /// Adds an ARI extended capability.

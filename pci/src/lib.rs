@@ -14,6 +14,13 @@
 //! - [`enumerate()`]: walks the bus tree the firmware set up and decodes every function
 //!   it finds into a [`PciDevice`] (header, [`Bar`]s, [`Capabilities`]), collected
 //!   in a [`DeviceTable`].
+//! - [`enable_acs()`]: turns on the ACS isolation controls ports support and records
+//!   what the hardware really holds; [`acs_enabled()`] and friends say which
+//!   functions count as isolated from their peers.
+//! - [`dma_aliases()`]: every requester id a function's DMA may carry (bridges that
+//!   take ownership of transactions, firmware alias entries).
+//! - [`form_groups()`]: the IOMMU groups, Linux's rules: the sets of functions that
+//!   can only be handed out together.
 //!
 //! Every value read from config space is treated as hostile: a broken or malicious
 //! device can return anything, including pointer loops and nonsense lengths. Nothing
@@ -29,7 +36,9 @@
 
 extern crate alloc;
 
+mod acs;
 mod address;
+mod alias;
 mod bar;
 mod capability;
 mod config;
@@ -37,14 +46,22 @@ mod defect;
 mod device;
 mod ecam;
 mod enumerate;
+mod group;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 
 #[cfg(test)]
+mod group_tests;
+#[cfg(test)]
 mod tests;
 
+pub use acs::{
+    AcsChange, MAX_PATH_HOPS, acs_enabled, acs_flags_enabled, acs_path_enabled, enable_acs,
+    is_multifunction,
+};
 pub use address::PciAddress;
+pub use alias::{AliasKind, DmaAlias, MAX_ALIAS_HOPS, dma_aliases};
 pub use bar::{Bar, BarKind};
 pub use capability::{
     AcsCapability, AcsFlags, AriCapability, Capabilities, ClassicCapability, ExtendedCapability,
@@ -56,3 +73,6 @@ pub use defect::ConfigDefect;
 pub use device::{DeviceKind, DeviceTable, PciDevice, SubsystemId};
 pub use ecam::{Ecam, EcamRegion};
 pub use enumerate::{MAX_BRIDGE_DEPTH, enumerate};
+pub use group::{
+    GroupExplanation, GroupId, GroupMember, GroupReason, GroupTable, IommuGroup, form_groups,
+};

@@ -21,6 +21,8 @@ impl Signature {
     pub const DSDT: Self = Self(*b"DSDT");
     pub const MADT: Self = Self(*b"APIC");
     pub const MCFG: Self = Self(*b"MCFG");
+    pub const DMAR: Self = Self(*b"DMAR");
+    pub const IVRS: Self = Self(*b"IVRS");
 }
 
 impl fmt::Display for Signature {
