@@ -25,29 +25,71 @@ impl Iommu {
     }
 }
 
-/// Named device topologies.
+/// Named device topologies. Every device the topology adds carries an `id=`, which
+/// `query-pci` reports as `qdev_id`: scenarios name devices by it, because slot
+/// numbers shift (amd-iommu takes 00:01.0, pushing auto-placed devices one slot on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topology {
-    /// q35, one edu on the root bus.
+    /// q35, one edu (e1) on the root bus.
     Flat,
     /// q35 with root ports, a PCIe-to-PCI bridge and a PCIe switch, an edu behind each.
     Bridges,
     /// i440fx (`-machine pc`): no MCFG/ECAM, no IOMMU possible; one edu.
     Legacy,
+    /// q35, two root ports (rp1, rp2; ACS capability present) with an edu below each.
+    RootPorts,
+    /// `RootPorts` with `disable-acs=on` on both ports.
+    RootPortsNoAcs,
+    /// q35: rp1 > pcie-pci-bridge pb1 > e1 (1.0), e2 (2.0); conventional pci-bridge cb1
+    /// on the root bus > e3 (1.0), e4 (2.0).
+    PciBridge,
+    /// q35: e1 and e2 as functions 0 and 1 of slot 3 on the root bus.
+    Multifunction,
+    /// q35: rp1 > x3130-upstream up1 > xio3130-downstream dn1 > e1, dn2 > e2.
+    Switch,
 }
 
 impl Topology {
-    pub const ALL: [(&'static str, Topology, &'static str); 3] = [
-        ("flat", Topology::Flat, "q35, edu on the root bus (default)"),
+    pub const ALL: [(&'static str, Topology, &'static str); 8] = [
+        (
+            "flat",
+            Topology::Flat,
+            "q35, edu e1 on the root bus (default)",
+        ),
         (
             "bridges",
             Topology::Bridges,
-            "q35: root port > edu; root port > pcie-pci-bridge > edu; root port > x3130 switch > edu (+ 1 empty port)",
+            "q35: root port rp1 > edu e1; rp2 > pcie-pci-bridge pb1 > edu e2 (1.0); rp3 > x3130 switch up1 > dn1 > edu e3, empty dn2 (the `bridges` fixtures)",
         ),
         (
             "legacy",
             Topology::Legacy,
-            "machine pc (i440fx): no MCFG, no IOMMU; edu on the root bus",
+            "machine pc (i440fx): no MCFG, no IOMMU; edu e1 on the root bus",
+        ),
+        (
+            "rootports",
+            Topology::RootPorts,
+            "q35: pcie-root-port rp1 > edu e1, rp2 > edu e2 (ports with ACS)",
+        ),
+        (
+            "rootports-noacs",
+            Topology::RootPortsNoAcs,
+            "as rootports, with disable-acs=on on rp1 and rp2",
+        ),
+        (
+            "pcibridge",
+            Topology::PciBridge,
+            "q35: rp1 > pcie-pci-bridge pb1 > edus e1 (1.0), e2 (2.0); pci-bridge cb1 on the root bus > edus e3 (1.0), e4 (2.0)",
+        ),
+        (
+            "multifunction",
+            Topology::Multifunction,
+            "q35: edus e1, e2 as functions 00:03.0 and 00:03.1 (one multifunction slot)",
+        ),
+        (
+            "switch",
+            Topology::Switch,
+            "q35: rp1 > x3130-upstream up1 > xio3130-downstream dn1 > edu e1, dn2 > edu e2",
         ),
     ];
 
@@ -56,47 +98,101 @@ impl Topology {
             .iter()
             .find(|(name, _, _)| *name == s)
             .map(|(_, t, _)| *t)
-            .ok_or_else(|| format!("--topology: expected flat, bridges or legacy, got {s:?}"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _, _)| *n).collect();
+                format!(
+                    "--topology: expected one of {}, got {s:?}",
+                    names.join(", ")
+                )
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, t, _)| *t == self)
+            .map_or("?", |(n, _, _)| n)
     }
 
     pub fn machine_type(self) -> &'static str {
         match self {
             Topology::Legacy => "pc",
-            Topology::Flat | Topology::Bridges => "q35",
+            _ => "q35",
         }
     }
 
     fn devices(self) -> &'static [&'static str] {
         match self {
-            Topology::Flat | Topology::Legacy => &["edu"],
+            Topology::Flat | Topology::Legacy => &["edu,id=e1"],
+            // Keep this one as it is: the `bridges` fixtures were captured with it.
             Topology::Bridges => &[
                 // Root port 1: an edu directly below.
                 "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
-                "edu,bus=rp1",
+                "edu,id=e1,bus=rp1",
                 // Root port 2: a PCIe-to-PCI bridge, a conventional edu behind it
                 // (slot 0 of a bridge with SHPC is avoided).
                 "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2",
                 "pcie-pci-bridge,id=pb1,bus=rp2",
-                "edu,bus=pb1,addr=1.0",
+                "edu,id=e2,bus=pb1,addr=1.0",
                 // Root port 3: a switch (upstream port + two downstream ports), an edu
                 // below the first downstream port, the second one empty.
                 "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3",
                 "x3130-upstream,id=up1,bus=rp3",
                 "xio3130-downstream,id=dn1,bus=up1,chassis=4,slot=0",
                 "xio3130-downstream,id=dn2,bus=up1,chassis=5,slot=0",
-                "edu,bus=dn1",
+                "edu,id=e3,bus=dn1",
+            ],
+            Topology::RootPorts => &[
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+                "edu,id=e1,bus=rp1",
+                "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2",
+                "edu,id=e2,bus=rp2",
+            ],
+            Topology::RootPortsNoAcs => &[
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,disable-acs=on",
+                "edu,id=e1,bus=rp1",
+                "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,disable-acs=on",
+                "edu,id=e2,bus=rp2",
+            ],
+            Topology::PciBridge => &[
+                // PCIe side: root port > PCIe-to-PCI bridge > two conventional edus
+                // (slot 0 of a bridge with SHPC is avoided).
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+                "pcie-pci-bridge,id=pb1,bus=rp1",
+                "edu,id=e1,bus=pb1,addr=1.0",
+                "edu,id=e2,bus=pb1,addr=2.0",
+                // Conventional PCI-to-PCI bridge straight on the root bus.
+                "pci-bridge,id=cb1,bus=pcie.0,chassis_nr=2",
+                "edu,id=e3,bus=cb1,addr=1.0",
+                "edu,id=e4,bus=cb1,addr=2.0",
+            ],
+            // Slot 3 is free on both vendors (amd-iommu sits at 00:01.0).
+            Topology::Multifunction => &[
+                "edu,id=e1,bus=pcie.0,addr=03.0,multifunction=on",
+                "edu,id=e2,bus=pcie.0,addr=03.1",
+            ],
+            Topology::Switch => &[
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+                "x3130-upstream,id=up1,bus=rp1",
+                "xio3130-downstream,id=dn1,bus=up1,addr=0.0,chassis=2,slot=0",
+                "xio3130-downstream,id=dn2,bus=up1,addr=1.0,chassis=3,slot=0",
+                "edu,id=e1,bus=dn1",
+                "edu,id=e2,bus=dn2",
             ],
         }
     }
 }
 
-/// Machine model: everything `--iommu/--aw-bits/--intremap/--topology` select.
+/// Machine model: everything `--iommu/--aw-bits/--intremap/--device-iotlb/--topology`
+/// select. `None` options are left out of the command line (QEMU's default applies).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {
     /// `None` = default: VT-d on q35, none on the legacy machine.
     pub iommu: Option<Iommu>,
     pub aw_bits: Option<u32>,
     pub intremap: Option<bool>,
+    /// `device-iotlb=on|off` on the IOMMU (ATS; both intel-iommu and amd-iommu).
+    pub device_iotlb: Option<bool>,
     pub topology: Topology,
 }
 
@@ -105,6 +201,7 @@ impl Machine {
         iommu: None,
         aw_bits: None,
         intremap: None,
+        device_iotlb: None,
         topology: Topology::Flat,
     };
 
@@ -122,7 +219,7 @@ impl Machine {
     pub fn effective_iommu(&self) -> Iommu {
         self.iommu.unwrap_or(match self.topology {
             Topology::Legacy => Iommu::None,
-            Topology::Flat | Topology::Bridges => Iommu::Vtd,
+            _ => Iommu::Vtd,
         })
     }
 
@@ -140,11 +237,15 @@ impl Machine {
         if self.intremap.is_some() && iommu == Iommu::None {
             return Err("--intremap needs an IOMMU (--iommu vtd or amdvi)".into());
         }
+        if self.device_iotlb.is_some() && iommu == Iommu::None {
+            return Err("--device-iotlb needs an IOMMU (--iommu vtd or amdvi)".into());
+        }
         let mut args = Vec::new();
         let onoff = |b: bool| if b { "on" } else { "off" };
         let mut iommu_dev = match iommu {
             Iommu::Vtd => Some("intel-iommu".to_string()),
-            Iommu::AmdVi => Some("amd-iommu".to_string()),
+            // amd-iommu is itself a PCI function: give it a name for query-pci.
+            Iommu::AmdVi => Some("amd-iommu,id=iommu".to_string()),
             Iommu::None => None,
         };
         if let Some(dev) = iommu_dev.as_mut() {
@@ -153,6 +254,9 @@ impl Machine {
             }
             if let Some(ir) = self.intremap {
                 dev.push_str(&format!(",intremap={}", onoff(ir)));
+            }
+            if let Some(dt) = self.device_iotlb {
+                dev.push_str(&format!(",device-iotlb={}", onoff(dt)));
             }
             // intel-iommu must precede every other -device.
             args.extend(["-device".to_string(), dev.clone()]);
@@ -166,10 +270,7 @@ impl Machine {
 
 impl fmt::Display for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let topo = Topology::ALL
-            .iter()
-            .find(|(_, t, _)| *t == self.topology)
-            .map_or("?", |(n, _, _)| n);
+        let topo = self.topology.name();
         let iommu = match self.effective_iommu() {
             Iommu::Vtd => "vtd",
             Iommu::AmdVi => "amdvi",
@@ -365,7 +466,7 @@ mod tests {
             a,
             "-machine q35 -accel tcg -cpu qemu64,+svm,+npt -m 512M \
              -nodefaults -display none -no-reboot -serial stdio -monitor none \
-             -device intel-iommu -device edu -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel target/release/sluice -append log=info hold"
+             -device intel-iommu -device edu,id=e1 -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel target/release/sluice -append log=info hold"
         );
     }
 
@@ -383,16 +484,89 @@ mod tests {
         );
         let a = devices_of(&Machine::DEFAULT.with_iommu(Iommu::AmdVi));
         assert!(
-            a.starts_with("-device amd-iommu -device edu -device isa-debug-exit"),
+            a.starts_with("-device amd-iommu,id=iommu -device edu,id=e1 -device isa-debug-exit"),
             "{a}"
         );
         let a = devices_of(&Machine::DEFAULT.with_iommu(Iommu::None));
-        assert!(a.starts_with("-device edu -device isa-debug-exit"), "{a}");
+        assert!(
+            a.starts_with("-device edu,id=e1 -device isa-debug-exit"),
+            "{a}"
+        );
         let a = args_of(&Machine::DEFAULT.with_topology(Topology::Legacy));
         assert!(a.starts_with("-machine pc "), "{a}");
         assert!(
             devices_of(&Machine::DEFAULT.with_topology(Topology::Legacy))
-                .starts_with("-device edu -device isa")
+                .starts_with("-device edu,id=e1 -device isa")
+        );
+    }
+
+    #[test]
+    fn device_iotlb_on_both_vendors() {
+        let m = Machine {
+            device_iotlb: Some(true),
+            intremap: Some(true),
+            ..Machine::DEFAULT
+        };
+        assert!(
+            devices_of(&m)
+                .starts_with("-device intel-iommu,intremap=on,device-iotlb=on -device edu,id=e1"),
+            "{}",
+            devices_of(&m)
+        );
+        let m = Machine {
+            device_iotlb: Some(false),
+            ..Machine::DEFAULT.with_iommu(Iommu::AmdVi)
+        };
+        assert!(
+            devices_of(&m).starts_with("-device amd-iommu,id=iommu,device-iotlb=off -device edu"),
+            "{}",
+            devices_of(&m)
+        );
+    }
+
+    /// Every device of every topology has an id (query-pci names devices by it), ids
+    /// are unique, and every `bus=` names a device of the topology or the root bus.
+    #[test]
+    fn topologies_name_every_device() {
+        for (name, t, about) in Topology::ALL {
+            assert_eq!(Topology::parse(name), Ok(t));
+            assert_eq!(t.name(), name);
+            assert!(!about.is_empty());
+            let mut ids = Vec::new();
+            for dev in t.devices() {
+                let prop = |key: &str| {
+                    dev.split(',')
+                        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                };
+                let id = prop("id").unwrap_or_else(|| panic!("{name}: {dev} has no id"));
+                if let Some(bus) = prop("bus") {
+                    assert!(bus == "pcie.0" || ids.contains(&bus), "{name}: {dev}");
+                }
+                assert!(!ids.contains(&id), "{name}: id {id} twice");
+                ids.push(id);
+            }
+        }
+        let ids = |t: Topology| -> String {
+            devices_of(&Machine::DEFAULT.with_topology(t))
+                .split_whitespace()
+                .filter_map(|a| a.split(',').find_map(|kv| kv.strip_prefix("id=")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(ids(Topology::RootPorts), "rp1 e1 rp2 e2");
+        assert_eq!(ids(Topology::PciBridge), "rp1 pb1 e1 e2 cb1 e3 e4");
+        assert_eq!(ids(Topology::Multifunction), "e1 e2");
+        assert_eq!(ids(Topology::Switch), "rp1 up1 dn1 dn2 e1 e2");
+        let noacs = devices_of(&Machine::DEFAULT.with_topology(Topology::RootPortsNoAcs));
+        assert_eq!(noacs.matches("disable-acs=on").count(), 2, "{noacs}");
+        assert!(
+            devices_of(&Machine::DEFAULT.with_topology(Topology::Multifunction))
+                .contains("-device edu,id=e1,bus=pcie.0,addr=03.0,multifunction=on -device edu,id=e2,bus=pcie.0,addr=03.1")
+        );
+        assert!(
+            Topology::parse("star")
+                .unwrap_err()
+                .contains("rootports-noacs")
         );
     }
 
@@ -412,6 +586,11 @@ mod tests {
             ..Machine::DEFAULT.with_iommu(Iommu::None)
         };
         assert!(m.device_args().unwrap_err().contains("--intremap"));
+        let m = Machine {
+            device_iotlb: Some(true),
+            ..Machine::DEFAULT.with_iommu(Iommu::None)
+        };
+        assert!(m.device_args().unwrap_err().contains("--device-iotlb"));
     }
 
     #[test]

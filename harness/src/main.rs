@@ -2,8 +2,10 @@
 //! scenario suite (`test`). `qemu-run.sh` at the repository root is a thin wrapper.
 
 mod acpi;
+mod capture;
 mod cargo;
 mod compare;
+mod groups;
 mod machine;
 mod model;
 mod oracle;
@@ -26,6 +28,7 @@ USAGE (via ./qemu-run.sh, which installs QEMU if needed and builds this tool):
   qemu-run.sh [run] [OPTIONS] [-- QEMU-ARGS...]   build the kernel, boot it, serial on this terminal
   qemu-run.sh test [OPTIONS] [-- QEMU-ARGS...]    host unit tests + every QEMU scenario
   qemu-run.sh list                                list the QEMU scenarios
+  qemu-run.sh capture [--qemu PATH] [--check]     regenerate the DMAR/IVRS fixtures from QEMU
   qemu-run.sh help                                this text
 
 RUN OPTIONS:
@@ -33,6 +36,7 @@ RUN OPTIONS:
   --aw-bits N              intel-iommu address width (vtd only; QEMU's default otherwise:
                            39 on QEMU 7.2, 48 on QEMU 10)
   --intremap on|off        interrupt remapping of the IOMMU (QEMU's default otherwise)
+  --device-iotlb on|off    device IOTLB (ATS) support of the IOMMU (vtd and amdvi)
   --topology NAME          device topology (default flat):
 TOPOLOGIES
   --gdb                    start paused, gdb stub on tcp::1234 (-s -S)
@@ -47,11 +51,26 @@ TEST OPTIONS:
   --filter SUBSTR          only scenarios whose name contains SUBSTR
   --timeout SECS           per-scenario timeout (default 60)
   --no-unit                skip `cargo test --workspace`
+  --also-qemu PATH|none    run every scenario again on this QEMU (names get a suffix
+                           like ` [qemu10]`); default: target/qemu10/qemu-system-x86_64
+                           if it exists (scripts/fetch-qemu10.sh makes it), `none` = off
   --qemu, --kernel, --log, --append, -- ARGS   as for run, applied to every scenario
   Output: one `PASS name (1.2s)` / `FAIL name: reason` line per scenario, the serial
   log of every scenario in target/scenarios/NAME.log (with NAME.cmd, NAME.stderr,
-  NAME.query-pci.json), and last the line `N passed, N failed` (unit tests included).
+  NAME.query-pci.json; the --also-qemu run in target/scenarios/TAG/), and last the
+  line `N passed, N failed` (unit tests and both QEMU runs included).
   Exit status 0 only if everything passed.
+
+CAPTURE (regenerate the parser fixtures from QEMU's firmware):
+  Boots the kernel with `acpidump` once per variant (q35 + edu; intel-iommu default,
+  aw-bits=39, aw-bits=48, intremap=off, intremap=on, device-iotlb=on, bridges topology;
+  amd-iommu default, intremap=on, intremap=off, device-iotlb=on, bridges topology) and
+  writes the dumped DMAR/IVRS to iommu/vtd/tests/fixtures/TAG-VARIANT.dmar and
+  iommu/amdvi/tests/fixtures/TAG-VARIANT.ivrs, TAG from `qemu --version` (qemu72,
+  qemu10, else qemuMAJORMINOR). Files that are byte-identical are left alone.
+  --qemu PATH              the QEMU to capture from (default as for run)
+  --check                  compare only, write nothing; exit 1 if a file differs or is new
+  --kernel, --timeout, -- ARGS   as for test
 
 KERNEL EXIT (QEMU exit status): 33 boot completed, 35 boot stopped (feature missing),
 37 panic, 39 CPU exception, 0 triple fault. `run` exits 0 for 33, else QEMU's status.
@@ -63,6 +82,15 @@ enum Mode {
     Test,
     List,
     Help,
+    Capture,
+}
+
+/// `--also-qemu`: a second QEMU for `test`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AlsoQemu {
+    /// `--also-qemu none`.
+    Off,
+    Path(PathBuf),
 }
 
 #[derive(Debug)]
@@ -80,6 +108,11 @@ struct Options {
     timeout: Duration,
     unit: bool,
     qemu_extra: Vec<String>,
+    /// `None`: the default (target/qemu10/qemu-system-x86_64 when it exists).
+    also_qemu: Option<AlsoQemu>,
+    /// capture: compare only.
+    check: bool,
+    timeout_set: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -97,6 +130,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         timeout: Duration::from_secs(60),
         unit: true,
         qemu_extra: Vec::new(),
+        also_qemu: None,
+        check: false,
+        timeout_set: false,
     };
     let mut it = args.iter();
     let mut first = true;
@@ -107,11 +143,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match arg.as_str() {
-            "run" | "test" | "list" | "help" if first => {
+            "run" | "test" | "list" | "help" | "capture" if first => {
                 o.mode = match arg.as_str() {
                     "run" => Mode::Run,
                     "test" => Mode::Test,
                     "list" => Mode::List,
+                    "capture" => Mode::Capture,
                     _ => Mode::Help,
                 };
             }
@@ -129,11 +166,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.machine_set = true;
             }
             "--intremap" => {
-                o.machine.intremap = Some(match value("--intremap")?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    v => return Err(format!("--intremap: expected on or off, got {v:?}")),
-                });
+                o.machine.intremap = Some(on_off("--intremap", &value("--intremap")?)?);
+                o.machine_set = true;
+            }
+            "--device-iotlb" => {
+                o.machine.device_iotlb = Some(on_off("--device-iotlb", &value("--device-iotlb")?)?);
                 o.machine_set = true;
             }
             "--topology" => {
@@ -165,7 +202,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .filter(|s: &f64| *s > 0.0 && s.is_finite())
                     .ok_or_else(|| format!("--timeout: not a positive number: {v:?}"))?;
                 o.timeout = Duration::from_secs_f64(secs);
+                o.timeout_set = true;
             }
+            "--also-qemu" => {
+                let v = value("--also-qemu")?;
+                o.also_qemu = Some(match v.as_str() {
+                    "none" | "off" => AlsoQemu::Off,
+                    "" => return Err("--also-qemu: expected a path or `none`".into()),
+                    _ => AlsoQemu::Path(PathBuf::from(v)),
+                });
+            }
+            "--check" => o.check = true,
             "--no-unit" => o.unit = false,
             "--" => {
                 o.qemu_extra.extend(it.by_ref().cloned());
@@ -176,18 +223,59 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     match o.mode {
         Mode::Test if o.machine_set || o.gdb || o.print_only => {
-            Err("--iommu/--aw-bits/--intremap/--topology/--gdb/--print apply to run; scenarios define their machines".into())
+            Err("--iommu/--aw-bits/--intremap/--device-iotlb/--topology/--gdb/--print apply to run; scenarios define their machines".into())
         }
-        Mode::Run if o.filter.is_some() || !o.unit => Err("--filter/--no-unit apply to test".into()),
+        Mode::Run if o.filter.is_some() || !o.unit || o.also_qemu.is_some() => {
+            Err("--filter/--no-unit/--also-qemu apply to test".into())
+        }
+        Mode::Capture
+            if o.machine_set
+                || o.gdb
+                || o.print_only
+                || o.filter.is_some()
+                || !o.unit
+                || o.also_qemu.is_some()
+                || o.log.is_some()
+                || !o.append.is_empty() =>
+        {
+            Err("capture takes only --qemu, --kernel, --timeout, --check and -- ARGS: its machines are fixed".into())
+        }
+        Mode::Run | Mode::Test | Mode::List | Mode::Help if o.check => {
+            Err("--check applies to capture".into())
+        }
         _ => Ok(o),
     }
 }
 
+fn on_off(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{name}: expected on or off, got {v:?}")),
+    }
+}
+
 fn help_text() -> String {
-    let topologies: String = Topology::ALL
-        .iter()
-        .map(|(name, _, about)| format!("                             {name:<8} {about}\n"))
-        .collect();
+    // `name` in a 16-column field, the description wrapped at 100 columns.
+    const INDENT: usize = 29;
+    const WIDTH: usize = 100;
+    let mut topologies = String::new();
+    for (name, _, about) in Topology::ALL {
+        let mut line = format!("{:INDENT$}{name:<16}", "");
+        let start = line.len();
+        for word in about.split_whitespace() {
+            if line.len() > start && line.len() + 1 + word.len() > WIDTH {
+                topologies.push_str(line.trim_end());
+                topologies.push('\n');
+                line = format!("{:w$}", "", w = start);
+            } else if line.len() > start {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        topologies.push_str(&line);
+        topologies.push('\n');
+    }
     HELP.replace("TOPOLOGIES\n", &topologies)
 }
 
@@ -236,12 +324,13 @@ fn main() -> ExitCode {
         }
         Mode::List => {
             for s in SCENARIOS {
-                println!("{:<24} expects {}  {}", s.name, s.expect.status(), s.about);
+                println!("{:<30} expects {}  {}", s.name, s.expect.status(), s.about);
             }
             ExitCode::SUCCESS
         }
         Mode::Run => cmd_run(&opts),
         Mode::Test => cmd_test(&opts),
+        Mode::Capture => cmd_capture(&opts),
     }
 }
 
@@ -372,8 +461,7 @@ fn cmd_test(o: &Options) -> ExitCode {
             o.filter.as_deref().unwrap_or("")
         );
     } else {
-        println!("== QEMU scenarios");
-        let (p, f) = run_scenarios(o, &root, &selected);
+        let (p, f) = run_all_qemus(o, &root, &selected);
         passed += p;
         failed += f;
     }
@@ -385,31 +473,110 @@ fn cmd_test(o: &Options) -> ExitCode {
     }
 }
 
-/// Runs the scenarios, printing one line each; returns (passed, failed).
-fn run_scenarios(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) -> (u64, u64) {
-    let all_fail = |reason: &str| {
+/// Where `scripts/fetch-qemu10.sh` puts its QEMU 10 wrapper.
+fn default_also_qemu(root: &Path) -> PathBuf {
+    root.join("target/qemu10/qemu-system-x86_64")
+}
+
+/// The scenarios on the main QEMU, then on the second one (if any); (passed, failed).
+fn run_all_qemus(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) -> (u64, u64) {
+    let fail_all = |suffix: &str, reason: &str| {
         for s in selected {
-            println!("FAIL {}: {reason}", s.name);
+            println!("FAIL {}{suffix}: {reason}", s.name);
         }
         (0, selected.len() as u64)
     };
-    let qemu = match Qemu::probe(o.qemu.as_deref()) {
-        Ok(q) => q,
-        Err(e) => {
-            eprintln!("sluice-harness: {e}");
-            return all_fail("QEMU not available");
-        }
+    let main_qemu = Qemu::probe(o.qemu.as_deref());
+    let also = match &o.also_qemu {
+        Some(AlsoQemu::Off) => None,
+        Some(AlsoQemu::Path(p)) => Some(p.clone()),
+        None => Some(default_also_qemu(root)).filter(|p| p.exists()),
     };
     let kernel = match resolve_kernel(o, root) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("sluice-harness: {e}");
-            return all_fail("the kernel did not build");
+            let (mut p, mut f) = fail_all("", "the kernel did not build");
+            if let Some(path) = &also {
+                let suffix = match Qemu::probe(Some(path)) {
+                    Ok(q) => format!(" [{}]", capture::tag(q.version)),
+                    Err(_) => " [also-qemu]".into(),
+                };
+                let (p2, f2) = fail_all(&suffix, "the kernel did not build");
+                p += p2;
+                f += f2;
+            }
+            return (p, f);
         }
     };
     let out_dir = target_dir(root).join("scenarios");
+
+    println!("== QEMU scenarios");
+    let (mut passed, mut failed) = match &main_qemu {
+        Ok(q) => run_scenarios(o, q, &kernel, &out_dir, "", selected),
+        Err(e) => {
+            eprintln!("sluice-harness: {e}");
+            fail_all("", "QEMU not available")
+        }
+    };
+    let Some(path) = also else {
+        return (passed, failed);
+    };
+    match Qemu::probe(Some(&path)) {
+        Err(e) => {
+            eprintln!("sluice-harness: --also-qemu: {e}");
+            println!("== QEMU scenarios again on {}", path.display());
+            let (p, f) = fail_all(" [also-qemu]", "the second QEMU does not run");
+            passed += p;
+            failed += f;
+        }
+        Ok(q) if main_qemu.as_ref().is_ok_and(|m| m.version == q.version) => {
+            println!(
+                "== second QEMU {} is the same version ({}) as the first: not run twice",
+                path.display(),
+                q.version_string()
+            );
+        }
+        Ok(q) => {
+            let tag = capture::tag(q.version);
+            println!(
+                "== QEMU scenarios again on QEMU {} [{tag}]",
+                q.version_string()
+            );
+            let (p, f) = run_scenarios(
+                o,
+                &q,
+                &kernel,
+                &out_dir.join(&tag),
+                &format!(" [{tag}]"),
+                selected,
+            );
+            passed += p;
+            failed += f;
+        }
+    }
+    (passed, failed)
+}
+
+/// Runs the scenarios on one QEMU, printing one line each (names + `suffix`);
+/// returns (passed, failed).
+fn run_scenarios(
+    o: &Options,
+    qemu: &Qemu,
+    kernel: &Path,
+    out_dir: &Path,
+    suffix: &str,
+    selected: &[&scenarios::Scenario],
+) -> (u64, u64) {
+    let root = workspace_root();
+    let all_fail = |reason: &str| {
+        for s in selected {
+            println!("FAIL {}{suffix}: {reason}", s.name);
+        }
+        (0, selected.len() as u64)
+    };
     let sock_dir = std::env::temp_dir().join(format!("sluice-harness-{}", std::process::id()));
-    for dir in [&out_dir, &sock_dir] {
+    for dir in [out_dir, sock_dir.as_path()] {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("sluice-harness: cannot create {}: {e}", dir.display());
             return all_fail("no scratch directory");
@@ -423,9 +590,9 @@ fn run_scenarios(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) ->
     );
     let cmdline_extra = kernel_cmdline(o);
     let ctx = scenarios::Context {
-        qemu: &qemu,
-        kernel: &kernel,
-        out_dir: &out_dir,
+        qemu,
+        kernel,
+        out_dir,
         sock_dir: &sock_dir,
         timeout: o.timeout,
         cmdline_extra: &cmdline_extra,
@@ -436,11 +603,11 @@ fn run_scenarios(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) ->
         let r = scenarios::run_scenario(s, &ctx);
         if r.failures.is_empty() {
             passed += 1;
-            println!("PASS {} ({:.1}s)", s.name, r.elapsed.as_secs_f64());
+            println!("PASS {}{suffix} ({:.1}s)", s.name, r.elapsed.as_secs_f64());
             continue;
         }
         failed += 1;
-        println!("FAIL {}: {}", s.name, r.failures[0]);
+        println!("FAIL {}{suffix}: {}", s.name, r.failures[0]);
         for more in &r.failures[1..] {
             println!("    {more}");
         }
@@ -452,7 +619,7 @@ fn run_scenarios(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) ->
         };
         println!(
             "    serial log: {} ({shown})",
-            display_rel(&r.log_path, root)
+            display_rel(&r.log_path, &root)
         );
         for l in tail {
             println!("    | {}", l.trim_end_matches('\r'));
@@ -460,6 +627,39 @@ fn run_scenarios(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) ->
     }
     let _ = std::fs::remove_dir_all(&sock_dir);
     (passed, failed)
+}
+
+fn cmd_capture(o: &Options) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("sluice-harness: {msg}");
+        ExitCode::FAILURE
+    };
+    let qemu = match Qemu::probe(o.qemu.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let root = workspace_root();
+    let kernel = match resolve_kernel(o, &root) {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let sum = capture::run(&capture::Options {
+        qemu: &qemu,
+        kernel: &kernel,
+        root: &root,
+        timeout: if o.timeout_set {
+            o.timeout
+        } else {
+            Duration::from_secs(30)
+        },
+        check: o.check,
+        qemu_extra: &o.qemu_extra,
+    });
+    if sum.failed > 0 || (o.check && sum.new + sum.differ > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn display_rel(p: &Path, root: &Path) -> String {
@@ -523,9 +723,45 @@ mod tests {
     #[test]
     fn help_lists_topologies() {
         let h = help_text();
-        for t in ["flat", "bridges", "legacy"] {
+        for (t, _, _) in Topology::ALL {
             assert!(h.contains(&format!(" {t} ")), "{t}");
         }
         assert!(!h.contains("TOPOLOGIES"));
+        for opt in ["--device-iotlb", "--also-qemu", "--check", "capture"] {
+            assert!(h.contains(opt), "{opt}");
+        }
+    }
+
+    #[test]
+    fn new_options() {
+        let o = parse("--topology switch --iommu amdvi --device-iotlb on").unwrap();
+        assert_eq!(o.machine.topology, Topology::Switch);
+        assert_eq!(o.machine.device_iotlb, Some(true));
+        let o = parse("test --also-qemu /opt/qemu10/q").unwrap();
+        assert_eq!(
+            o.also_qemu,
+            Some(AlsoQemu::Path(PathBuf::from("/opt/qemu10/q")))
+        );
+        assert_eq!(
+            parse("test --also-qemu none").unwrap().also_qemu,
+            Some(AlsoQemu::Off)
+        );
+        assert_eq!(parse("test").unwrap().also_qemu, None);
+        let o = parse("capture --qemu /q --check --timeout 9").unwrap();
+        assert_eq!(o.mode, Mode::Capture);
+        assert!(o.check && o.timeout_set);
+        assert_eq!(o.qemu.as_deref(), Some(Path::new("/q")));
+        for (args, needle) in [
+            ("--device-iotlb maybe", "--device-iotlb: expected on or off"),
+            ("test --device-iotlb on", "apply to run"),
+            ("--also-qemu /q", "apply to test"),
+            ("test --check", "--check applies to capture"),
+            ("capture --iommu vtd", "capture takes only"),
+            ("capture --filter x", "capture takes only"),
+            ("capture --append hold", "capture takes only"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(needle), "{args}: {e}");
+        }
     }
 }

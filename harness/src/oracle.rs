@@ -10,9 +10,30 @@ use serde_json::Value;
 
 use crate::model::{Bar, BarKind, Bdf, Function, Space};
 
+/// A PCI function's place in QEMU's device tree: what names it (`qdev_id`, the
+/// `id=` of its `-device`) and, for bridges, its secondary bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciNode {
+    pub bdf: Bdf,
+    /// `None` when the device has no `id=` (QEMU reports `""`).
+    pub qdev_id: Option<String>,
+    /// Base class and subclass (`class_info.class`).
+    pub class: u16,
+    /// Secondary bus number of a bridge (`pci_bridge.bus.secondary`).
+    pub secondary: Option<u8>,
+}
+
+/// Everything one `query-pci` told us.
+#[derive(Clone, Debug, Default)]
+pub struct QueryPci {
+    pub functions: Vec<Function>,
+    pub nodes: Vec<PciNode>,
+    /// The reply, pretty-printed (kept in the scenario folder).
+    pub raw_json: String,
+}
+
 /// Connects to QEMU's QMP socket, negotiates capabilities and runs `query-pci`.
-/// Returns the parsed functions and the raw JSON reply (for the scenario folder).
-pub fn query_pci(socket: &Path, timeout: Duration) -> Result<(Vec<Function>, String), String> {
+pub fn query_pci(socket: &Path, timeout: Duration) -> Result<QueryPci, String> {
     let deadline = Instant::now() + timeout;
     // QEMU creates the socket before the guest starts: retry briefly only.
     let connect_deadline = deadline.min(Instant::now() + Duration::from_secs(2));
@@ -45,8 +66,13 @@ pub fn query_pci(socket: &Path, timeout: Duration) -> Result<(Vec<Function>, Str
     execute(&mut reader, &mut writer, "qmp_capabilities")?;
     let reply = execute(&mut reader, &mut writer, "query-pci")?;
     let functions = parse_query_pci(&reply)?;
-    let raw = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
-    Ok((functions, raw))
+    let nodes = parse_query_pci_nodes(&reply)?;
+    let raw_json = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
+    Ok(QueryPci {
+        functions,
+        nodes,
+        raw_json,
+    })
 }
 
 fn read_message(reader: &mut impl BufRead) -> Result<Value, String> {
@@ -98,6 +124,66 @@ pub fn parse_query_pci(ret: &Value) -> Result<Vec<Function>, String> {
     }
     out.sort_by_key(|f| f.bdf);
     Ok(out)
+}
+
+/// Parses the names and bridge buses out of the `return` value of `query-pci`
+/// (same walk as `parse_query_pci`), sorted by BDF.
+pub fn parse_query_pci_nodes(ret: &Value) -> Result<Vec<PciNode>, String> {
+    let buses = ret
+        .as_array()
+        .ok_or("query-pci: expected a list of buses")?;
+    let mut out = Vec::new();
+    for (i, bus) in buses.iter().enumerate() {
+        let devices = bus
+            .get("devices")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("query-pci: bus #{i} has no `devices` list"))?;
+        walk_nodes(devices, &format!("bus #{i}"), &mut out)?;
+    }
+    out.sort_by_key(|n| n.bdf);
+    Ok(out)
+}
+
+fn walk_nodes(devices: &[Value], ctx: &str, out: &mut Vec<PciNode>) -> Result<(), String> {
+    for (i, dev) in devices.iter().enumerate() {
+        let ctx = format!("{ctx} device #{i}");
+        let bdf = Bdf {
+            bus: uint(dev, "bus", 0xff, &ctx)? as u8,
+            dev: uint(dev, "slot", 0x1f, &ctx)? as u8,
+            func: uint(dev, "function", 7, &ctx)? as u8,
+        };
+        // Missing (older QEMUs), "" (no id=) or odd: the device is just unnamed.
+        let qdev_id = dev
+            .get("qdev_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        let class = dev
+            .get("class_info")
+            .map(|c| uint(c, "class", 0xffff, &ctx))
+            .transpose()?
+            .ok_or_else(|| format!("query-pci: {ctx} ({bdf}): no `class_info`"))?
+            as u16;
+        let bridge = dev.get("pci_bridge");
+        let secondary = bridge
+            .and_then(|b| b.get("bus"))
+            .and_then(|b| b.get("secondary"))
+            .and_then(Value::as_u64)
+            .and_then(|n| u8::try_from(n).ok());
+        out.push(PciNode {
+            bdf,
+            qdev_id,
+            class,
+            secondary,
+        });
+        if let Some(children) = bridge.and_then(|b| b.get("devices")) {
+            let children = children
+                .as_array()
+                .ok_or_else(|| format!("query-pci: {ctx}: pci_bridge.devices is not a list"))?;
+            walk_nodes(children, &format!("{ctx} (behind bridge)"), out)?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_devices(devices: &[Value], ctx: &str, out: &mut Vec<Function>) -> Result<(), String> {
@@ -276,6 +362,56 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn parses_names_and_secondary_buses() {
+        let v: Value = serde_json::from_str(BRIDGES_JSON).unwrap();
+        let nodes = parse_query_pci_nodes(&v).unwrap();
+        let summary: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {} {:04x} {}",
+                    n.bdf,
+                    n.qdev_id.as_deref().unwrap_or("-"),
+                    n.class,
+                    n.secondary.map_or("-".into(), |s| s.to_string())
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "00:00.0 - 0600 -",
+                "00:02.0 - 0604 1",
+                "00:1f.2 - 0106 -",
+                "01:00.0 - 0604 2",
+                "02:01.0 - 00ff -",
+            ]
+        );
+        // qdev ids; odd values are treated as "no id", not as an error.
+        let v: Value = serde_json::from_str(
+            r#"[{"bus": 0, "devices": [
+              {"bus": 0, "slot": 2, "function": 0, "class_info": {"class": 1540}, "qdev_id": "rp1",
+               "pci_bridge": {"bus": {"secondary": 300}, "devices": [
+                 {"bus": 1, "slot": 0, "function": 0, "class_info": {"class": 255}, "qdev_id": "e1"}]}},
+              {"bus": 0, "slot": 3, "function": 0, "class_info": {"class": 255}, "qdev_id": 7}]}]"#,
+        )
+        .unwrap();
+        let nodes = parse_query_pci_nodes(&v).unwrap();
+        assert_eq!(nodes[0].qdev_id.as_deref(), Some("rp1"));
+        assert_eq!(nodes[0].secondary, None, "300 is no bus number");
+        assert_eq!(nodes[1].qdev_id, None);
+        assert_eq!(nodes[2].qdev_id.as_deref(), Some("e1"));
+        let v: Value =
+            serde_json::from_str(r#"[{"devices": [{"bus": 0, "slot": 1, "function": 0}]}]"#)
+                .unwrap();
+        assert!(
+            parse_query_pci_nodes(&v)
+                .unwrap_err()
+                .contains("no `class_info`")
+        );
+    }
+
+    #[test]
     fn rejects_malformed_replies() {
         for (json, needle) in [
             (r#"{"bus": 0}"#, "expected a list of buses"),
@@ -328,10 +464,11 @@ pub(crate) mod tests {
             writeln!(w, r#"{{"event": "RESUME", "data": {{}}}}"#).unwrap();
             writeln!(w, r#"{{"return": {}}}"#, BRIDGES_JSON.replace('\n', " ")).unwrap();
         });
-        let (functions, raw) = query_pci(&sock, Duration::from_secs(5)).unwrap();
+        let q = query_pci(&sock, Duration::from_secs(5)).unwrap();
         server.join().unwrap();
-        assert_eq!(functions.len(), 5);
-        assert!(raw.contains("Host bridge"));
+        assert_eq!(q.functions.len(), 5);
+        assert_eq!(q.nodes.len(), 5);
+        assert!(q.raw_json.contains("Host bridge"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,7 +8,6 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::model::Function;
 use crate::oracle;
 use crate::serial::HOLDING_MARKER;
 
@@ -36,11 +35,7 @@ impl Exit {
 }
 
 /// The result of `query-pci` taken while the kernel held.
-#[derive(Clone, Debug)]
-pub struct OracleView {
-    pub functions: Vec<Function>,
-    pub raw_json: String,
-}
+pub type OracleView = oracle::QueryPci;
 
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -130,12 +125,7 @@ pub fn run(req: &RunRequest<'_>) -> Result<Outcome, String> {
                         let budget = deadline
                             .saturating_duration_since(Instant::now())
                             .min(Duration::from_secs(15));
-                        oracle = Some(oracle::query_pci(sock, budget).map(
-                            |(functions, raw_json)| OracleView {
-                                functions,
-                                raw_json,
-                            },
-                        ));
+                        oracle = Some(oracle::query_pci(sock, budget));
                     }
                     // Any one byte lets the kernel go on.
                     if let Some(s) = stdin.as_mut() {

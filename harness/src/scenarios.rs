@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::acpi::ExtraTable;
 use crate::compare;
+use crate::groups::{self, GroupReport, Rid};
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
 use crate::runner::{self, Exit, Outcome};
 use crate::serial::{HOLDING_MARKER, KernelLog};
@@ -96,11 +97,28 @@ pub enum Check {
     Exception { vector: u8, cr2: Option<u64> },
     /// A `PANIC at file.rs:line:col: ...` line.
     Panic,
+    /// The kernel's IOMMU groups are exactly this partition. Each inner list is one
+    /// group of device tokens: a qdev id (`e1`, `rp1`, `pb1`, `iommu`, ...) or a fixed
+    /// `bb:dd.f` of q35's built-in functions (`00:00.0`, `00:1f.0`, ...); ids are
+    /// resolved with QEMU's `query-pci`. Also checked: `formed N IOMMU groups` = the
+    /// number of group lines, group ids 0..n-1, a member line per device (own
+    /// requester id first), units `dmarN` (vtd) / `ivhdN` (amdvi). See `groups.rs`.
+    Groups(&'static [&'static [&'static str]]),
+    /// The member line of each named device lists exactly these requester ids:
+    /// `Rid::Own` first, then e.g. `Rid::SecondaryOf("pb1")` (pb1's secondary bus,
+    /// 00.0) or `Rid::Of("cb1")` (cb1's own id), in any order.
+    RequesterIds(&'static [(&'static str, &'static [Rid])]),
 }
 
 impl Check {
     fn needs_oracle(self) -> bool {
-        matches!(self, Check::PciMatchesQemu | Check::NoPciFunctions)
+        matches!(
+            self,
+            Check::PciMatchesQemu
+                | Check::NoPciFunctions
+                | Check::Groups(_)
+                | Check::RequesterIds(_)
+        )
     }
 }
 
@@ -126,6 +144,44 @@ const MCFG_CORRUPT_WORDS: &[&str] = &["invalid", "corrupt", "malformed"];
 
 /// The address `selftest=page-fault` reads (unmapped, canonical).
 pub const PAGE_FAULT_ADDRESS: u64 = 0x0000_4000_0000_0000;
+
+// IOMMU group expectations. The rules are Linux's `pci_device_group()`; every
+// function QEMU lists is assumed translated (host bridge included), except on AMD the
+// IOMMU's own function, which is in no group (see below ICH9).
+//
+// - A function's DMA may carry an alias requester id (`pci_for_each_dma_alias`):
+//   behind a PCIe-to-PCI bridge the id (bridge's secondary bus, 00.0); behind a
+//   conventional PCI bridge the bridge's own id; PCIe ports forward ids unchanged.
+//   Functions that share an alias share a group, and the group continues at the
+//   bridge that introduced the alias.
+// - Going upstream from there, the walk stops at the first bridge with ACS
+//   SV|RR|CR|UF enabled (root/downstream ports: the ACS capability must be present
+//   and enabled; single-function upstream ports and endpoints: ACS does not apply,
+//   they count as isolating). A bridge without it joins the device to its group.
+// - Functions of one multifunction slot without ACS share a group.
+
+/// q35's host bridge: single function on the root bus, alone.
+const HOST: &[&str] = &["00:00.0"];
+/// ICH9 LPC, SATA, SMBus: conventional functions of one multifunction slot (1f),
+/// no ACS: one group.
+const ICH9: &[&str] = &["00:1f.0", "00:1f.2", "00:1f.3"];
+// amd-iommu's own PCI function is in NO expected group: the IOMMU does not translate its
+// own accesses, and its config space must never be handed to a guest (Linux likewise
+// refuses to bind drivers to it). The kernel must report it as `no group`; a group that
+// contains it is "not expected" and fails the check.
+
+/// Conventional endpoints below PCIe ports: no alias, just their own id.
+const OWN_ONLY_E1_E2: &[(&str, &[Rid])] = &[("e1", &[Rid::Own]), ("e2", &[Rid::Own])];
+/// Behind pcie-pci-bridge pb1: (pb1's secondary bus, 00.0); behind the
+/// conventional pci-bridge cb1: cb1's own id.
+const PCIBRIDGE_RIDS: &[(&str, &[Rid])] = &[
+    ("e1", &[Rid::Own, Rid::SecondaryOf("pb1")]),
+    ("e2", &[Rid::Own, Rid::SecondaryOf("pb1")]),
+    ("e3", &[Rid::Own, Rid::Of("cb1")]),
+    ("e4", &[Rid::Own, Rid::Of("cb1")]),
+    ("pb1", &[Rid::Own]),
+    ("cb1", &[Rid::Own]),
+];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -231,6 +287,219 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: KernelExit::Panic,
         checks: &[Check::Panic],
     },
+    // ---- IOMMU groups (see the rules above HOST) ----
+    // flat: the edu e1 sits alone on the root bus (single function, no bridge above).
+    Scenario {
+        name: "groups-flat-vtd",
+        about: "IOMMU groups: host bridge, edu, ICH9 slot (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Flat),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::PciMatchesQemu, Check::Groups(&[HOST, &["e1"], ICH9])],
+    },
+    Scenario {
+        name: "groups-flat-amdvi",
+        about: "IOMMU groups: host bridge, edu, ICH9 slot (amd-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::AmdVi)
+            .with_topology(Topology::Flat),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::PciMatchesQemu, Check::Groups(&[HOST, &["e1"], ICH9])],
+    },
+    // rootports: rp1/rp2 have ACS (enabled by the kernel: SV|RR|CR|UF), so the edu
+    // below each is isolated from its port; each port is a single function on the root bus.
+    Scenario {
+        name: "groups-rootports-vtd",
+        about: "IOMMU groups: root ports with ACS isolate their edus (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::RootPorts),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[HOST, &["rp1"], &["e1"], &["rp2"], &["e2"], ICH9]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    Scenario {
+        name: "groups-rootports-amdvi",
+        about: "IOMMU groups: root ports with ACS isolate their edus (amd-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::AmdVi)
+            .with_topology(Topology::RootPorts),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[HOST, &["rp1"], &["e1"], &["rp2"], &["e2"], ICH9]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    // rootports-noacs: no ACS capability on the ports (disable-acs=on): the walk from
+    // each edu does not stop at its port, so the edu joins the port's group.
+    Scenario {
+        name: "groups-rootports-noacs-vtd",
+        about: "IOMMU groups: root ports without ACS share a group with their edu (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::RootPortsNoAcs),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[HOST, &["rp1", "e1"], &["rp2", "e2"], ICH9]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    Scenario {
+        name: "groups-rootports-noacs-amdvi",
+        about: "IOMMU groups: root ports without ACS share a group with their edu (amd-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::AmdVi)
+            .with_topology(Topology::RootPortsNoAcs),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[HOST, &["rp1", "e1"], &["rp2", "e2"], ICH9]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    // pcibridge: e1/e2 behind the PCIe-to-PCI bridge pb1 alias to (pb1's secondary bus,
+    // 00.0), which pb1 introduces: e1, e2 and pb1 form one group; rp1 (ACS) stops the walk
+    // and stays alone. e3/e4 behind the conventional bridge cb1 alias to cb1's own id:
+    // one group {cb1, e3, e4}; cb1 sits on the root bus.
+    Scenario {
+        name: "groups-pcibridge-vtd",
+        about: "IOMMU groups: PCIe-to-PCI and PCI-PCI bridges group what is behind them (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::PciBridge),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[
+                HOST,
+                &["rp1"],
+                &["pb1", "e1", "e2"],
+                &["cb1", "e3", "e4"],
+                ICH9,
+            ]),
+            Check::RequesterIds(PCIBRIDGE_RIDS),
+        ],
+    },
+    Scenario {
+        name: "groups-pcibridge-amdvi",
+        about: "IOMMU groups: PCIe-to-PCI and PCI-PCI bridges group what is behind them (amd-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::AmdVi)
+            .with_topology(Topology::PciBridge),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[
+                HOST,
+                &["rp1"],
+                &["pb1", "e1", "e2"],
+                &["cb1", "e3", "e4"],
+                ICH9,
+            ]),
+            Check::RequesterIds(PCIBRIDGE_RIDS),
+        ],
+    },
+    // multifunction: e1 and e2 are functions 0 and 1 of slot 3, conventional PCI
+    // without ACS: peer-to-peer between them cannot be excluded, one group.
+    Scenario {
+        name: "groups-multifunction-vtd",
+        about: "IOMMU groups: two functions of one slot without ACS share a group (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Multifunction),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[HOST, &["e1", "e2"], ICH9]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    Scenario {
+        name: "groups-multifunction-amdvi",
+        about: "IOMMU groups: two functions of one slot without ACS share a group (amd-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::AmdVi)
+            .with_topology(Topology::Multifunction),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[HOST, &["e1", "e2"], ICH9]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    // switch: xio3130 downstream ports have no ACS capability, so each edu joins its
+    // downstream port's group; the x3130 upstream port is single-function (ACS does not
+    // apply to it) and rp1 has ACS: the walk stops there, up1 and rp1 stay alone.
+    Scenario {
+        name: "groups-switch-vtd",
+        about: "IOMMU groups: switch downstream ports without ACS group with their edu (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Switch),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[
+                HOST,
+                &["rp1"],
+                &["up1"],
+                &["dn1", "e1"],
+                &["dn2", "e2"],
+                ICH9,
+            ]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
+    Scenario {
+        name: "groups-switch-amdvi",
+        about: "IOMMU groups: switch downstream ports without ACS group with their edu (amd-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::AmdVi)
+            .with_topology(Topology::Switch),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::PciMatchesQemu,
+            Check::Groups(&[
+                HOST,
+                &["rp1"],
+                &["up1"],
+                &["dn1", "e1"],
+                &["dn2", "e2"],
+                ICH9,
+            ]),
+            Check::RequesterIds(OWN_ONLY_E1_E2),
+        ],
+    },
 ];
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
@@ -285,21 +554,42 @@ pub fn evaluate(s: &Scenario, o: &Outcome) -> Vec<String> {
         }
     }
     for check in s.checks {
-        check_one(*check, &log, o, &mut fails);
+        check_one(*check, s, &log, o, &mut fails);
     }
     fails
 }
 
 fn oracle_view(o: &Outcome) -> Result<&[crate::model::Function], String> {
+    oracle_full(o).map(|v| v.functions.as_slice())
+}
+
+fn oracle_full(o: &Outcome) -> Result<&crate::runner::OracleView, String> {
     match &o.oracle {
-        Some(Ok(view)) => Ok(&view.functions),
+        Some(Ok(view)) => Ok(view),
         Some(Err(e)) => Err(format!("no QEMU view of the PCI bus: {e}")),
         None => Err("no QEMU view of the PCI bus (oracle not requested)".into()),
     }
 }
 
-fn check_one(check: Check, log: &KernelLog, o: &Outcome, fails: &mut Vec<String>) {
+fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &mut Vec<String>) {
     match check {
+        Check::Groups(expected) => match oracle_full(o) {
+            Err(e) => fails.push(e),
+            Ok(view) => fails.extend(groups::check_groups(
+                expected,
+                &GroupReport::parse(&log.lines),
+                &view.nodes,
+                s.machine.effective_iommu(),
+            )),
+        },
+        Check::RequesterIds(expected) => match oracle_full(o) {
+            Err(e) => fails.push(e),
+            Ok(view) => fails.extend(groups::check_requester_ids(
+                expected,
+                &GroupReport::parse(&log.lines),
+                &view.nodes,
+            )),
+        },
         Check::PciMatchesQemu => {
             for p in &log.problems {
                 fails.push(format!("PCI listing format: {p}"));
@@ -500,6 +790,7 @@ pub fn run_scenario(s: &Scenario, ctx: &Context<'_>) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::groups::tests::edits;
     use crate::oracle::{parse_query_pci, tests::BRIDGES_JSON};
     use crate::runner::OracleView;
 
@@ -521,6 +812,7 @@ mod tests {
             oracle: oracle.map(|r| {
                 r.map(|functions| OracleView {
                     functions,
+                    nodes: Vec::new(),
                     raw_json: String::new(),
                 })
             }),
@@ -720,6 +1012,160 @@ mod tests {
             f,
             ["the PANIC line 1 has no `file.rs:line:col` location: unknown: boom"]
         );
+    }
+
+    /// The real QEMU 7.2 run of `groups-pcibridge-amdvi` (kernel log up to `holding:`
+    /// and the `query-pci` reply taken then), before the kernel printed groups.
+    const PCIBRIDGE_LOG: &str = include_str!("../testdata/pcibridge-amdvi-qemu72.log");
+
+    fn pcibridge_oracle() -> OracleView {
+        let v: serde_json::Value =
+            serde_json::from_str(crate::groups::tests::PCIBRIDGE_AMD_JSON).unwrap();
+        OracleView {
+            functions: parse_query_pci(&v).unwrap(),
+            nodes: crate::oracle::parse_query_pci_nodes(&v).unwrap(),
+            raw_json: String::new(),
+        }
+    }
+
+    fn with_oracle(status: i32, serial: &str, view: OracleView) -> Outcome {
+        let mut o = outcome(status, serial, None);
+        o.oracle = Some(Ok(view));
+        o
+    }
+
+    /// The real log with the group report of `groups::tests::GOOD_LOG` spliced in.
+    fn pcibridge_log_with_groups() -> String {
+        let report: String = crate::groups::tests::GOOD_LOG
+            .lines()
+            .filter(|l| l.starts_with("[INFO  iommu]"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(PCIBRIDGE_LOG.contains("[INFO  boot] holding:"));
+        PCIBRIDGE_LOG.replace(
+            "[INFO  boot] holding:",
+            &format!("{report}[INFO  boot] holding:"),
+        )
+    }
+
+    #[test]
+    fn groups_scenario_passes_with_a_correct_kernel() {
+        let s = scenario("groups-pcibridge-amdvi");
+        assert_eq!(kernel_cmdline(s, &[]), "hold");
+        let o = with_oracle(33, &pcibridge_log_with_groups(), pcibridge_oracle());
+        assert_eq!(evaluate(s, &o), Vec::<String>::new());
+    }
+
+    #[test]
+    fn groups_scenario_fails_today_and_on_a_wrong_partition() {
+        let s = scenario("groups-pcibridge-amdvi");
+        // The kernel as it is now: PCI listing fine, no groups.
+        let f = evaluate(s, &with_oracle(33, PCIBRIDGE_LOG, pcibridge_oracle()));
+        assert!(
+            f[0].starts_with("the kernel printed no IOMMU groups"),
+            "{f:?}"
+        );
+        assert!(f[0].ends_with(
+            "expected 5 groups: {00:00.0} {rp1} {pb1, e1, e2} {cb1, e3, e4} {00:1f.0, 00:1f.2, 00:1f.3}"
+        ));
+        assert_eq!(f.len(), 7, "{f:?}"); // + six requester-id lines
+        // A kernel that forgets the conventional bridge's alias.
+        let log = edits(
+            &pcibridge_log_with_groups(),
+            &[
+                (
+                    "group 2 (ivhd0): 0000:00:03.0 0000:03:01.0 0000:03:02.0",
+                    "group 2 (ivhd0): 0000:00:03.0 0000:03:01.0",
+                ),
+                (
+                    "[INFO  iommu]     0000:03:02.0 requester-ids 03:02.0,00:03.0 (DMA alias of 0000:00:03.0 (PCI bridge))\n",
+                    "[INFO  iommu] group 5 (ivhd0): 0000:03:02.0\n[INFO  iommu]     0000:03:02.0 requester-ids 03:02.0 (isolated)\n",
+                ),
+                ("formed 5 IOMMU groups", "formed 6 IOMMU groups"),
+            ],
+        );
+        let f = evaluate(s, &with_oracle(33, &log, pcibridge_oracle()));
+        assert_eq!(
+            f,
+            [
+                "IOMMU groups differ: kernel 6 groups, expected 5: {00:00.0} {rp1} {pb1, e1, e2} {cb1, e3, e4} {00:1f.0, 00:1f.2, 00:1f.3}",
+                "  expected group {cb1, e3, e4} not formed; kernel: cb1 in group 2 {cb1, e3}; e3 in group 2 {cb1, e3}; e4 in group 5 {e4}",
+                "  kernel group 2 (ivhd0) {cb1, e3} is not expected; expected: cb1 in {cb1, e3, e4}; e3 in {cb1, e3, e4}",
+                "  kernel group 5 (ivhd0) {e4} is not expected; expected: e4 in {cb1, e3, e4}",
+                "line 63: requester ids of e4 (03:02.0): kernel 03:02.0, expected 03:02.0 (own id),00:03.0 (cb1's id)",
+            ]
+        );
+        // Without QEMU's view the ids cannot be resolved.
+        let f = evaluate(s, &outcome(33, &pcibridge_log_with_groups(), None));
+        assert_eq!(
+            f,
+            [
+                "no QEMU view of the PCI bus (oracle not requested)",
+                "no QEMU view of the PCI bus (oracle not requested)",
+                "no QEMU view of the PCI bus (oracle not requested)",
+            ]
+        );
+    }
+
+    /// amd-iommu's own function (00:01.0) must be in no group: a kernel that gives it a
+    /// group of its own (as the kernel once did) fails the pcibridge scenario.
+    #[test]
+    fn groups_scenario_fails_when_the_iommu_function_is_grouped() {
+        let s = scenario("groups-pcibridge-amdvi");
+        let log = edits(
+            &pcibridge_log_with_groups(),
+            &[
+                (
+                    "[INFO  iommu] no group: 0000:00:01.0 (the IOMMU itself: never translated, never assignable)\n",
+                    "[INFO  iommu] group 5 (ivhd0): 0000:00:01.0\n[INFO  iommu]     0000:00:01.0 requester-ids 00:01.0 (isolated)\n",
+                ),
+                ("formed 5 IOMMU groups", "formed 6 IOMMU groups"),
+            ],
+        );
+        let f = evaluate(s, &with_oracle(33, &log, pcibridge_oracle()));
+        assert_eq!(
+            f,
+            [
+                "IOMMU groups differ: kernel 6 groups, expected 5: {00:00.0} {rp1} {pb1, e1, e2} {cb1, e3, e4} {00:1f.0, 00:1f.2, 00:1f.3}",
+                "  kernel group 5 (ivhd0) {iommu} is not expected; expected: iommu (00:01.0) in no expected group",
+            ]
+        );
+    }
+
+    /// The group scenarios are named after topology and vendor, name each device
+    /// once, and name the IOMMU function exactly when it is one (amd-iommu).
+    #[test]
+    fn group_scenarios_are_consistent() {
+        let mut count = 0;
+        for s in SCENARIOS {
+            let Some(groups) = s.checks.iter().find_map(|c| match c {
+                Check::Groups(g) => Some(*g),
+                _ => None,
+            }) else {
+                continue;
+            };
+            count += 1;
+            let vendor = match s.machine.effective_iommu() {
+                Iommu::Vtd => "vtd",
+                Iommu::AmdVi => "amdvi",
+                Iommu::None => panic!("{}: groups without an IOMMU", s.name),
+            };
+            assert_eq!(
+                s.name,
+                format!("groups-{}-{vendor}", s.machine.topology.name())
+            );
+            assert!(s.needs_oracle());
+            let tokens: Vec<&str> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+            let mut unique = tokens.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), tokens.len(), "{}: a token twice", s.name);
+            for builtin in ["00:00.0", "00:1f.0", "00:1f.2", "00:1f.3"] {
+                assert!(tokens.contains(&builtin), "{}: {builtin}", s.name);
+            }
+            assert!(!groups.iter().any(|g| g.contains(&"iommu")), "{}", s.name);
+        }
+        assert_eq!(count, 12);
     }
 
     #[test]

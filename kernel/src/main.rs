@@ -399,6 +399,12 @@ fn discover_iommus(
     if dmar.is_some() && ivrs.is_some() {
         warn!(target: "iommu", "both DMAR and IVRS present; using the DMAR");
     }
+    for sig in [Signature::DMAR, Signature::IVRS] {
+        let count = tables.find_all(sig).count();
+        if count > 1 {
+            warn!(target: "iommu", "{count} {sig} tables; only the first valid one is used");
+        }
+    }
     if let Some(entry) = dmar {
         let bytes = copy_table(phys, entry).ok()?;
         let topology = match sluice_vtd::DmarTopology::parse(&bytes, table) {
