@@ -82,3 +82,168 @@ pub trait IommuTopology {
         false
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Translation: domains, mappings, attach/detach, commit, faults.
+// ---------------------------------------------------------------------------------------
+
+bitflags::bitflags! {
+    /// What a device may do through a mapping.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Access: u8 {
+        /// Device reads of memory (DMA from RAM to the device).
+        const READ = 1 << 0;
+        /// Device writes to memory.
+        const WRITE = 1 << 1;
+    }
+}
+
+/// An inclusive IOVA range `[start, last]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IovaRange {
+    pub start: u64,
+    pub last: u64,
+}
+
+/// A vendor-neutral handle for one IO address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainHandle(pub u32);
+
+/// Why an IOMMU operation failed. Nothing partial is left behind by `map`: a failed map
+/// leaves the domain as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuError {
+    /// Address or size not aligned to the smallest page size, or size zero.
+    Misaligned,
+    /// `iova + size` or `paddr + size` wraps.
+    Wraps,
+    /// Outside every usable IOVA range (aperture minus reserved windows).
+    OutOfRange,
+    /// Part of the range is already mapped.
+    Overlap {
+        iova: u64,
+    },
+    /// The range would cut an existing mapping or superpage it cannot split.
+    PartialUnmap {
+        iova: u64,
+    },
+    /// Neither READ nor WRITE.
+    NoAccess,
+    /// No memory for page tables or no free domain id.
+    NoMemory,
+    NoDomainId,
+    UnknownDomain,
+    /// The device is not described by firmware or not in this domain.
+    UnknownDevice,
+    /// Domain still has devices attached.
+    Busy,
+    /// The hardware did not complete an invalidation in time: the caller must stop
+    /// trusting this unit (a late completion must never be taken for a later one).
+    InvalidationTimeout {
+        unit: UnitId,
+    },
+    /// The unit did not acknowledge a command (e.g. translation enable) in time.
+    HardwareTimeout {
+        unit: UnitId,
+    },
+    /// The unit lacks something the driver needs (e.g. no usable page-table depth).
+    Unsupported {
+        unit: UnitId,
+    },
+}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Misaligned => f.write_str("address or size not page aligned (or size 0)"),
+            Self::Wraps => f.write_str("range wraps the address space"),
+            Self::OutOfRange => f.write_str("range outside the usable IOVA ranges"),
+            Self::Overlap { iova } => write!(f, "IOVA {iova:#x} is already mapped"),
+            Self::PartialUnmap { iova } => write!(f, "unmap would cut the mapping at {iova:#x}"),
+            Self::NoAccess => f.write_str("neither read nor write access requested"),
+            Self::NoMemory => f.write_str("out of memory for IOMMU tables"),
+            Self::NoDomainId => f.write_str("no free domain id"),
+            Self::UnknownDomain => f.write_str("no such domain"),
+            Self::UnknownDevice => f.write_str("device not behind this IOMMU or not attached"),
+            Self::Busy => f.write_str("domain still has devices attached"),
+            Self::InvalidationTimeout { unit } => {
+                write!(f, "unit {} invalidation timed out", unit.0)
+            }
+            Self::HardwareTimeout { unit } => {
+                write!(f, "unit {} did not acknowledge a command", unit.0)
+            }
+            Self::Unsupported { unit } => write!(f, "unit {} lacks a required feature", unit.0),
+        }
+    }
+}
+
+/// A translation fault a unit recorded, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultRecord {
+    pub unit: UnitId,
+    /// Requester id (`bus << 8 | devfn`) of the faulting DMA.
+    pub requester_id: u16,
+    /// The page address the device used (IOVA), as the unit reports it.
+    pub address: u64,
+    /// True for a write (device → memory), false for a read.
+    pub write: bool,
+    /// The architecture's fault reason code and its meaning.
+    pub reason: u8,
+    pub reason_text: &'static str,
+}
+
+/// One DMA route of a device: which unit, which requester ids (own first, then aliases).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceDma {
+    pub device: PciAddress,
+    pub unit: UnitId,
+    pub requester_ids: Vec<u16>,
+}
+
+/// The translation interface the kernel programs against. Edits (`map`, `unmap`,
+/// `attach`, `detach`) change tables only; `commit` makes the hardware see them, with as
+/// few invalidations as the batch allows. Every device not attached to a domain has its
+/// DMA blocked.
+pub trait Iommu {
+    fn vendor(&self) -> Vendor;
+
+    /// Create an empty IO address space.
+    fn create_domain(&mut self) -> Result<DomainHandle, IommuError>;
+
+    /// Destroy an empty domain (no device attached), freeing its tables.
+    fn destroy_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError>;
+
+    /// Supported page sizes as a bitmap (bit n set: 2^n bytes), intersected over units.
+    fn page_sizes(&self, domain: DomainHandle) -> Result<u64, IommuError>;
+
+    /// Usable IOVA ranges: the aperture minus reserved windows (the interrupt window
+    /// 0xFEE00000..=0xFEEFFFFF is never translated as DMA).
+    fn iova_ranges(&self, domain: DomainHandle) -> Result<Vec<IovaRange>, IommuError>;
+
+    /// Map `[iova, iova + size)` to `[paddr, paddr + size)`. Superpages where aligned.
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        paddr: u64,
+        size: u64,
+        access: Access,
+    ) -> Result<(), IommuError>;
+
+    /// Unmap whole mappings within `[iova, iova + size)`; returns the bytes unmapped.
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, size: u64) -> Result<u64, IommuError>;
+
+    /// Make all edits since the last commit visible to the hardware (one batch of
+    /// invalidations). Returns an error, never a silent success, if the hardware does
+    /// not confirm.
+    fn commit(&mut self, domain: DomainHandle) -> Result<(), IommuError>;
+
+    /// Route every requester id of `device` through `domain` (committed on return).
+    fn attach(&mut self, domain: DomainHandle, device: &DeviceDma) -> Result<(), IommuError>;
+
+    /// Block `device`'s DMA again (committed on return).
+    fn detach(&mut self, domain: DomainHandle, device: &DeviceDma) -> Result<(), IommuError>;
+
+    /// Read, decode and clear the fault records of every unit.
+    fn take_faults(&mut self) -> Vec<FaultRecord>;
+}

@@ -26,6 +26,7 @@
 extern crate alloc;
 
 pub mod dmar;
+pub mod hw;
 pub mod regs;
 pub mod scope;
 pub mod topology;
