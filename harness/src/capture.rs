@@ -383,6 +383,7 @@ fn capture_one(o: &Options<'_>, v: &Variant) -> Result<Vec<u8>, String> {
         args: &args,
         timeout: o.timeout,
         qmp_socket: None,
+        monitor: None,
     })?;
     let table = extract_table(&out.serial, v.table.signature());
     match (table, out.exit) {

@@ -47,10 +47,13 @@ pub enum Topology {
     Multifunction,
     /// q35: rp1 > x3130-upstream up1 > xio3130-downstream dn1 > e1, dn2 > e2.
     Switch,
+    /// q35: two edus e1 and e2 on the root bus (the DMA self-test: e1 is attached to
+    /// a domain, e2 never is).
+    Dma,
 }
 
 impl Topology {
-    pub const ALL: [(&'static str, Topology, &'static str); 8] = [
+    pub const ALL: [(&'static str, Topology, &'static str); 9] = [
         (
             "flat",
             Topology::Flat,
@@ -90,6 +93,11 @@ impl Topology {
             "switch",
             Topology::Switch,
             "q35: rp1 > x3130-upstream up1 > xio3130-downstream dn1 > edu e1, dn2 > edu e2",
+        ),
+        (
+            "dma",
+            Topology::Dma,
+            "q35: edus e1 and e2 on the root bus (the dmatest scenarios: e1 attached, e2 never)",
         ),
     ];
 
@@ -179,6 +187,7 @@ impl Topology {
                 "edu,id=e1,bus=dn1",
                 "edu,id=e2,bus=dn2",
             ],
+            Topology::Dma => &["edu,id=e1,bus=pcie.0", "edu,id=e2,bus=pcie.0"],
         }
     }
 }
@@ -557,6 +566,7 @@ mod tests {
         assert_eq!(ids(Topology::PciBridge), "rp1 pb1 e1 e2 cb1 e3 e4");
         assert_eq!(ids(Topology::Multifunction), "e1 e2");
         assert_eq!(ids(Topology::Switch), "rp1 up1 dn1 dn2 e1 e2");
+        assert_eq!(ids(Topology::Dma), "e1 e2");
         let noacs = devices_of(&Machine::DEFAULT.with_topology(Topology::RootPortsNoAcs));
         assert_eq!(noacs.matches("disable-acs=on").count(), 2, "{noacs}");
         assert!(

@@ -5,6 +5,7 @@ mod acpi;
 mod capture;
 mod cargo;
 mod compare;
+mod dmatest;
 mod groups;
 mod machine;
 mod model;

@@ -1,5 +1,6 @@
-//! QEMU's own view of the PCI topology: a minimal QMP client and a parser for the
-//! reply of `query-pci`.
+//! QEMU's own view of the machine while the kernel holds: a minimal QMP client, a
+//! parser for the reply of `query-pci`, and human-monitor commands (`xp` reads of
+//! guest-physical memory) run in the same session.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -30,10 +31,30 @@ pub struct QueryPci {
     pub nodes: Vec<PciNode>,
     /// The reply, pretty-printed (kept in the scenario folder).
     pub raw_json: String,
+    /// Human-monitor commands run after `query-pci`, in the order asked.
+    pub monitor: Vec<MonitorReply>,
 }
 
-/// Connects to QEMU's QMP socket, negotiates capabilities and runs `query-pci`.
-pub fn query_pci(socket: &Path, timeout: Duration) -> Result<QueryPci, String> {
+/// One `human-monitor-command` and what QEMU answered (its text, or why not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorReply {
+    pub command: String,
+    pub output: Result<String, String>,
+}
+
+impl QueryPci {
+    /// The reply to `command`, if it was run.
+    pub fn monitor_reply(&self, command: &str) -> Option<&Result<String, String>> {
+        self.monitor
+            .iter()
+            .find(|r| r.command == command)
+            .map(|r| &r.output)
+    }
+}
+
+/// Connects to QEMU's QMP socket, negotiates capabilities, runs `query-pci`, then each of `monitor` as a `human-monitor-command` (e.g.
+/// `xp /64xb 0x1000`); a failing monitor command is recorded, not fatal.
+pub fn query(socket: &Path, timeout: Duration, monitor: &[String]) -> Result<QueryPci, String> {
     let deadline = Instant::now() + timeout;
     // QEMU creates the socket before the guest starts: retry briefly only.
     let connect_deadline = deadline.min(Instant::now() + Duration::from_secs(2));
@@ -63,15 +84,36 @@ pub fn query_pci(socket: &Path, timeout: Duration) -> Result<QueryPci, String> {
     if greeting.get("QMP").is_none() {
         return Err(format!("unexpected QMP greeting: {greeting}"));
     }
-    execute(&mut reader, &mut writer, "qmp_capabilities")?;
-    let reply = execute(&mut reader, &mut writer, "query-pci")?;
+    execute(&mut reader, &mut writer, "qmp_capabilities", None)?;
+    let reply = execute(&mut reader, &mut writer, "query-pci", None)?;
     let functions = parse_query_pci(&reply)?;
     let nodes = parse_query_pci_nodes(&reply)?;
     let raw_json = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
+    let monitor = monitor
+        .iter()
+        .map(|command| {
+            let args = serde_json::json!({ "command-line": command });
+            let output = execute(
+                &mut reader,
+                &mut writer,
+                "human-monitor-command",
+                Some(args),
+            )
+            .and_then(|v| match v {
+                Value::String(s) => Ok(s),
+                other => Err(format!("human-monitor-command returned {other}")),
+            });
+            MonitorReply {
+                command: command.clone(),
+                output,
+            }
+        })
+        .collect();
     Ok(QueryPci {
         functions,
         nodes,
         raw_json,
+        monitor,
     })
 }
 
@@ -91,8 +133,12 @@ fn execute(
     reader: &mut impl BufRead,
     writer: &mut impl Write,
     command: &str,
+    arguments: Option<Value>,
 ) -> Result<Value, String> {
-    let request = serde_json::json!({ "execute": command });
+    let request = match arguments {
+        Some(a) => serde_json::json!({ "execute": command, "arguments": a }),
+        None => serde_json::json!({ "execute": command }),
+    };
     writeln!(writer, "{request}")
         .and_then(|()| writer.flush())
         .map_err(|e| format!("sending {command} to QMP: {e}"))?;
@@ -463,12 +509,39 @@ pub(crate) mod tests {
             assert!(line.contains("query-pci"));
             writeln!(w, r#"{{"event": "RESUME", "data": {{}}}}"#).unwrap();
             writeln!(w, r#"{{"return": {}}}"#, BRIDGES_JSON.replace('\n', " ")).unwrap();
+            // Two monitor commands: one answered, one refused.
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let req: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(req["execute"], "human-monitor-command");
+            assert_eq!(req["arguments"]["command-line"], "xp /2xb 0x1000");
+            writeln!(w, r#"{{"return": "0000000000001000: 0x01 0x02\r\n"}}"#).unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            writeln!(
+                w,
+                r#"{{"error": {{"class": "GenericError", "desc": "no"}}}}"#
+            )
+            .unwrap();
         });
-        let q = query_pci(&sock, Duration::from_secs(5)).unwrap();
+        let cmds = ["xp /2xb 0x1000".to_string(), "bogus".to_string()];
+        let q = query(&sock, Duration::from_secs(5), &cmds).unwrap();
         server.join().unwrap();
         assert_eq!(q.functions.len(), 5);
         assert_eq!(q.nodes.len(), 5);
         assert!(q.raw_json.contains("Host bridge"));
+        assert_eq!(
+            q.monitor_reply("xp /2xb 0x1000"),
+            Some(&Ok("0000000000001000: 0x01 0x02\r\n".to_string()))
+        );
+        assert!(
+            q.monitor_reply("bogus")
+                .unwrap()
+                .as_ref()
+                .unwrap_err()
+                .contains("GenericError")
+        );
+        assert_eq!(q.monitor_reply("info"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
 //! Runs one QEMU instance with the serial port on piped stdio, a timeout, and
-//! (optionally) a `query-pci` over QMP while the kernel holds.
+//! (optionally) a `query-pci` plus human-monitor commands over QMP while the kernel
+//! holds.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ impl Exit {
     }
 }
 
+/// Chooses the monitor commands to run at `holding:` from the serial output so far.
+pub type MonitorPlan<'a> = dyn Fn(&str) -> Vec<String> + 'a;
+
 /// The result of `query-pci` taken while the kernel held.
 pub type OracleView = oracle::QueryPci;
 
@@ -53,6 +57,9 @@ pub struct RunRequest<'a> {
     pub timeout: Duration,
     /// QMP socket to query when the kernel prints `holding:` (needs `hold` in the cmdline).
     pub qmp_socket: Option<PathBuf>,
+    /// Human-monitor commands to run after `query-pci`, chosen from the serial output
+    /// up to `holding:` (e.g. `xp` reads of buffers whose addresses the kernel printed).
+    pub monitor: Option<&'a MonitorPlan<'a>>,
 }
 
 enum Event {
@@ -125,7 +132,11 @@ pub fn run(req: &RunRequest<'_>) -> Result<Outcome, String> {
                         let budget = deadline
                             .saturating_duration_since(Instant::now())
                             .min(Duration::from_secs(15));
-                        oracle = Some(oracle::query_pci(sock, budget));
+                        let commands = req
+                            .monitor
+                            .map(|f| f(&String::from_utf8_lossy(&serial)))
+                            .unwrap_or_default();
+                        oracle = Some(oracle::query(sock, budget, &commands));
                     }
                     // Any one byte lets the kernel go on.
                     if let Some(s) = stdin.as_mut() {
@@ -205,6 +216,7 @@ mod tests {
             args: &args,
             timeout,
             qmp_socket: None,
+            monitor: None,
         })
         .unwrap()
     }
@@ -248,6 +260,7 @@ mod tests {
             args: &[],
             timeout: Duration::from_secs(1),
             qmp_socket: None,
+            monitor: None,
         });
         assert!(r.unwrap_err().contains("cannot start"));
     }
@@ -256,15 +269,27 @@ mod tests {
     fn oracle_failure_is_reported_not_fatal() {
         let args = vec![
             "-c".to_string(),
-            "echo 'holding:'; read x; exit 33".to_string(),
+            "echo 'dmatest 1 x: a=1'; echo 'holding:'; read x; exit 33".to_string(),
         ];
+        // The monitor commands are chosen from the serial output seen at `holding:`.
+        let seen = std::cell::RefCell::new(String::new());
+        let monitor = |serial: &str| {
+            *seen.borrow_mut() = serial.to_string();
+            vec!["xp /1xb 0x0".to_string()]
+        };
         let o = run(&RunRequest {
             program: Path::new("/bin/sh"),
             args: &args,
             timeout: Duration::from_secs(10),
             qmp_socket: Some("/nonexistent/qmp.sock".into()),
+            monitor: Some(&monitor),
         })
         .unwrap();
+        assert!(
+            seen.borrow().starts_with("dmatest 1 x: a=1\n"),
+            "{:?}",
+            seen.borrow()
+        );
         assert_eq!(o.exit, Exit::Status(33));
         let err = o.oracle.unwrap().unwrap_err();
         assert!(err.contains("cannot connect to QMP socket"), "{err}");

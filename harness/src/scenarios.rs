@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use crate::acpi::ExtraTable;
 use crate::compare;
+use crate::dmatest;
 use crate::groups::{self, GroupReport, Rid};
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
-use crate::runner::{self, Exit, Outcome};
+use crate::runner::{self, Exit, MonitorPlan, Outcome};
 use crate::serial::{HOLDING_MARKER, KernelLog};
 
 /// The kernel's isa-debug-exit codes, as QEMU exit statuses ((v << 1) | 1).
@@ -108,6 +109,11 @@ pub enum Check {
     /// `Rid::Own` first, then e.g. `Rid::SecondaryOf("pb1")` (pb1's secondary bus,
     /// 00.0) or `Rid::Of("cb1")` (cb1's own id), in any order.
     RequesterIds(&'static [(&'static str, &'static [Rid])]),
+    /// The kernel's DMA self-test (`dmatest`, topology `dma`): six experiment lines
+    /// judged by `dmatest.rs` (fault records decoded here, requester ids of `e1`/`e2`
+    /// from `query-pci`), the buffers they name read back with the monitor's `xp`
+    /// while the kernel holds.
+    DmaTest,
 }
 
 impl Check {
@@ -118,6 +124,7 @@ impl Check {
                 | Check::NoPciFunctions
                 | Check::Groups(_)
                 | Check::RequesterIds(_)
+                | Check::DmaTest
         )
     }
 }
@@ -137,6 +144,14 @@ pub struct Scenario {
 impl Scenario {
     pub fn needs_oracle(&self) -> bool {
         self.checks.iter().any(|c| c.needs_oracle())
+    }
+
+    /// Monitor commands (beyond `query-pci`) the checks want while the kernel holds.
+    pub fn monitor_plan(&self) -> Option<&'static MonitorPlan<'static>> {
+        self.checks
+            .iter()
+            .any(|c| matches!(c, Check::DmaTest))
+            .then_some(&dmatest::monitor_commands as &MonitorPlan<'static>)
     }
 }
 
@@ -500,6 +515,38 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::RequesterIds(OWN_ONLY_E1_E2),
         ],
     },
+    // ---- DMA through the IOMMU (see dmatest.rs and the README's kernel contract) ----
+    // e1 is attached to a domain and DMAs through map/unmap/read-only/2 MiB mappings;
+    // e2 is never attached. aw-bits is explicit: QEMU 7.2 defaults to 39 (3-level
+    // tables only), QEMU 10 to 48 (4-level too); each scenario is the same on both.
+    Scenario {
+        name: "vtd-dma-aw39",
+        about: "dmatest on intel-iommu aw-bits=39 (3-level tables): edu DMA mapped, blocked, unmapped, read-only, 2 MiB, unattached",
+        machine: Machine {
+            aw_bits: Some(39),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::Dma)
+        },
+        cmdline: "dmatest",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::DmaTest],
+    },
+    Scenario {
+        name: "vtd-dma-aw48",
+        about: "dmatest on intel-iommu aw-bits=48 (4-level tables): edu DMA mapped, blocked, unmapped, read-only, 2 MiB, unattached",
+        machine: Machine {
+            aw_bits: Some(48),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::Dma)
+        },
+        cmdline: "dmatest",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::DmaTest],
+    },
 ];
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
@@ -582,6 +629,7 @@ fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &m
                 s.machine.effective_iommu(),
             )),
         },
+        Check::DmaTest => fails.extend(dmatest::check(&log.lines, oracle_full(o), &o.stderr)),
         Check::RequesterIds(expected) => match oracle_full(o) {
             Err(e) => fails.push(e),
             Ok(view) => fails.extend(groups::check_requester_ids(
@@ -758,6 +806,7 @@ pub fn run_scenario(s: &Scenario, ctx: &Context<'_>) -> Report {
         args: &args,
         timeout: ctx.timeout,
         qmp_socket: wiring.qmp_socket.clone(),
+        monitor: s.monitor_plan(),
     });
     if let Some(sock) = &wiring.qmp_socket {
         let _ = std::fs::remove_file(sock);
@@ -814,6 +863,7 @@ mod tests {
                     functions,
                     nodes: Vec::new(),
                     raw_json: String::new(),
+                    monitor: Vec::new(),
                 })
             }),
             elapsed: Duration::from_millis(1200),
@@ -1025,6 +1075,7 @@ mod tests {
             functions: parse_query_pci(&v).unwrap(),
             nodes: crate::oracle::parse_query_pci_nodes(&v).unwrap(),
             raw_json: String::new(),
+            monitor: Vec::new(),
         }
     }
 
@@ -1166,6 +1217,58 @@ mod tests {
             assert!(!groups.iter().any(|g| g.contains(&"iommu")), "{}", s.name);
         }
         assert_eq!(count, 12);
+    }
+
+    /// The DMA scenarios: machine, command line, the QMP plan, and the verdicts on
+    /// today's kernel (no `dmatest` lines), a correct report, and a kernel that could
+    /// not run the experiments.
+    #[test]
+    fn dma_scenarios() {
+        use crate::dmatest::tests::{good_log, good_memory, view_for};
+        for (name, bits) in [("vtd-dma-aw39", 39), ("vtd-dma-aw48", 48)] {
+            let s = scenario(name);
+            assert_eq!(kernel_cmdline(s, &[]), "dmatest hold");
+            let devices = s.machine.device_args().unwrap().join(" ");
+            assert_eq!(
+                devices,
+                format!(
+                    "-device intel-iommu,aw-bits={bits} -device edu,id=e1,bus=pcie.0 -device edu,id=e2,bus=pcie.0"
+                )
+            );
+            let plan = s.monitor_plan().expect("dmatest reads guest memory");
+            assert_eq!(plan(&good_log()).len(), 8);
+            assert!(scenario("boot-vtd").monitor_plan().is_none());
+
+            // Today's kernel: boots, holds, prints no dmatest lines.
+            let today = "[INFO  boot] pci: enumerated 6 functions\n[INFO  boot] holding:\n";
+            let f = evaluate(
+                s,
+                &with_oracle(33, today, view_for(today, &good_memory(), 0)),
+            );
+            assert_eq!(f.len(), 1, "{f:?}");
+            assert!(
+                f[0].starts_with("the kernel printed no `dmatest` results"),
+                "{f:?}"
+            );
+
+            // A correct kernel.
+            let log = good_log();
+            let o = with_oracle(33, &log, view_for(&log, &good_memory(), 0));
+            assert_eq!(evaluate(s, &o), Vec::<String>::new());
+
+            // The kernel could not run the experiments: status 35 and its ERROR line.
+            let log = "[ERROR dmatest] dmatest: cannot run: no DRHD\n[INFO  boot] holding:\n";
+            let f = evaluate(s, &with_oracle(35, log, view_for(log, &good_memory(), 0)));
+            assert_eq!(
+                f[0],
+                "exit status 35 (boot stopped: a required feature is missing), expected 33 (boot completed)"
+            );
+            assert_eq!(
+                f[1],
+                "line 1: the kernel reports: [ERROR dmatest] dmatest: cannot run: no DRHD"
+            );
+            assert_eq!(f.len(), 3, "{f:?}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Options<'a> {
     /// Print every ACPI table's bytes as hex (`acpi: dump SIG ADDRESS HEX`), which is how
     /// the test fixtures of the DMAR/IVRS parsers are captured from QEMU.
     pub acpi_dump: bool,
+    /// Run the IOMMU DMA experiments with the `edu` device (`dmatest N NAME: ...` lines).
+    pub dma_test: bool,
     unknown: [&'a str; MAX_UNKNOWN],
     unknown_count: usize,
     /// Unknown words beyond [`MAX_UNKNOWN`].
@@ -45,6 +47,7 @@ impl<'a> Options<'a> {
             selftest: None,
             hold: false,
             acpi_dump: false,
+            dma_test: false,
             unknown: [""; MAX_UNKNOWN],
             unknown_count: 0,
             unknown_dropped: 0,
@@ -80,6 +83,10 @@ impl<'a> Options<'a> {
                 }
                 ("acpidump", None) => {
                     opts.acpi_dump = true;
+                    true
+                }
+                ("dmatest", None) => {
+                    opts.dma_test = true;
                     true
                 }
                 _ => false,
@@ -129,8 +136,8 @@ mod tests {
 
     #[test]
     fn parses_known_words() {
-        let o = Options::parse("  log=trace   hold selftest=page-fault acpidump");
-        assert!(o.acpi_dump);
+        let o = Options::parse("  log=trace   hold selftest=page-fault acpidump dmatest");
+        assert!(o.acpi_dump && o.dma_test);
         assert_eq!(o.log_level, LevelFilter::Trace);
         assert!(o.hold);
         assert_eq!(o.selftest, Some(SelfTest::PageFault));

@@ -12,6 +12,8 @@ pub mod acpi;
 pub mod arch;
 pub mod cmdline;
 pub mod discovery;
+pub mod dmatest;
+pub mod edu;
 pub mod exit;
 pub mod memory;
 pub mod mmio;

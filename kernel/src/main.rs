@@ -24,7 +24,10 @@ use sluice_kernel::acpi::{self, AcpiTables, Signature, find_rsdp};
 use sluice_kernel::arch::{cpu::CpuFeatures, gdt, idt, paging, pic, traps};
 use sluice_kernel::cmdline::{Options, SELFTEST_FAULT_ADDR, SelfTest};
 use sluice_kernel::discovery::Discovery;
+use sluice_kernel::dmatest::{self, DmaTestPlatform};
+use sluice_kernel::edu::Edu;
 use sluice_kernel::exit::{ExitCode, exit_qemu};
+use sluice_kernel::memory::dma::FrameDmaMemory;
 use sluice_kernel::memory::{frame::FrameAllocator, heap};
 use sluice_kernel::mmio::{self, MmioRegion};
 use sluice_kernel::phys::IdentityMapped;
@@ -150,6 +153,8 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
             exit_qemu(ExitCode::BootFailed);
         }
     }
+    // From here on, frames come from the global allocator (IOMMU tables, DMA buffers).
+    *sluice_kernel::memory::FRAMES.lock() = frames;
 
     if let Some(tables) = &tables {
         report_madt(&phys, tables);
@@ -162,12 +167,39 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                     info!(target: "pci", "{change}");
                 }
             }
-            if let Some(topology) = discover_iommus(&phys, tables, &table, start_info.memory_map())
-            {
+            if let Some(found) = discover_iommus(&phys, tables, &table, start_info.memory_map()) {
+                let (topology, vtd): (Box<dyn IommuTopology>, _) = match found {
+                    Found::Vtd(t, regs) => {
+                        let driver = bring_up_vtd(&t, regs);
+                        (Box::new(t), driver)
+                    }
+                    Found::AmdVi(t) => (t, None),
+                };
                 let discovery = Discovery::new(topology, &table);
                 for line in discovery.report() {
                     info!(target: "iommu", "{line}");
                 }
+                if opts.dma_test {
+                    let ran = match vtd {
+                        Some(mut driver) => run_dmatest(
+                            &ecam,
+                            &table,
+                            &discovery,
+                            &mut driver,
+                            start_info.memory_map(),
+                        ),
+                        None => {
+                            error!(target: "dmatest", "dmatest needs a working VT-d unit; none is up");
+                            false
+                        }
+                    };
+                    if !ran {
+                        exit_qemu(ExitCode::BootFailed);
+                    }
+                }
+            } else if opts.dma_test {
+                error!(target: "dmatest", "dmatest needs an IOMMU; none found");
+                exit_qemu(ExitCode::BootFailed);
             }
         }
     } else {
@@ -388,12 +420,19 @@ fn log_lines(target: &str, level: log::Level, text: &dyn core::fmt::Display) {
 /// Find the IOMMUs: parse the DMAR (Intel) or IVRS (AMD) against the live PCI topology
 /// and describe each unit from its own registers. This is the one place in the kernel
 /// that names a vendor; everything after it sees an [`IommuTopology`].
+/// What firmware describes, before it is handed on as a vendor-neutral topology.
+enum Found {
+    /// The DMAR, and each unit's register block (None when it could not be used).
+    Vtd(sluice_vtd::DmarTopology, Vec<Option<MmioRegion>>),
+    AmdVi(Box<dyn IommuTopology>),
+}
+
 fn discover_iommus(
     phys: &IdentityMapped,
     tables: &AcpiTables,
     table: &DeviceTable,
     map: &[MemoryRegion],
-) -> Option<Box<dyn IommuTopology>> {
+) -> Option<Found> {
     let dmar = tables.find(Signature::DMAR);
     let ivrs = tables.find(Signature::IVRS);
     if dmar.is_some() && ivrs.is_some() {
@@ -418,21 +457,26 @@ fn discover_iommus(
         for w in topology.warnings() {
             warn!(target: "iommu", "DMAR: {w}");
         }
-        for unit in topology.units() {
-            describe_vtd_unit(unit, map);
-        }
-        return Some(Box::new(topology));
+        let regs = topology
+            .units()
+            .iter()
+            .map(|u| describe_vtd_unit(u, map))
+            .collect();
+        return Some(Found::Vtd(topology, regs));
     }
     if let Some(entry) = ivrs {
         let bytes = copy_table(phys, entry).ok()?;
-        return discover_amdvi(&bytes, table, map);
+        return discover_amdvi(&bytes, table, map).map(Found::AmdVi);
     }
     info!(target: "iommu", "no DMAR or IVRS: no IOMMU, so no device can be assigned");
     None
 }
 
 /// A VT-d unit's version and capabilities, read from its registers.
-fn describe_vtd_unit(unit: &sluice_iommu::UnitDescription, map: &[MemoryRegion]) {
+fn describe_vtd_unit(
+    unit: &sluice_iommu::UnitDescription,
+    map: &[MemoryRegion],
+) -> Option<MmioRegion> {
     use sluice_vtd::regs::{Capability, ExtendedCapability, Version, offset};
     // SAFETY: read-only use of registers nothing else programs yet; MmioRegion::new checks
     // the firmware-supplied range (identity mapped, uncached, no RAM).
@@ -440,7 +484,7 @@ fn describe_vtd_unit(unit: &sluice_iommu::UnitDescription, map: &[MemoryRegion])
         Ok(r) => r,
         Err(e) => {
             error!(target: "iommu", "{}: {e}; unit unusable", unit.name);
-            return;
+            return None;
         }
     };
     let (Some(ver), Some(cap), Some(ecap)) = (
@@ -449,11 +493,11 @@ fn describe_vtd_unit(unit: &sluice_iommu::UnitDescription, map: &[MemoryRegion])
         regs.read64(offset::ECAP as u64),
     ) else {
         error!(target: "iommu", "{}: register block too small for VER/CAP/ECAP", unit.name);
-        return;
+        return None;
     };
     if cap == u64::MAX || ver == u32::MAX {
         error!(target: "iommu", "{}: registers read all-ones: no unit at {:#x}", unit.name, unit.register_base);
-        return;
+        return None;
     }
     info!(
         target: "iommu",
@@ -464,6 +508,19 @@ fn describe_vtd_unit(unit: &sluice_iommu::UnitDescription, map: &[MemoryRegion])
         Capability::decode(cap),
         ExtendedCapability::decode(ecap)
     );
+    // The register set is as large as CAP/ECAP place the fault and IOTLB registers.
+    let (cap, ecap) = (Capability::decode(cap), ExtendedCapability::decode(ecap));
+    let size = unit
+        .register_size
+        .max(sluice_vtd::regs::register_set_size(&cap, &ecap));
+    // SAFETY: as above; this region replaces the 4 KiB one and is handed to the driver.
+    match unsafe { MmioRegion::new(unit.register_base, size, map) } {
+        Ok(r) => Some(r),
+        Err(e) => {
+            error!(target: "iommu", "{}: {e}; unit unusable", unit.name);
+            None
+        }
+    }
 }
 
 /// Parse the IVRS against the live topology and describe each unit from its registers.
@@ -532,6 +589,144 @@ fn describe_amdvi_unit(unit: &sluice_amdvi::AmdViUnit, map: &[MemoryRegion]) {
             warn!(target: "iommu", "{}: EFR differs from the IVHD's image ({image})", d.name);
         }
     }
+}
+
+type VtdDriver = sluice_vtd::driver::VtdIommu<MmioRegion, FrameDmaMemory>;
+
+/// Bring every VT-d unit up: root table with no context entry (every device's DMA is
+/// blocked), queued invalidation, translation enabled. Devices are let through only by
+/// attaching them to a domain.
+fn bring_up_vtd(
+    topology: &sluice_vtd::DmarTopology,
+    regs: Vec<Option<MmioRegion>>,
+) -> Option<VtdDriver> {
+    let Some(regs) = regs.into_iter().collect::<Option<Vec<_>>>() else {
+        error!(target: "iommu", "VT-d: a unit's registers are unusable; translation stays off");
+        return None;
+    };
+    let config = sluice_vtd::driver::DriverConfig::default();
+    match sluice_vtd::driver::VtdIommu::new(topology, regs, FrameDmaMemory, config) {
+        Ok(driver) => {
+            let f = driver.format();
+            info!(
+                target: "iommu",
+                "VT-d: translation enabled on {} unit(s): {}-level {}-bit tables, default deny (no device attached)",
+                topology.units().len(),
+                f.levels,
+                f.address_width
+            );
+            Some(driver)
+        }
+        Err(e) => {
+            error!(target: "iommu", "VT-d bring-up failed: {e}; no device can be assigned");
+            None
+        }
+    }
+}
+
+/// The VT-d side of the DMA experiments: the raw fault record and a table descent.
+struct VtdDmaTest<'a> {
+    driver: &'a mut VtdDriver,
+    /// The same unit's registers, mapped again for raw reads of the fault record.
+    fault_regs: MmioRegion,
+    fro: u64,
+}
+
+impl DmaTestPlatform for VtdDmaTest<'_> {
+    fn iommu(&mut self) -> &mut dyn sluice_iommu::Iommu {
+        self.driver
+    }
+
+    fn raw_fault_record(&self) -> (u64, u64) {
+        let lo = self.fault_regs.read64(self.fro).unwrap_or(u64::MAX);
+        let hi = self.fault_regs.read64(self.fro + 8).unwrap_or(u64::MAX);
+        (hi, lo)
+    }
+
+    /// Descend the domain's second-level tables as the hardware does, reading the
+    /// entries from memory, to the leaf for `iova`.
+    fn leaf_entry(
+        &mut self,
+        domain: sluice_iommu::DomainHandle,
+        iova: u64,
+    ) -> Option<(u64, u8, u64)> {
+        use sluice_vtd::hw::DmaMemory;
+        let mut table = self.driver.table_root(domain)?;
+        let mem = self.driver.memory();
+        for level in (1..=self.driver.format().levels).rev() {
+            let shift = 12 + 9 * (level as u64 - 1);
+            let entry = mem.read_u64(table + ((iova >> shift) & 0x1ff) * 8);
+            if entry & 3 == 0 {
+                return None;
+            }
+            if level == 1 || entry & (1 << 7) != 0 {
+                return Some((entry, level, 1 << shift));
+            }
+            table = entry & 0x000f_ffff_ffff_f000;
+        }
+        None
+    }
+}
+
+/// Find two edu devices, attach the first to a domain, and run the experiments.
+fn run_dmatest(
+    ecam: &Ecam,
+    table: &DeviceTable,
+    discovery: &Discovery,
+    driver: &mut VtdDriver,
+    map: &[MemoryRegion],
+) -> bool {
+    let edus: Vec<&sluice_pci::PciDevice> = table
+        .iter()
+        .filter(|d| sluice_kernel::edu::is_edu(ecam, d.address))
+        .collect();
+    let [d1, d2, ..] = edus.as_slice() else {
+        error!(target: "dmatest", "dmatest needs two edu devices, found {}", edus.len());
+        return false;
+    };
+    let open = |d: &sluice_pci::PciDevice| -> Option<Edu<MmioRegion>> {
+        let bar = d
+            .bars
+            .iter()
+            .find(|b| b.index == 0 && b.kind != sluice_pci::BarKind::Io)?;
+        // SAFETY: BAR0 of an edu, assigned by firmware, checked against RAM and the
+        // identity map; only this driver touches it.
+        let regs =
+            unsafe { MmioRegion::new(bar.address, sluice_kernel::edu::BAR0_SIZE, map) }.ok()?;
+        sluice_kernel::edu::enable_bus_master(ecam, d.address);
+        Edu::new(regs).ok()
+    };
+    let (Some(e1), Some(e2)) = (open(d1), open(d2)) else {
+        error!(target: "dmatest", "an edu's BAR0 is unusable or it failed its liveness check");
+        return false;
+    };
+    let Some(route) = discovery.routes.get(&d1.address) else {
+        error!(target: "dmatest", "{} is not translated by any unit", d1.address);
+        return false;
+    };
+    let e1_dma = sluice_iommu::DeviceDma {
+        device: d1.address,
+        unit: route.unit,
+        requester_ids: route.requester_ids.iter().map(|a| a.requester_id).collect(),
+    };
+    let Some(info) = driver.unit_info(route.unit) else {
+        return false;
+    };
+    let unit = &discovery.topology.units()[route.unit.0 as usize];
+    let fro = info.cap.fro as u64;
+    // SAFETY: read-only access to the fault recording registers, whose only writer is the
+    // driver's take_faults, which the experiments call between their reads.
+    let Ok(fault_regs) =
+        (unsafe { MmioRegion::new(unit.register_base, 0x1000.max(fro + 16), map) })
+    else {
+        return false;
+    };
+    let mut platform = VtdDmaTest {
+        driver,
+        fault_regs,
+        fro,
+    };
+    dmatest::run(&mut platform, &e1, &e1_dma, &e2, d2.address.bdf())
 }
 
 /// Enumerate every PCI function the usable ECAM regions reach. ECAM addresses come from

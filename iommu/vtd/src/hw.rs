@@ -38,8 +38,9 @@ pub trait RegisterBlock {
 /// A fake [`DmaMemory`] for host tests: sparse pages in a map, with counters.
 #[cfg(any(test, feature = "fake"))]
 pub mod fake {
-    extern crate std;
-    use std::collections::BTreeMap;
+    extern crate alloc;
+    use alloc::collections::BTreeMap;
+    use core::cell::Cell;
 
     use super::DmaMemory;
 
@@ -53,7 +54,7 @@ pub mod fake {
         /// Allocation limit in pages (None: unlimited).
         pub limit: Option<usize>,
         pub flushed_lines: usize,
-        pub barriers: std::cell::Cell<usize>,
+        pub barriers: Cell<usize>,
     }
 
     impl FakeDmaMemory {

@@ -26,7 +26,9 @@
 extern crate alloc;
 
 pub mod dmar;
+pub mod driver;
 pub mod hw;
+pub mod pagetable;
 pub mod regs;
 pub mod scope;
 pub mod topology;

@@ -1,0 +1,1317 @@
+//! The VT-d translation driver: [`VtdIommu`] implements [`sluice_iommu::Iommu`] on the
+//! remapping units the DMAR describes.
+//!
+//! Why it is built the way it is:
+//!
+//! - **Default deny.** Each unit gets a fresh root table with no present entry before
+//!   translation is enabled, so every requester id is blocked (fault reason 1 or 2) until
+//!   [`Iommu::attach`] writes its context entry. Detach clears it again.
+//! - **Capabilities decoded once.** VER/CAP/ECAP are read at construction into
+//!   [`crate::regs`] types; table depth (CAP.SAGAW/MGAW), superpages (CAP.SLLPS), domain
+//!   ids (CAP.ND), coherency (ECAP.C), invalidation interface (ECAP.QI), page-selective
+//!   invalidation (CAP.PSI/MAMV), draining (CAP.DRD/DWD), write-buffer flushing
+//!   (CAP.RWBF) and caching mode (CAP.CM) all come from there, never assumed.
+//! - **Entries written present-bit last.** A root or context entry's other quadword is
+//!   written first, then a barrier, then the quadword with P; clearing goes the other way.
+//!   On a non-coherent unit (ECAP.C = 0, QEMU's) every written entry is flushed.
+//! - **Nothing counts as done until the unit confirms it.** Invalidations end with an
+//!   invalidation-wait whose status write is polled a bounded number of times; a unit that
+//!   does not confirm (or reports a queue error) is marked failed and refuses all later
+//!   work, because a late completion could be taken for a later one.
+//! - **No reuse before invalidation.** Domain ids are returned to their unit's pool only
+//!   after a domain-selective invalidation of that id completed; page-table pages an unmap
+//!   unlinked are freed only after the commit's invalidation completed; memory a failed
+//!   unit might still walk is leaked, never freed.
+//! - **One batch per commit.** `map`/`unmap` only edit tables; `commit` sends the union of
+//!   what changed as page-selective invalidations (or one domain-selective) and a single
+//!   wait per unit. Maps need no invalidation unless the unit caches not-present entries
+//!   (caching mode, as virtual IOMMUs do).
+//!
+//! # Domains and units
+//!
+//! A domain is one second-level table plus, per unit it has devices on, a domain id of
+//! that unit. Its table format is fixed when it is created, so it is chosen for the whole
+//! machine ([`DomainFormat`]): a depth every unit's SAGAW offers (the smallest one whose
+//! width covers the smallest MGAW, else the deepest), the superpages every unit offers,
+//! and flushing unless every unit is coherent. The aperture is
+//! `[0, 2^min(table width, MGAW))`. Per unit, the same rule picks the unit's own preferred
+//! depth (reported in [`UnitInfo`]); a unit whose SAGAW offers no 3-, 4- or 5-level
+//! format, or whose CAP.ND is reserved, is refused (`Unsupported`). On QEMU 7.2 (SAGAW
+//! 3-level, MGAW 39) that is 3 levels/39 bits; with `aw-bits=48` (SAGAW 3+4, MGAW 48),
+//! 4 levels/48 bits.
+//!
+//! # Attach rules
+//!
+//! A requester id routes to at most one domain: attaching a device any of whose requester
+//! ids is attached to another domain fails with `Busy` (VFIO: a group sits in one
+//! container at a time; the caller detaches first). Requester ids shared by devices of one
+//! domain (DMA aliases) are reference counted and cleared when the last device using them
+//! detaches. Re-attaching a device to its own domain is a no-op. Devices named by an RMRR
+//! get that range identity-mapped (read/write) in their domain while attached; the range
+//! is then excluded from the domain's IOVA ranges and from user maps and unmaps.
+//!
+//! # Memory
+//!
+//! `VtdIommu` owns its [`DmaMemory`] (`M`, e.g. the kernel's frame-backed memory, or a
+//! shared handle in tests) and one [`RegisterBlock`] per unit (`R`). No `unsafe`: the two
+//! traits are the only way to the hardware.
+
+mod entries;
+mod faults;
+mod ids;
+pub mod invalidation;
+pub mod registers;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use sluice_iommu::{
+    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
+};
+use sluice_pci::PciAddress;
+
+use self::ids::DomainIds;
+use self::invalidation::{Invalidator, Queue, Target};
+use self::registers::{fsts, gcmd};
+use crate::hw::{DmaMemory, RegisterBlock};
+use crate::pagetable::{PageSizes, PageTableConfig, SecondLevelTable, Translation};
+use crate::regs::{self, Capability, ExtendedCapability, TableFormat, Version};
+use crate::topology::{DmarTopology, ResolvedRmrr};
+
+pub use self::entries::{
+    ContextEntry, DeviceTranslation, ENTRY_BYTES, RootEntry, TABLE_ENTRIES, WalkFault,
+    translation_type,
+};
+pub use self::faults::{FaultStats, reason_text};
+pub use self::invalidation::{Invalidation, UnitFailure, covering_block};
+
+/// The interrupt window: never DMA-translated, never in an IOVA range.
+pub const INTERRUPT_WINDOW: IovaRange = IovaRange {
+    start: 0xFEE0_0000,
+    last: 0xFEEF_FFFF,
+};
+
+const PAGE: u64 = 4096;
+
+/// Tunables. The budgets are iteration counts (the driver has no clock): generous by
+/// default, small in tests that simulate a dead unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Polls of an invalidation-wait status word before the unit is declared failed.
+    pub invalidation_spin_budget: u64,
+    /// Reads of a status register (GSTS, CCMD, IOTLB) before a command is declared
+    /// unacknowledged.
+    pub register_spin_budget: u64,
+    /// Page-selective IOTLB invalidations per commit and unit before falling back to a
+    /// single domain-selective one.
+    pub max_page_selective: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            invalidation_spin_budget: 10_000_000,
+            register_spin_budget: 10_000_000,
+            max_page_selective: 16,
+        }
+    }
+}
+
+/// One unit to bring up: its id (DRHD order), PCI segment and register block.
+#[derive(Debug)]
+pub struct UnitSetup<R> {
+    pub id: UnitId,
+    pub segment: u16,
+    pub registers: R,
+}
+
+/// A range devices must reach at its own address (an RMRR), with the functions it
+/// applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRegion {
+    pub segment: u16,
+    /// First byte.
+    pub base: u64,
+    /// Last byte, inclusive.
+    pub limit: u64,
+    pub devices: Vec<PciAddress>,
+}
+
+impl IdentityRegion {
+    /// From a resolved RMRR. A range that is not whole pages is widened to whole pages;
+    /// an inverted one gives `None`.
+    pub fn from_rmrr(rmrr: &ResolvedRmrr) -> Option<Self> {
+        if rmrr.limit < rmrr.base {
+            return None;
+        }
+        Some(Self {
+            segment: rmrr.segment,
+            base: rmrr.base & !(PAGE - 1),
+            limit: rmrr.limit | (PAGE - 1),
+            devices: rmrr.devices.clone(),
+        })
+    }
+
+    fn size(&self) -> u64 {
+        self.limit - self.base + 1
+    }
+}
+
+/// The table format of every domain (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainFormat {
+    pub levels: u8,
+    /// Aperture width in bits: min(table width, smallest MGAW).
+    pub address_width: u8,
+    pub page_sizes: PageSizes,
+    /// Every unit snoops (ECAP.C): table writes need no cache flush.
+    pub coherent: bool,
+}
+
+/// What the driver knows about one unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitInfo {
+    pub id: UnitId,
+    pub segment: u16,
+    pub version: Version,
+    pub cap: Capability,
+    pub ecap: ExtendedCapability,
+    /// The unit's own preferred table format (domains use [`DomainFormat`]).
+    pub format: TableFormat,
+    /// Queued (true) or register-based invalidation.
+    pub queued_invalidation: bool,
+    pub root_table: u64,
+    /// Set once the unit failed to confirm something; it is never used again.
+    pub failure: Option<UnitFailure>,
+    pub faults: FaultStats,
+    pub domain_ids_in_use: usize,
+    /// Domain ids the unit has (CAP.ND, id 0 excluded).
+    pub domain_ids_capacity: u32,
+}
+
+struct Unit<R> {
+    id: UnitId,
+    segment: u16,
+    regs: R,
+    version: Version,
+    cap: Capability,
+    ecap: ExtendedCapability,
+    format: TableFormat,
+    ids: DomainIds,
+    root: u64,
+    /// Context table per bus, allocated on first use, never freed.
+    context_tables: BTreeMap<u8, u64>,
+    invalidator: Invalidator,
+    failure: Option<UnitFailure>,
+    faults: FaultStats,
+}
+
+/// A requester id's route: its domain and how many attached devices use it.
+#[derive(Clone, Copy, Debug)]
+struct Route {
+    domain: DomainHandle,
+    users: u32,
+}
+
+#[derive(Debug)]
+struct IdentityMapping {
+    base: u64,
+    size: u64,
+    users: u32,
+}
+
+struct Domain {
+    table: SecondLevelTable,
+    /// Domain id per unit it was ever attached on (until destroyed).
+    dids: BTreeMap<UnitId, u16>,
+    devices: BTreeMap<PciAddress, DeviceDma>,
+    /// `[start, end)` ranges whose translations changed since the last commit.
+    unmapped: Vec<(u64, u64)>,
+    /// Ranges mapped since the last commit (kept only when a unit has caching mode).
+    mapped: Vec<(u64, u64)>,
+    /// Any table edit since the last commit (write-buffer flushing needs to know).
+    dirty: bool,
+    identity: Vec<IdentityMapping>,
+}
+
+/// Intel VT-d behind the vendor-neutral [`Iommu`] interface. See the module docs.
+pub struct VtdIommu<R: RegisterBlock, M: DmaMemory> {
+    mem: M,
+    config: DriverConfig,
+    units: Vec<Unit<R>>,
+    format: DomainFormat,
+    identity_regions: Vec<IdentityRegion>,
+    domains: BTreeMap<DomainHandle, Domain>,
+    next_domain: u32,
+    routes: BTreeMap<(UnitId, u16), Route>,
+    caching_mode: bool,
+}
+
+impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
+    /// Brings up every unit of `topology`. `registers[i]` is the register block of
+    /// `topology.vtd_units()[i]` (mapped over at least
+    /// [`crate::regs::register_set_size`] bytes); the RMRRs become identity regions.
+    pub fn new(
+        topology: &DmarTopology,
+        registers: Vec<R>,
+        mem: M,
+        config: DriverConfig,
+    ) -> Result<Self, IommuError> {
+        let units = topology.vtd_units();
+        if registers.len() != units.len() {
+            let missing = units.len().min(registers.len());
+            return Err(IommuError::Unsupported {
+                unit: UnitId(missing as u16),
+            });
+        }
+        let setups = units
+            .iter()
+            .zip(registers)
+            .map(|(unit, registers)| UnitSetup {
+                id: unit.id,
+                segment: unit.segment(),
+                registers,
+            })
+            .collect();
+        let regions = topology
+            .rmrrs()
+            .iter()
+            .filter_map(IdentityRegion::from_rmrr)
+            .collect();
+        Self::with_units(setups, regions, mem, config)
+    }
+
+    /// Brings up the given units. First every unit's VER/CAP/ECAP are read and checked
+    /// (nothing written: a refused unit leaves the machine untouched); then each unit in
+    /// turn gets its invalidation queue, an empty root table (default deny), global
+    /// invalidations and translation enabled.
+    ///
+    /// Errors: `Unsupported` (no usable table depth, reserved ND), `HardwareTimeout` (a
+    /// GCMD command not acknowledged), `InvalidationTimeout`, `NoMemory`. Units brought
+    /// up before the failing one stay enabled and blocking (their memory is leaked: the
+    /// hardware may still read it).
+    pub fn with_units(
+        setups: Vec<UnitSetup<R>>,
+        identity_regions: Vec<IdentityRegion>,
+        mut mem: M,
+        config: DriverConfig,
+    ) -> Result<Self, IommuError> {
+        let mut units = Vec::with_capacity(setups.len());
+        for setup in setups {
+            let regs = setup.registers;
+            let version = Version::decode(regs.read32(regs::offset::VER));
+            let cap = Capability::decode(regs.read64(regs::offset::CAP));
+            let ecap = ExtendedCapability::decode(regs.read64(regs::offset::ECAP));
+            let unsupported = IommuError::Unsupported { unit: setup.id };
+            let domains = cap.domains.ok_or(unsupported)?;
+            let format = choose_format(usable_formats(&cap), cap.mgaw).ok_or(unsupported)?;
+            units.push(Unit {
+                id: setup.id,
+                segment: setup.segment,
+                regs,
+                version,
+                cap,
+                ecap,
+                format,
+                ids: DomainIds::new(domains),
+                root: 0,
+                context_tables: BTreeMap::new(),
+                invalidator: Invalidator::Registers,
+                failure: None,
+                faults: FaultStats::default(),
+            });
+        }
+        let format = domain_format(&units);
+        for unit in &mut units {
+            unit.bring_up(&mut mem, &config)?;
+        }
+        let caching_mode = units.iter().any(|unit| unit.cap.cm);
+        Ok(Self {
+            mem,
+            config,
+            units,
+            format,
+            identity_regions,
+            domains: BTreeMap::new(),
+            next_domain: 1,
+            routes: BTreeMap::new(),
+            caching_mode,
+        })
+    }
+
+    /// The table format every domain uses.
+    pub fn format(&self) -> DomainFormat {
+        self.format
+    }
+
+    pub fn config(&self) -> DriverConfig {
+        self.config
+    }
+
+    pub fn unit_ids(&self) -> impl Iterator<Item = UnitId> + '_ {
+        self.units.iter().map(|unit| unit.id)
+    }
+
+    pub fn unit_info(&self, unit: UnitId) -> Option<UnitInfo> {
+        let unit = self.units.iter().find(|u| u.id == unit)?;
+        Some(UnitInfo {
+            id: unit.id,
+            segment: unit.segment,
+            version: unit.version,
+            cap: unit.cap,
+            ecap: unit.ecap,
+            format: unit.format,
+            queued_invalidation: matches!(unit.invalidator, Invalidator::Queue(_)),
+            root_table: unit.root,
+            failure: unit.failure,
+            faults: unit.faults,
+            domain_ids_in_use: unit.ids.in_use(),
+            domain_ids_capacity: unit.ids.capacity(),
+        })
+    }
+
+    /// Whether `unit` failed and refuses work.
+    pub fn unit_failed(&self, unit: UnitId) -> bool {
+        self.units
+            .iter()
+            .any(|u| u.id == unit && u.failure.is_some())
+    }
+
+    /// The context entry of `requester_id` as the unit would read it from memory (the
+    /// all-zero, not-present entry when the bus has no context table). `None` for an
+    /// unknown unit.
+    pub fn context_entry(&self, unit: UnitId, requester_id: u16) -> Option<ContextEntry> {
+        let unit = self.units.iter().find(|u| u.id == unit)?;
+        Some(ContextEntry::read(&self.mem, unit.root, requester_id))
+    }
+
+    /// Walks `unit`'s structures in memory for a DMA by `requester_id` at `iova`, as the
+    /// hardware would (not the driver's bookkeeping). `None` for an unknown unit.
+    pub fn walk(
+        &self,
+        unit: UnitId,
+        requester_id: u16,
+        iova: u64,
+    ) -> Option<Result<DeviceTranslation, WalkFault>> {
+        let unit = self.units.iter().find(|u| u.id == unit)?;
+        Some(entries::walk(
+            &self.mem,
+            unit.root,
+            unit.cap.mgaw,
+            requester_id,
+            iova,
+        ))
+    }
+
+    /// What `iova` translates to in `domain`'s table.
+    pub fn translate(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+    ) -> Result<Option<Translation>, IommuError> {
+        let domain = self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
+        Ok(domain.table.translate(&self.mem, iova))
+    }
+
+    /// `domain`'s id on `unit`, once a device on that unit was attached.
+    pub fn domain_id(&self, domain: DomainHandle, unit: UnitId) -> Option<u16> {
+        self.domains.get(&domain)?.dids.get(&unit).copied()
+    }
+
+    /// The domain `requester_id` of `unit` is routed to.
+    pub fn domain_of(&self, unit: UnitId, requester_id: u16) -> Option<DomainHandle> {
+        self.routes
+            .get(&(unit, requester_id))
+            .map(|route| route.domain)
+    }
+
+    /// Page-table pages `domain` holds (root and retired tables included).
+    pub fn table_pages(&self, domain: DomainHandle) -> Option<usize> {
+        Some(self.domains.get(&domain)?.table.table_pages())
+    }
+
+    /// Physical address of `domain`'s top-level table (the context entries' SLPTPTR).
+    pub fn table_root(&self, domain: DomainHandle) -> Option<u64> {
+        Some(self.domains.get(&domain)?.table.root())
+    }
+
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    pub fn memory_mut(&mut self) -> &mut M {
+        &mut self.mem
+    }
+
+    /// Invalidates `unit`'s interrupt-entry cache: all of it (`None`) or the
+    /// `2^mask` entries from `index`, and waits. For interrupt remapping, which shares
+    /// the unit's invalidation queue. `Unsupported` without queued invalidation.
+    pub fn invalidate_interrupt_entries(
+        &mut self,
+        unit: UnitId,
+        entries: Option<(u16, u8)>,
+    ) -> Result<(), IommuError> {
+        let index = self.unit_index(unit).ok_or(IommuError::UnknownDevice)?;
+        let unit = &mut self.units[index];
+        if !matches!(unit.invalidator, Invalidator::Queue(_)) {
+            return Err(IommuError::Unsupported { unit: unit.id });
+        }
+        let command = match entries {
+            None => Invalidation::InterruptEntriesGlobal,
+            Some((index, mask)) => Invalidation::InterruptEntries { index, mask },
+        };
+        unit.run(&mut self.mem, &self.config, &[command], false)
+    }
+
+    fn unit_index(&self, unit: UnitId) -> Option<usize> {
+        self.units.iter().position(|u| u.id == unit)
+    }
+
+    /// The aperture minus the interrupt window and `domain`'s identity regions, as
+    /// sorted `[start, end)` pieces.
+    fn usable(&self, domain: &Domain) -> Vec<(u64, u64)> {
+        let mut reserved: Vec<(u64, u64)> = domain
+            .identity
+            .iter()
+            .map(|m| (m.base, m.base + m.size))
+            .collect();
+        reserved.push((INTERRUPT_WINDOW.start, INTERRUPT_WINDOW.last + 1));
+        subtract((0, self.aperture_end()), &reserved)
+    }
+
+    fn aperture_end(&self) -> u64 {
+        1u64 << self.format.address_width
+    }
+
+    /// Makes `handle`'s pending edits visible on every unit it has a domain id on, then
+    /// frees the tables its unmaps retired. See [`Iommu::commit`].
+    fn commit_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
+        let Self {
+            mem,
+            config,
+            units,
+            domains,
+            ..
+        } = self;
+        let domain = domains.get_mut(&handle).ok_or(IommuError::UnknownDomain)?;
+        let unmapped = core::mem::take(&mut domain.unmapped);
+        let mapped = core::mem::take(&mut domain.mapped);
+        let dirty = core::mem::replace(&mut domain.dirty, false);
+        let mut result = Ok(());
+        for (&unit_id, &did) in &domain.dids {
+            let Some(unit) = units.iter_mut().find(|u| u.id == unit_id) else {
+                continue;
+            };
+            let mut ranges = unmapped.clone();
+            if unit.cap.cm {
+                ranges.extend_from_slice(&mapped);
+            }
+            let commands =
+                invalidation::iotlb_for_ranges(&unit.cap, did, &ranges, config.max_page_selective);
+            if commands.is_empty() && !(dirty && unit.cap.rwbf) && unit.failure.is_none() {
+                continue;
+            }
+            if let Err(error) = unit.run(mem, config, &commands, true) {
+                result = result.and(Err(error));
+            }
+        }
+        if result.is_ok() {
+            domain.table.reclaim(mem);
+        }
+        result
+    }
+}
+
+impl<R: RegisterBlock> Unit<R> {
+    /// Queue (when ECAP.QI), root table, SRTP, global invalidation, TE.
+    ///
+    /// Translation left enabled by firmware is not turned off first (that would let DMA
+    /// through untranslated for a moment): the new root table replaces the old one and
+    /// the global invalidations drop what was cached from it.
+    fn bring_up(
+        &mut self,
+        mem: &mut dyn DmaMemory,
+        config: &DriverConfig,
+    ) -> Result<(), IommuError> {
+        let timeout = IommuError::HardwareTimeout { unit: self.id };
+        if self.ecap.qi {
+            if self.regs.read32(registers::GSTS) & gcmd::QIE != 0 {
+                // Queued invalidation left on (firmware, an earlier kernel): turn it off
+                // to reprogram the queue (hardware requires an idle queue for that).
+                self.command(config, gcmd::QIE, false)?;
+            }
+            let base = mem.alloc_zeroed(1, PAGE).ok_or(IommuError::NoMemory)?;
+            let status = mem.alloc_zeroed(1, PAGE).ok_or(IommuError::NoMemory)?;
+            self.regs.write64(registers::IQT, 0);
+            // IQA: base | DW = 0 (128-bit descriptors) | QS = 0 (one page, 256 entries).
+            self.regs.write64(registers::IQA, base);
+            self.command(config, gcmd::QIE, true)?;
+            self.invalidator = Invalidator::Queue(Queue {
+                base,
+                tail: 0,
+                status,
+                seq: 0,
+            });
+        }
+        let root = mem.alloc_zeroed(1, PAGE).ok_or(IommuError::NoMemory)?;
+        if !self.ecap.c {
+            mem.flush(root, PAGE as usize);
+        }
+        mem.barrier();
+        self.root = root;
+        // RTADDR: root table address, TTM = 00 (legacy mode).
+        self.regs.write64(registers::RTADDR, root);
+        let value = registers::gcmd_value(&self.regs, gcmd::SRTP, true);
+        self.regs.write32(registers::GCMD, value);
+        if !registers::poll32(
+            &self.regs,
+            registers::GSTS,
+            config.register_spin_budget,
+            |s| s & gcmd::SRTP != 0,
+        ) {
+            self.failure = Some(UnitFailure::Command { bit: gcmd::SRTP });
+            return Err(timeout);
+        }
+        self.run(
+            mem,
+            config,
+            &[Invalidation::ContextGlobal, Invalidation::IotlbGlobal],
+            true,
+        )?;
+        if self.regs.read32(registers::GSTS) & gcmd::TE == 0 {
+            self.command(config, gcmd::TE, true)?;
+        }
+        log::info!(
+            target: "vtd",
+            "dmar{}: translation enabled, {}-level tables, {} invalidation, root table {:#x}",
+            self.id.0,
+            self.format.levels,
+            if self.ecap.qi { "queued" } else { "register-based" },
+            root
+        );
+        Ok(())
+    }
+
+    /// Sets or clears a persistent GCMD enable (keeping the others) and waits for GSTS.
+    fn command(&mut self, config: &DriverConfig, bit: u32, on: bool) -> Result<(), IommuError> {
+        let value = registers::gcmd_value(&self.regs, bit, on);
+        self.regs.write32(registers::GCMD, value);
+        if registers::poll32(
+            &self.regs,
+            registers::GSTS,
+            config.register_spin_budget,
+            |s| (s & bit != 0) == on,
+        ) {
+            Ok(())
+        } else {
+            self.failure = Some(UnitFailure::Command { bit });
+            Err(IommuError::HardwareTimeout { unit: self.id })
+        }
+    }
+
+    /// Runs `commands` (with a write-buffer flush first when `flush_writes` and
+    /// CAP.RWBF) and waits for completion. Any failure marks the unit failed.
+    fn run(
+        &mut self,
+        mem: &mut dyn DmaMemory,
+        config: &DriverConfig,
+        commands: &[Invalidation],
+        flush_writes: bool,
+    ) -> Result<(), IommuError> {
+        if self.failure.is_some() {
+            return Err(IommuError::InvalidationTimeout { unit: self.id });
+        }
+        let mut target = Target {
+            regs: &mut self.regs,
+            cap: &self.cap,
+            ecap: &self.ecap,
+            spin_budget: config.invalidation_spin_budget,
+            register_budget: config.register_spin_budget,
+        };
+        let mut outcome = Ok(());
+        if flush_writes {
+            outcome = invalidation::flush_write_buffer(&mut target);
+        }
+        if outcome.is_ok() && !commands.is_empty() {
+            outcome = match &mut self.invalidator {
+                Invalidator::Queue(queue) => queue.run(&mut target, mem, commands),
+                Invalidator::Registers => invalidation::run_registers(&mut target, commands),
+            };
+        }
+        outcome.map_err(|failure| {
+            log::error!(
+                target: "vtd",
+                "dmar{}: {failure:?}; the unit is no longer trusted",
+                self.id.0
+            );
+            self.failure = Some(failure);
+            match failure {
+                UnitFailure::Command { .. } => IommuError::HardwareTimeout { unit: self.id },
+                _ => IommuError::InvalidationTimeout { unit: self.id },
+            }
+        })
+    }
+
+    /// Writes the context entry of `rid` (allocating the bus's context table and linking
+    /// it from the root table on first use): other quadword first, P last.
+    fn write_context(
+        &mut self,
+        mem: &mut dyn DmaMemory,
+        rid: u16,
+        entry: ContextEntry,
+    ) -> Result<(), IommuError> {
+        let bus = (rid >> 8) as u8;
+        let table = match self.context_tables.get(&bus) {
+            Some(&table) => table,
+            None => {
+                let table = mem.alloc_zeroed(1, PAGE).ok_or(IommuError::NoMemory)?;
+                if !self.ecap.c {
+                    mem.flush(table, PAGE as usize);
+                }
+                mem.barrier();
+                let slot = self.root + u64::from(bus) * ENTRY_BYTES;
+                self.write_pair(mem, slot, 0, table | 1);
+                self.context_tables.insert(bus, table);
+                table
+            }
+        };
+        let slot = table + u64::from(rid & 0xff) * ENTRY_BYTES;
+        self.write_pair(mem, slot, entry.hi, entry.lo);
+        Ok(())
+    }
+
+    /// Clears the context entry of `rid`: P first, then the rest.
+    fn clear_context(&mut self, mem: &mut dyn DmaMemory, rid: u16) {
+        let Some(&table) = self.context_tables.get(&((rid >> 8) as u8)) else {
+            return;
+        };
+        let slot = table + u64::from(rid & 0xff) * ENTRY_BYTES;
+        mem.write_u64(slot, 0);
+        self.flush(mem, slot);
+        mem.barrier();
+        mem.write_u64(slot + 8, 0);
+        self.flush(mem, slot + 8);
+        mem.barrier();
+    }
+
+    /// Writes a 128-bit entry at `slot`: `hi` (no present bit), barrier, `lo` (P).
+    fn write_pair(&self, mem: &mut dyn DmaMemory, slot: u64, hi: u64, lo: u64) {
+        mem.write_u64(slot + 8, hi);
+        self.flush(mem, slot + 8);
+        mem.barrier();
+        mem.write_u64(slot, lo);
+        self.flush(mem, slot);
+        mem.barrier();
+    }
+
+    fn flush(&self, mem: &mut dyn DmaMemory, at: u64) {
+        if !self.ecap.c {
+            mem.flush(at, 8);
+        }
+    }
+
+    /// Reads and clears at most NFR fault records (from FSTS.FRI round the ring), and
+    /// the overflow flag.
+    fn take_faults(&mut self, out: &mut Vec<FaultRecord>) {
+        let status = self.regs.read32(registers::FSTS);
+        if status & (fsts::PPF | fsts::PFO) == 0 {
+            return;
+        }
+        let records = usize::from(self.cap.nfr);
+        let first = ((status >> fsts::FRI_SHIFT) & 0xff) as usize % records;
+        for step in 0..records {
+            let offset = usize::from(self.cap.fro) + 16 * ((first + step) % records);
+            let hi = self.regs.read64(offset + 8);
+            if hi >> 63 == 0 {
+                continue;
+            }
+            let lo = self.regs.read64(offset);
+            // Clear F (write 1 to bit 127, as the record's last dword).
+            self.regs.write32(offset + 12, faults::F_DWORD);
+            if let Some(record) = faults::decode(self.id, lo, hi) {
+                out.push(record);
+                self.faults.records += 1;
+            }
+        }
+        if status & fsts::PFO != 0 {
+            self.faults.overflows += 1;
+        }
+        // PFO is write-1-to-clear; PPF is read-only (it follows the F bits).
+        self.regs
+            .write32(registers::FSTS, status & (fsts::PFO | fsts::PPF));
+    }
+}
+
+/// Table formats a unit can use: SAGAW's 3-, 4- and 5-level formats (2- and 6-level
+/// are reserved), shallowest first.
+fn usable_formats(cap: &Capability) -> Vec<TableFormat> {
+    cap.table_formats()
+        .filter(|format| (3..=5).contains(&format.levels))
+        .collect()
+}
+
+/// The smallest format whose width covers `mgaw`; if none does, the deepest.
+fn choose_format(formats: Vec<TableFormat>, mgaw: u8) -> Option<TableFormat> {
+    formats
+        .iter()
+        .copied()
+        .find(|format| format.address_width >= mgaw)
+        .or_else(|| formats.last().copied())
+}
+
+/// The format of every domain: see the module docs. Without a depth common to all units,
+/// the first unit's choice (attaching to a unit that lacks it fails with `Unsupported`).
+fn domain_format<R>(units: &[Unit<R>]) -> DomainFormat {
+    let Some(first) = units.first() else {
+        return DomainFormat {
+            levels: 3,
+            address_width: 39,
+            page_sizes: PageSizes::SIZE_4K,
+            coherent: false,
+        };
+    };
+    let common: Vec<TableFormat> = usable_formats(&first.cap)
+        .into_iter()
+        .filter(|format| {
+            units
+                .iter()
+                .all(|unit| unit.cap.supports_levels(format.levels))
+        })
+        .collect();
+    let mgaw = units.iter().map(|unit| unit.cap.mgaw).min().unwrap_or(39);
+    let table = choose_format(common, mgaw).unwrap_or(first.format);
+    let page_sizes = units.iter().fold(PageSizes::all(), |sizes, unit| {
+        sizes & PageSizes::from_sllps(unit.cap.sllps)
+    });
+    DomainFormat {
+        levels: table.levels,
+        address_width: table.address_width.min(mgaw),
+        page_sizes,
+        coherent: units.iter().all(|unit| unit.ecap.c),
+    }
+}
+
+/// `whole` minus the `holes` (all `[start, end)`), as sorted pieces.
+fn subtract(whole: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut holes: Vec<(u64, u64)> = holes.to_vec();
+    holes.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut cursor = whole.0;
+    for (start, end) in holes {
+        if end <= cursor || start >= whole.1 {
+            continue;
+        }
+        if start > cursor {
+            pieces.push((cursor, start));
+        }
+        cursor = cursor.max(end);
+    }
+    if cursor < whole.1 {
+        pieces.push((cursor, whole.1));
+    }
+    pieces
+}
+
+/// Checks the arguments every map/unmap shares; returns the range end.
+fn check_args(iova: u64, paddr: u64, size: u64) -> Result<u64, IommuError> {
+    if size == 0 || (iova | paddr | size) % PAGE != 0 {
+        return Err(IommuError::Misaligned);
+    }
+    paddr.checked_add(size).ok_or(IommuError::Wraps)?;
+    iova.checked_add(size).ok_or(IommuError::Wraps)
+}
+
+impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
+    fn vendor(&self) -> Vendor {
+        Vendor::IntelVtd
+    }
+
+    fn create_domain(&mut self) -> Result<DomainHandle, IommuError> {
+        let handle = DomainHandle(self.next_domain);
+        let next = self
+            .next_domain
+            .checked_add(1)
+            .ok_or(IommuError::NoDomainId)?;
+        let table = SecondLevelTable::new(
+            &mut self.mem,
+            PageTableConfig {
+                levels: self.format.levels,
+                superpages: self.format.page_sizes,
+                coherent: self.format.coherent,
+            },
+        )?;
+        self.next_domain = next;
+        self.domains.insert(
+            handle,
+            Domain {
+                table,
+                dids: BTreeMap::new(),
+                devices: BTreeMap::new(),
+                unmapped: Vec::new(),
+                mapped: Vec::new(),
+                dirty: false,
+                identity: Vec::new(),
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Requires no device attached (`Busy`). On every unit the domain had an id on: a
+    /// domain-selective context-cache and IOTLB invalidation, then the id goes back to
+    /// the pool. When a unit fails to confirm, the domain is gone all the same but its
+    /// id and tables are leaked (that unit may still use them) and the error returned.
+    fn destroy_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
+        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
+        if !domain.devices.is_empty() {
+            return Err(IommuError::Busy);
+        }
+        let mut domain = self
+            .domains
+            .remove(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        let mut result = Ok(());
+        for (&unit_id, &did) in &domain.dids {
+            let Some(unit) = self.units.iter_mut().find(|u| u.id == unit_id) else {
+                continue;
+            };
+            let commands = [
+                Invalidation::ContextDomain { did },
+                Invalidation::IotlbDomain { did },
+            ];
+            match unit.run(&mut self.mem, &self.config, &commands, true) {
+                Ok(()) => unit.ids.release(did),
+                Err(error) => result = result.and(Err(error)),
+            }
+        }
+        if result.is_ok() {
+            domain.table.reclaim(&mut self.mem);
+            domain.table.destroy(&mut self.mem);
+        }
+        result
+    }
+
+    fn page_sizes(&self, domain: DomainHandle) -> Result<u64, IommuError> {
+        self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
+        Ok(self.format.page_sizes.bitmap())
+    }
+
+    fn iova_ranges(&self, domain: DomainHandle) -> Result<Vec<IovaRange>, IommuError> {
+        let domain = self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
+        Ok(self
+            .usable(domain)
+            .into_iter()
+            .map(|(start, end)| IovaRange {
+                start,
+                last: end - 1,
+            })
+            .collect())
+    }
+
+    /// Errors in order: `UnknownDomain`, `Misaligned`, `Wraps`, `OutOfRange` (not inside
+    /// one usable range: beyond the aperture, the interrupt window, an RMRR identity
+    /// region), then the table's `NoAccess`, `Overlap`, `NoMemory`.
+    fn map(
+        &mut self,
+        handle: DomainHandle,
+        iova: u64,
+        paddr: u64,
+        size: u64,
+        access: Access,
+    ) -> Result<(), IommuError> {
+        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
+        let end = check_args(iova, paddr, size)?;
+        if !self
+            .usable(domain)
+            .iter()
+            .any(|&(start, stop)| start <= iova && end <= stop)
+        {
+            return Err(IommuError::OutOfRange);
+        }
+        let caching_mode = self.caching_mode;
+        let domain = self
+            .domains
+            .get_mut(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        domain.table.map(&mut self.mem, iova, paddr, size, access)?;
+        domain.dirty = true;
+        if caching_mode {
+            domain.mapped.push((iova, end));
+        }
+        Ok(())
+    }
+
+    /// Removes every page mapped in `[iova, iova + size)` (clamped to the aperture),
+    /// except RMRR identity regions, which stay. Superpages sticking out of the range are
+    /// split by the table (so `PartialUnmap` never happens here; whole-mapping rules are
+    /// the caller's, e.g. the VFIO layer's). `Misaligned`/`Wraps` on bad arguments.
+    fn unmap(&mut self, handle: DomainHandle, iova: u64, size: u64) -> Result<u64, IommuError> {
+        let aperture_end = self.aperture_end();
+        let domain = self
+            .domains
+            .get_mut(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        let end = check_args(iova, 0, size)?.min(aperture_end);
+        if iova >= end {
+            return Ok(0);
+        }
+        let kept: Vec<(u64, u64)> = domain
+            .identity
+            .iter()
+            .map(|m| (m.base, m.base + m.size))
+            .collect();
+        let mut bytes = 0;
+        for (start, stop) in subtract((iova, end), &kept) {
+            let unmapped = domain.table.unmap(&mut self.mem, start, stop - start)?;
+            bytes += unmapped.bytes;
+            if let Some(flush) = unmapped.flush {
+                domain.unmapped.push((flush.iova, flush.iova + flush.size));
+                domain.dirty = true;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// One batch per unit the domain has an id on: the union of ranges unmapped since
+    /// the last commit (plus, on caching-mode units, the ranges mapped) as page-selective
+    /// IOTLB invalidations, or one domain-selective; a write-buffer flush first on RWBF
+    /// units; one invalidation wait. Tables retired by unmaps are freed only when every
+    /// unit confirmed. Units failing are reported (the first error), the others still
+    /// committed; a domain on a failed unit never commits successfully again, even with
+    /// nothing pending (what that unit caches is unknown).
+    fn commit(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
+        self.commit_domain(handle)
+    }
+
+    /// Writes a context entry (DID, table, AW; TT = 0) for every requester id of `device`
+    /// on its unit, identity-maps the RMRRs naming it, then invalidates the unit's context
+    /// cache for those source ids (device-selective; domain id 0 under caching mode,
+    /// where not-present entries are cached under it) and the domain's IOTLB, and waits.
+    /// Edits of the domain still pending are committed as well (on all its units).
+    ///
+    /// Errors: `UnknownDomain`; `UnknownDevice` (unknown unit, no requester id);
+    /// `Busy` (device or a requester id attached to another domain);
+    /// `Unsupported` (the unit cannot walk the domain's table format); `NoDomainId`;
+    /// `NoMemory`; RMRR mapping errors (`Overlap` with a user mapping, `OutOfRange`);
+    /// `InvalidationTimeout` (the entries were written but are unconfirmed: the device
+    /// counts as attached and must be detached or the unit abandoned).
+    fn attach(&mut self, handle: DomainHandle, device: &DeviceDma) -> Result<(), IommuError> {
+        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
+        let index = self
+            .unit_index(device.unit)
+            .ok_or(IommuError::UnknownDevice)?;
+        let mut rids = device.requester_ids.clone();
+        rids.sort_unstable();
+        rids.dedup();
+        if rids.is_empty() {
+            return Err(IommuError::UnknownDevice);
+        }
+        if let Some(existing) = domain.devices.get(&device.device) {
+            if existing.unit == device.unit && existing.requester_ids == device.requester_ids {
+                return self.commit_domain(handle);
+            }
+            return Err(IommuError::Busy);
+        }
+        if self
+            .domains
+            .iter()
+            .any(|(&other, d)| other != handle && d.devices.contains_key(&device.device))
+        {
+            return Err(IommuError::Busy);
+        }
+        if rids.iter().any(|&rid| {
+            self.routes
+                .get(&(device.unit, rid))
+                .is_some_and(|route| route.domain != handle)
+        }) {
+            return Err(IommuError::Busy);
+        }
+        let unit = &self.units[index];
+        if unit.failure.is_some() {
+            return Err(IommuError::InvalidationTimeout { unit: unit.id });
+        }
+        if !unit.cap.supports_levels(self.format.levels) {
+            return Err(IommuError::Unsupported { unit: unit.id });
+        }
+
+        // RMRR identity maps first (nothing points at them yet if they are new).
+        let regions: Vec<(u64, u64)> = self
+            .identity_regions
+            .iter()
+            .filter(|region| {
+                region.segment == unit.segment && region.devices.contains(&device.device)
+            })
+            .map(|region| (region.base, region.size()))
+            .collect();
+        self.add_identity(handle, &regions)?;
+
+        // A domain id on this unit.
+        let unit = &mut self.units[index];
+        let domain = self
+            .domains
+            .get_mut(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        let did = match domain.dids.get(&unit.id) {
+            Some(&did) => did,
+            None => match unit.ids.allocate() {
+                Some(did) => {
+                    domain.dids.insert(unit.id, did);
+                    did
+                }
+                None => {
+                    self.remove_identity(handle, &regions);
+                    return Err(IommuError::NoDomainId);
+                }
+            },
+        };
+
+        // Context entries for requester ids not yet routed.
+        let entry = ContextEntry::new(domain.table.root(), domain.table.levels(), did);
+        let mut fresh = Vec::new();
+        for &rid in &rids {
+            if self.routes.contains_key(&(unit.id, rid)) {
+                continue;
+            }
+            if let Err(error) = unit.write_context(&mut self.mem, rid, entry) {
+                for &written in &fresh {
+                    unit.clear_context(&mut self.mem, written);
+                }
+                self.remove_identity(handle, &regions);
+                return Err(error);
+            }
+            fresh.push(rid);
+        }
+        for &rid in &rids {
+            self.routes
+                .entry((unit.id, rid))
+                .and_modify(|route| route.users += 1)
+                .or_insert(Route {
+                    domain: handle,
+                    users: 1,
+                });
+        }
+        let domain = self
+            .domains
+            .get_mut(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        domain.devices.insert(device.device, device.clone());
+
+        let context_did = if unit.cap.cm { 0 } else { did };
+        let mut commands: Vec<Invalidation> = fresh
+            .iter()
+            .map(|&sid| Invalidation::ContextDevice {
+                did: context_did,
+                sid,
+                fm: 0,
+            })
+            .collect();
+        commands.push(Invalidation::IotlbDomain { did });
+        unit.run(&mut self.mem, &self.config, &commands, true)?;
+        // Whatever else is pending in the domain (new identity maps under caching mode,
+        // the caller's uncommitted edits) becomes visible on all its units too.
+        self.commit_domain(handle)
+    }
+
+    /// Clears the context entries of `device`'s requester ids no other attached device
+    /// of the domain uses (P first), removes RMRR identity maps no attached device needs
+    /// any more, invalidates the unit's context cache for those source ids
+    /// (device-selective, with the domain's id) and the domain's IOTLB, and waits. Edits
+    /// of the domain still pending are committed as well (on all its units).
+    ///
+    /// Errors: `UnknownDomain`; `UnknownDevice` (not attached to this domain);
+    /// `InvalidationTimeout` (entries cleared in memory, unconfirmed: the unit is failed).
+    fn detach(&mut self, handle: DomainHandle, device: &DeviceDma) -> Result<(), IommuError> {
+        let attached = self
+            .domains
+            .get(&handle)
+            .ok_or(IommuError::UnknownDomain)?
+            .devices
+            .get(&device.device)
+            .cloned()
+            .ok_or(IommuError::UnknownDevice)?;
+        let index = self
+            .unit_index(attached.unit)
+            .ok_or(IommuError::UnknownDevice)?;
+        let domain = self
+            .domains
+            .get_mut(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        domain.devices.remove(&device.device);
+        let unit = &mut self.units[index];
+        let did = domain.dids.get(&unit.id).copied().unwrap_or(0);
+
+        let mut rids = attached.requester_ids.clone();
+        rids.sort_unstable();
+        rids.dedup();
+        let mut cleared = Vec::new();
+        for rid in rids {
+            let key = (unit.id, rid);
+            let Some(route) = self.routes.get_mut(&key) else {
+                continue;
+            };
+            route.users -= 1;
+            if route.users == 0 {
+                self.routes.remove(&key);
+                unit.clear_context(&mut self.mem, rid);
+                cleared.push(rid);
+            }
+        }
+
+        let regions: Vec<(u64, u64)> = self
+            .identity_regions
+            .iter()
+            .filter(|region| {
+                region.segment == unit.segment && region.devices.contains(&attached.device)
+            })
+            .map(|region| (region.base, region.size()))
+            .collect();
+
+        let mut commands: Vec<Invalidation> = cleared
+            .iter()
+            .map(|&sid| Invalidation::ContextDevice { did, sid, fm: 0 })
+            .collect();
+        commands.push(Invalidation::IotlbDomain { did });
+        let result = unit.run(&mut self.mem, &self.config, &commands, true);
+        self.remove_identity(handle, &regions);
+        let committed = self.commit_domain(handle);
+        result.and(committed)
+    }
+
+    /// Reads and clears every unit's fault records: at most CAP.NFR records per unit
+    /// and call, so a fault storm cannot stall the caller. Overflows (FSTS.PFO: faults
+    /// the unit dropped) are counted in [`UnitInfo::faults`].
+    fn take_faults(&mut self) -> Vec<FaultRecord> {
+        let mut records = Vec::new();
+        for unit in &mut self.units {
+            unit.take_faults(&mut records);
+        }
+        records
+    }
+}
+
+impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
+    /// Identity-maps `regions` (`(base, size)`) in `handle`, reference counted. Either
+    /// all are added or none.
+    fn add_identity(
+        &mut self,
+        handle: DomainHandle,
+        regions: &[(u64, u64)],
+    ) -> Result<(), IommuError> {
+        let aperture_end = self.aperture_end();
+        let caching_mode = self.caching_mode;
+        let domain = self
+            .domains
+            .get_mut(&handle)
+            .ok_or(IommuError::UnknownDomain)?;
+        let mut done: Vec<(u64, u64)> = Vec::new();
+        let mut failure = None;
+        for &(base, size) in regions {
+            if let Some(mapping) = domain
+                .identity
+                .iter_mut()
+                .find(|m| m.base == base && m.size == size)
+            {
+                mapping.users += 1;
+                done.push((base, size));
+                continue;
+            }
+            let end = base + size;
+            let window = (INTERRUPT_WINDOW.start, INTERRUPT_WINDOW.last + 1);
+            let outcome = if end > aperture_end || (base < window.1 && window.0 < end) {
+                Err(IommuError::OutOfRange)
+            } else {
+                domain.table.map(
+                    &mut self.mem,
+                    base,
+                    base,
+                    size,
+                    Access::READ | Access::WRITE,
+                )
+            };
+            match outcome {
+                Ok(()) => {
+                    domain.identity.push(IdentityMapping {
+                        base,
+                        size,
+                        users: 1,
+                    });
+                    domain.dirty = true;
+                    if caching_mode {
+                        domain.mapped.push((base, end));
+                    }
+                    done.push((base, size));
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failure {
+            self.remove_identity(handle, &done);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to each of `regions`; unmaps those nobody uses any more (the
+    /// flush is left pending for the next commit).
+    fn remove_identity(&mut self, handle: DomainHandle, regions: &[(u64, u64)]) {
+        let Some(domain) = self.domains.get_mut(&handle) else {
+            return;
+        };
+        for &(base, size) in regions {
+            let Some(position) = domain
+                .identity
+                .iter()
+                .position(|m| m.base == base && m.size == size)
+            else {
+                continue;
+            };
+            domain.identity[position].users -= 1;
+            if domain.identity[position].users == 0 {
+                domain.identity.remove(position);
+                if let Ok(unmapped) = domain.table.unmap(&mut self.mem, base, size) {
+                    if let Some(flush) = unmapped.flush {
+                        domain.unmapped.push((flush.iova, flush.iova + flush.size));
+                    }
+                    domain.dirty = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_pieces() {
+        assert_eq!(
+            subtract((0, 100), &[(10, 20), (15, 30), (90, 200)]),
+            [(0, 10), (30, 90)]
+        );
+        assert_eq!(subtract((0, 100), &[]), [(0, 100)]);
+        assert_eq!(subtract((0, 100), &[(0, 100)]), []);
+    }
+
+    #[test]
+    fn format_choice() {
+        let three = TableFormat {
+            levels: 3,
+            address_width: 39,
+        };
+        let four = TableFormat {
+            levels: 4,
+            address_width: 48,
+        };
+        assert_eq!(choose_format(alloc::vec![three], 39), Some(three));
+        assert_eq!(choose_format(alloc::vec![three, four], 48), Some(four));
+        assert_eq!(choose_format(alloc::vec![three, four], 39), Some(three));
+        // Nothing covers MGAW: the deepest (the aperture is the table's width).
+        assert_eq!(choose_format(alloc::vec![three], 48), Some(three));
+        // Wider than MGAW only: usable, the aperture is MGAW.
+        assert_eq!(choose_format(alloc::vec![four], 39), Some(four));
+        assert_eq!(choose_format(alloc::vec![], 39), None);
+    }
+}

@@ -1,0 +1,1522 @@
+//! Host tests of the VT-d driver (`sluice_vtd::driver`) against fake remapping units
+//! (`driver_support.rs`): bring-up order, default deny, the entries written (decoded
+//! here, bit by bit), the exact invalidation descriptors of each operation, domain-id
+//! lifetime, dead units, faults and RMRR identity maps.
+
+mod driver_support;
+
+use driver_support::*;
+use sluice_iommu::{Access, DeviceDma, Iommu, IommuError, IovaRange, UnitId, Vendor};
+use sluice_pci::{DeviceTable, PciAddress};
+use sluice_vtd::DmarTopology;
+use sluice_vtd::driver::{
+    DriverConfig, IdentityRegion, UnitFailure, VtdIommu, WalkFault, translation_type,
+};
+
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+const RW: Access = Access::READ.union(Access::WRITE);
+const U0: UnitId = UnitId(0);
+
+fn reg_writes(rig: &Rig, unit: usize) -> Vec<Event> {
+    rig.mem
+        .borrow()
+        .log
+        .iter()
+        .filter(|e| match e {
+            Event::Reg32 { unit: u, .. } | Event::Reg64 { unit: u, .. } => *u == unit,
+            Event::Descriptor { unit: u, .. } => *u == unit,
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
+fn small_budget() -> DriverConfig {
+    DriverConfig {
+        invalidation_spin_budget: 1000,
+        register_spin_budget: 1000,
+        ..DriverConfig::default()
+    }
+}
+
+/// The context entry of `rid` as (lo, hi), read from memory by the test's own decoding.
+fn context(rig: &Rig, driver: &Driver, rid: u16) -> Option<(u64, u64)> {
+    let root = driver.unit_info(U0).unwrap().root_table;
+    context_of(&rig.mem.borrow(), root, rid)
+}
+
+// ---------------------------------------------------------------------------------------
+// Bring-up.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn bring_up_order_on_qemu_defaults() {
+    let (rig, driver) = qemu();
+    let info = driver.unit_info(U0).unwrap();
+    assert!(info.queued_invalidation);
+    let iro = 0xf0;
+    let events = reg_writes(&rig, 0);
+    let mut expected_prefix = vec![Event::Reg64 {
+        unit: 0,
+        offset: reg::IQT,
+        value: 0,
+    }];
+    let Event::Reg64 {
+        offset: reg::IQA,
+        value: iqa,
+        ..
+    } = events[1]
+    else {
+        panic!("IQA second: {events:#?}")
+    };
+    assert_eq!(iqa & 0xfff, 0, "DW = 0, QS = 0");
+    expected_prefix.push(events[1].clone());
+    expected_prefix.push(Event::Reg32 {
+        unit: 0,
+        offset: reg::GCMD,
+        value: QIE,
+    });
+    expected_prefix.push(Event::Reg64 {
+        unit: 0,
+        offset: reg::RTADDR,
+        value: info.root_table,
+    });
+    expected_prefix.push(Event::Reg32 {
+        unit: 0,
+        offset: reg::GCMD,
+        value: QIE | SRTP,
+    });
+    assert_eq!(events[..5], expected_prefix[..]);
+    assert!(matches!(
+        events[5],
+        Event::Reg64 {
+            offset: reg::IQT,
+            value: 0x30,
+            ..
+        }
+    ));
+    let descriptors: Vec<Desc> = rig.descriptors(0);
+    assert_eq!(descriptors.len(), 3);
+    assert_eq!(
+        descriptors[0],
+        Desc::Context {
+            g: 1,
+            did: 0,
+            sid: 0,
+            fm: 0
+        }
+    );
+    assert_eq!(
+        descriptors[1],
+        Desc::Iotlb {
+            g: 1,
+            did: 0,
+            dr: true,
+            dw: true,
+            addr: 0,
+            ih: false,
+            am: 0
+        }
+    );
+    assert!(matches!(
+        descriptors[2],
+        Desc::Wait {
+            sw: true,
+            iflag: false,
+            ..
+        }
+    ));
+    // TE last, carrying QIE, not echoing RTPS.
+    assert_eq!(
+        events.last().unwrap(),
+        &Event::Reg32 {
+            unit: 0,
+            offset: reg::GCMD,
+            value: QIE | TE,
+        }
+    );
+    let unit = rig.unit(0);
+    assert_eq!(unit.gsts & (TE | QIE | SRTP), TE | QIE | SRTP);
+    assert_eq!(unit.srtp_count, 1);
+    assert_eq!(unit.root, Some(info.root_table));
+    assert_eq!(unit.wbf_count, 0);
+    assert_eq!(iro, unit.iro());
+    drop(unit);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+    assert_eq!(driver.vendor(), Vendor::IntelVtd);
+}
+
+#[test]
+fn persistent_enables_survive_every_command() {
+    // Interrupt remapping already on (someone else's): every GCMD write keeps IRE.
+    let (rig, setups) = Rig::new(&[(QEMU_CAP, QEMU_ECAP)]);
+    rig.unit(0).gsts |= IRE;
+    let driver = VtdIommu::with_units(
+        setups,
+        Vec::new(),
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    )
+    .unwrap();
+    let unit = rig.unit(0);
+    assert!(
+        unit.gcmd_writes.iter().all(|w| w & IRE != 0),
+        "{:x?}",
+        unit.gcmd_writes
+    );
+    assert!(
+        unit.gcmd_writes
+            .iter()
+            .all(|w| w & (SRTP | SIRTP) == 0 || *w & SRTP != 0)
+    );
+    assert_eq!(unit.gsts & IRE, IRE);
+    assert_eq!(unit.srtp_count, 1);
+    drop(unit);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+    drop(driver);
+}
+
+#[test]
+fn translation_left_on_is_never_turned_off() {
+    // Firmware (or an earlier kernel) left TE and QI on with its own root table.
+    let (rig, setups) = Rig::new(&[(QEMU_CAP, QEMU_ECAP)]);
+    {
+        let mut unit = rig.unit(0);
+        unit.gsts = TE | QIE | SRTP;
+        unit.root = Some(0xdead_0000);
+        unit.qi_enabled = true;
+    }
+    let driver = VtdIommu::with_units(
+        setups,
+        Vec::new(),
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    )
+    .unwrap();
+    let unit = rig.unit(0);
+    // QI turned off (TE kept) to reprogram the queue, then on again.
+    assert_eq!(unit.gcmd_writes[0], TE);
+    assert!(unit.gcmd_writes.iter().all(|w| w & TE != 0));
+    assert_eq!(unit.root, Some(driver.unit_info(U0).unwrap().root_table));
+    drop(unit);
+    assert_eq!(rig.descriptors(0).len(), 3);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn refused_units_are_left_untouched() {
+    // SAGAW 2-level only (reserved): no usable depth.
+    let two_level = (QEMU_CAP & !(0x1f << 8)) | 1 << 8;
+    let (rig, setups) = Rig::new(&[(QEMU_CAP, QEMU_ECAP), (two_level, QEMU_ECAP)]);
+    let result = VtdIommu::with_units(
+        setups,
+        Vec::new(),
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    );
+    assert_eq!(
+        result.err(),
+        Some(IommuError::Unsupported { unit: UnitId(1) })
+    );
+    // Checked before anything was written, on either unit.
+    assert!(rig.unit(0).gcmd_writes.is_empty() && rig.unit(1).gcmd_writes.is_empty());
+    assert_eq!(rig.mem.borrow().allocated, 0);
+
+    let (rig, setups) = Rig::new(&[(nd(QEMU_CAP, 7), QEMU_ECAP)]);
+    let result = VtdIommu::with_units(
+        setups,
+        Vec::new(),
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    );
+    assert_eq!(result.err(), Some(IommuError::Unsupported { unit: U0 }));
+}
+
+#[test]
+fn unacknowledged_commands_time_out() {
+    for bit in [TE, QIE, SRTP] {
+        let (rig, setups) = Rig::new(&[(QEMU_CAP, QEMU_ECAP)]);
+        rig.unit(0).ignore_gcmd = bit;
+        let result = VtdIommu::with_units(
+            setups,
+            Vec::new(),
+            SharedMem(rig.mem.clone()),
+            small_budget(),
+        );
+        assert_eq!(
+            result.err(),
+            Some(IommuError::HardwareTimeout { unit: U0 }),
+            "{bit:#x}"
+        );
+    }
+}
+
+#[test]
+fn format_page_sizes_and_ranges() {
+    let (_rig, mut driver) = qemu();
+    let format = driver.format();
+    assert_eq!(
+        (format.levels, format.address_width, format.coherent),
+        (3, 39, false)
+    );
+    let domain = driver.create_domain().unwrap();
+    assert_eq!(
+        driver.page_sizes(domain).unwrap(),
+        1 << 12 | 1 << 21 | 1 << 30
+    );
+    assert_eq!(
+        driver.iova_ranges(domain).unwrap(),
+        [
+            IovaRange {
+                start: 0,
+                last: 0xFEDF_FFFF
+            },
+            IovaRange {
+                start: 0xFEF0_0000,
+                last: (1 << 39) - 1
+            }
+        ]
+    );
+
+    let (_rig, mut driver) = setup(&[(aw48(QEMU_CAP), coherent(QEMU_ECAP))]);
+    let format = driver.format();
+    assert_eq!(
+        (format.levels, format.address_width, format.coherent),
+        (4, 48, true)
+    );
+    let domain = driver.create_domain().unwrap();
+    assert_eq!(driver.iova_ranges(domain).unwrap()[1].last, (1 << 48) - 1);
+
+    // Two units: the common depth (3) and the common superpages (2M only).
+    let only_2m = QEMU_CAP & !(1 << 35);
+    let (_rig, mut driver) = setup(&[(aw48(QEMU_CAP), QEMU_ECAP), (only_2m, QEMU_ECAP)]);
+    assert_eq!(driver.format().levels, 3);
+    assert_eq!(driver.unit_info(U0).unwrap().format.levels, 4);
+    let domain = driver.create_domain().unwrap();
+    assert_eq!(driver.page_sizes(domain).unwrap(), 1 << 12 | 1 << 21);
+}
+
+#[test]
+fn builds_from_the_qemu_dmar() {
+    let table = DeviceTable::new(Vec::new());
+    let topology =
+        DmarTopology::parse(include_bytes!("fixtures/qemu72-aw48.dmar"), &table).unwrap();
+    let (rig, setups) = Rig::new(&[(aw48(QEMU_CAP), QEMU_ECAP)]);
+    let registers = setups.into_iter().map(|s| s.registers).collect();
+    let driver = VtdIommu::new(
+        &topology,
+        registers,
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(driver.unit_ids().collect::<Vec<_>>(), [U0]);
+    assert_eq!(driver.format().levels, 4);
+    // Wrong number of register blocks.
+    let result = VtdIommu::<FakeVtdUnit, SharedMem>::new(
+        &topology,
+        Vec::new(),
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    );
+    assert!(matches!(result, Err(IommuError::Unsupported { .. })));
+}
+
+// ---------------------------------------------------------------------------------------
+// Default deny, attach, detach.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn everything_is_blocked_after_enable() {
+    let (rig, mut driver) = qemu();
+    let root = driver.unit_info(U0).unwrap().root_table;
+    {
+        let mem = rig.mem.borrow();
+        for bus in 0..256u64 {
+            assert_eq!(
+                (mem.read(root + bus * 16), mem.read(root + bus * 16 + 8)),
+                (0, 0)
+            );
+        }
+    }
+    for rid in [0x0000, 0x0018, 0x0100, 0xffff] {
+        assert_eq!(rig.fakes[0].dma(rid, 0x1000, false), Err(1));
+        assert_eq!(
+            driver.walk(U0, rid, 0x1000),
+            Some(Err(WalkFault::RootNotPresent))
+        );
+        assert!(!driver.context_entry(U0, rid).unwrap().present());
+    }
+    let faults = driver.take_faults();
+    assert_eq!(
+        faults.len(),
+        1,
+        "one record (QEMU has one register), rest overflowed"
+    );
+    assert_eq!(faults[0].reason, 1);
+    assert_eq!(driver.unit_info(U0).unwrap().faults.overflows, 1);
+}
+
+fn check_attach(cap: u64, ecap: u64, aw_code: u64) {
+    let (rig, mut driver) = setup(&[(cap, ecap)]);
+    let domain = driver.create_domain().unwrap();
+    let dev = device(0, 0, 3, 0, &[]);
+    rig.clear_log();
+    driver.attach(domain, &dev).unwrap();
+    let did = driver.domain_id(domain, U0).unwrap();
+    assert_ne!(did, 0);
+    let root = driver.unit_info(U0).unwrap().root_table;
+    let mem = rig.mem.borrow();
+    let (root_lo, root_hi) = (mem.read(root), mem.read(root + 8));
+    assert_eq!(root_lo & 0xfff, 1, "root entry: P, nothing else");
+    assert_eq!(root_hi, 0);
+    let slot = (root_lo & ADDR) + 0x18 * 16;
+    let (lo, hi) = (mem.read(slot), mem.read(slot + 8));
+    assert_eq!(lo & 0xfff, 1, "P = 1, FPD = 0, TT = 0, reserved 0");
+    assert_eq!(lo & ADDR, driver.table_root(domain).unwrap());
+    assert_eq!(hi & 7, aw_code);
+    assert_eq!((hi >> 8) & 0xffff, u64::from(did));
+    assert_eq!(hi & !0xff_ff07, 0, "reserved bits of the high quadword");
+    // Every other entry of the context table is empty.
+    for devfn in (0..256u64).filter(|&d| d != 0x18) {
+        let at = (root_lo & ADDR) + devfn * 16;
+        assert_eq!((mem.read(at), mem.read(at + 8)), (0, 0));
+    }
+    // Write order: root hi, root lo; context hi, barrier, context lo.
+    let writes: Vec<(usize, &Event)> = mem
+        .log
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::Write { addr, .. } if *addr == slot || *addr == slot + 8 || *addr == root || *addr == root + 8))
+        .collect();
+    let addrs: Vec<u64> = writes
+        .iter()
+        .map(|(_, e)| match e {
+            Event::Write { addr, .. } => *addr,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(addrs, [root + 8, root, slot + 8, slot]);
+    let (hi_at, lo_at) = (writes[2].0, writes[3].0);
+    assert!(mem.log[hi_at..lo_at].contains(&Event::Barrier));
+    let flushed = |addr: u64| {
+        mem.log.iter().any(
+            |e| matches!(e, Event::Flush { addr: a, len } if *a <= addr && addr < a + *len as u64),
+        )
+    };
+    let coherent = ecap & 1 != 0;
+    assert_eq!(
+        flushed(slot) && flushed(slot + 8) && flushed(root),
+        !coherent
+    );
+    assert_eq!(
+        mem.log.iter().any(|e| matches!(e, Event::Flush { .. })),
+        !coherent
+    );
+    drop(mem);
+    let cm = cap & (1 << 7) != 0;
+    assert_eq!(
+        rig.descriptors(0),
+        [
+            Desc::Context {
+                g: 3,
+                did: if cm { 0 } else { did },
+                sid: 0x18,
+                fm: 0
+            },
+            Desc::Iotlb {
+                g: 2,
+                did,
+                dr: true,
+                dw: true,
+                addr: 0,
+                ih: false,
+                am: 0
+            },
+            rig.descriptors(0)[2],
+        ]
+    );
+    assert!(matches!(
+        rig.descriptors(0)[2],
+        Desc::Wait {
+            sw: true,
+            iflag: false,
+            ..
+        }
+    ));
+    let entry = driver.context_entry(U0, 0x18).unwrap();
+    assert!(entry.present());
+    assert_eq!(entry.domain_id(), did);
+    assert_eq!(
+        entry.translation_type(),
+        translation_type::UNTRANSLATED_ONLY
+    );
+    assert_eq!(u64::from(entry.address_width_code()), aw_code);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn attach_writes_root_and_context_entries_aw39() {
+    check_attach(QEMU_CAP, QEMU_ECAP, 1);
+}
+
+#[test]
+fn attach_writes_root_and_context_entries_aw48() {
+    check_attach(aw48(QEMU_CAP), QEMU_ECAP, 2);
+}
+
+#[test]
+fn attach_on_coherent_caching_mode_unit() {
+    check_attach(caching_mode(QEMU_CAP), coherent(QEMU_ECAP), 1);
+}
+
+#[test]
+fn caching_mode_drops_cached_not_present_entries() {
+    let (rig, mut driver) = setup(&[(caching_mode(QEMU_CAP), QEMU_ECAP)]);
+    let domain = driver.create_domain().unwrap();
+    // Someone else on bus 0, so the bus has a context table.
+    let other = driver.create_domain().unwrap();
+    driver.attach(other, &device(0, 0, 2, 0, &[])).unwrap();
+    let dev = device(0, 0, 4, 0, &[]);
+    let rid = rid_of(&dev);
+    // The unit caches the not-present context entry (under domain id 0).
+    assert_eq!(rig.fakes[0].dma(rid, 0x5000, false), Err(2));
+    assert!(rig.unit(0).context_cache.contains_key(&rid));
+    driver.attach(domain, &dev).unwrap();
+    // ... and the not-present translation once attached.
+    assert_eq!(rig.fakes[0].dma(rid, 0x5000, false), Err(6));
+    driver
+        .map(domain, 0x5000, 0x9_9000, 0x1000, Access::READ)
+        .unwrap();
+    assert_eq!(
+        rig.fakes[0].dma(rid, 0x5000, false),
+        Err(6),
+        "stale until commit"
+    );
+    rig.clear_log();
+    driver.commit(domain).unwrap();
+    let did = driver.domain_id(domain, U0).unwrap();
+    assert_eq!(
+        rig.descriptors(0)[0],
+        Desc::Iotlb {
+            g: 3,
+            did,
+            dr: true,
+            dw: true,
+            addr: 0x5000,
+            ih: false,
+            am: 0
+        }
+    );
+    assert_eq!(rig.fakes[0].dma(rid, 0x5010, false), Ok(0x9_9010));
+    assert_eq!(rig.fakes[0].dma(rid, 0x5010, true), Err(5));
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn detach_clears_p_first_and_invalidates() {
+    let (rig, mut driver) = qemu();
+    let domain = driver.create_domain().unwrap();
+    let dev = device(0, 1, 0, 0, &[]);
+    let rid = rid_of(&dev);
+    driver.attach(domain, &dev).unwrap();
+    driver
+        .map(domain, 0x10_0000, 0x20_0000, 0x1000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    assert_eq!(rig.fakes[0].dma(rid, 0x10_0008, true), Ok(0x20_0008));
+    let did = driver.domain_id(domain, U0).unwrap();
+    let root = driver.unit_info(U0).unwrap().root_table;
+    let slot = (rig.mem.borrow().read(root + 16) & ADDR) + u64::from(rid & 0xff) * 16;
+    rig.clear_log();
+    driver.detach(domain, &dev).unwrap();
+    assert_eq!(context(&rig, &driver, rid), Some((0, 0)));
+    let mem = rig.mem.borrow();
+    let order: Vec<&Event> = mem
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(e, Event::Write { addr, .. } if *addr == slot || *addr == slot + 8)
+                || **e == Event::Barrier
+        })
+        .collect();
+    assert_eq!(
+        order[0],
+        &Event::Write {
+            addr: slot,
+            value: 0
+        },
+        "P cleared first"
+    );
+    assert_eq!(order[1], &Event::Barrier);
+    assert_eq!(
+        order[2],
+        &Event::Write {
+            addr: slot + 8,
+            value: 0
+        }
+    );
+    drop(mem);
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[..2],
+        [
+            Desc::Context {
+                g: 3,
+                did,
+                sid: rid,
+                fm: 0
+            },
+            Desc::Iotlb {
+                g: 2,
+                did,
+                dr: true,
+                dw: true,
+                addr: 0,
+                ih: false,
+                am: 0
+            }
+        ]
+    );
+    assert!(matches!(
+        descriptors[2],
+        Desc::Wait {
+            sw: true,
+            iflag: false,
+            ..
+        }
+    ));
+    assert_eq!(descriptors.len(), 3);
+    // The cached context entry is gone with it: the device is blocked again.
+    assert_eq!(rig.fakes[0].dma(rid, 0x10_0008, true), Err(2));
+    assert_eq!(driver.detach(domain, &dev), Err(IommuError::UnknownDevice));
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn requester_ids_belong_to_one_domain() {
+    let (rig, mut driver) = qemu();
+    let first = driver.create_domain().unwrap();
+    let second = driver.create_domain().unwrap();
+    // Two devices behind a PCIe-to-PCI bridge share the alias 02:00.0.
+    let alias = 0x0200;
+    let a = device(0, 2, 1, 0, &[alias]);
+    let b = device(0, 2, 2, 0, &[alias]);
+    driver.attach(first, &a).unwrap();
+    assert_eq!(
+        driver.attach(second, &b),
+        Err(IommuError::Busy),
+        "alias in another domain"
+    );
+    assert_eq!(
+        driver.attach(second, &a),
+        Err(IommuError::Busy),
+        "device in another domain"
+    );
+    driver.attach(first, &a).unwrap(); // again: no-op
+    driver.attach(first, &b).unwrap();
+    assert_eq!(driver.domain_of(U0, alias), Some(first));
+    driver.detach(first, &a).unwrap();
+    assert!(
+        driver.context_entry(U0, alias).unwrap().present(),
+        "b still uses the alias"
+    );
+    assert!(!driver.context_entry(U0, rid_of(&a)).unwrap().present());
+    driver.detach(first, &b).unwrap();
+    assert!(!driver.context_entry(U0, alias).unwrap().present());
+    assert_eq!(driver.domain_of(U0, alias), None);
+    driver.attach(second, &b).unwrap();
+    assert_eq!(driver.domain_of(U0, alias), Some(second));
+    assert!(rig.violations().is_empty());
+}
+
+#[test]
+fn attach_and_detach_commit_pending_edits() {
+    // Found by the property test: re-attaching an attached device (a no-op) must still
+    // commit, like every attach.
+    let (rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    let rid = rid_of(&dev);
+    driver
+        .map(domain, 0x10_0000, 0x5000_0000, 0x1000, Access::READ)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    assert_eq!(rig.fakes[0].dma(rid, 0x10_0000, false), Ok(0x5000_0000));
+    driver.unmap(domain, 0, 1 << 39).unwrap();
+    driver.attach(domain, &dev).unwrap();
+    assert_eq!(rig.fakes[0].dma(rid, 0x10_0000, false), Err(6));
+    // Attaching another device commits the domain's pending unmaps as well.
+    driver
+        .map(domain, 0x10_0000, 0x5000_0000, 0x1000, Access::READ)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    assert_eq!(rig.fakes[0].dma(rid, 0x10_0000, false), Ok(0x5000_0000));
+    driver.unmap(domain, 0x10_0000, 0x1000).unwrap();
+    driver.attach(domain, &device(0, 0, 9, 0, &[])).unwrap();
+    assert_eq!(rig.fakes[0].dma(rid, 0x10_0000, false), Err(6));
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn attach_errors() {
+    let (_rig, mut driver) = qemu();
+    let domain = driver.create_domain().unwrap();
+    let mut nobody = device(0, 0, 5, 0, &[]);
+    nobody.requester_ids.clear();
+    assert_eq!(
+        driver.attach(domain, &nobody),
+        Err(IommuError::UnknownDevice)
+    );
+    let elsewhere = device(7, 0, 5, 0, &[]);
+    assert_eq!(
+        driver.attach(domain, &elsewhere),
+        Err(IommuError::UnknownDevice)
+    );
+    let dev = device(0, 0, 5, 0, &[]);
+    assert_eq!(
+        driver.attach(sluice_iommu::DomainHandle(99), &dev),
+        Err(IommuError::UnknownDomain)
+    );
+    driver.attach(domain, &dev).unwrap();
+    assert_eq!(driver.destroy_domain(domain), Err(IommuError::Busy));
+    driver.detach(domain, &dev).unwrap();
+    driver.destroy_domain(domain).unwrap();
+    assert_eq!(
+        driver.destroy_domain(domain),
+        Err(IommuError::UnknownDomain)
+    );
+    assert_eq!(driver.page_sizes(domain), Err(IommuError::UnknownDomain));
+    assert_eq!(driver.commit(domain), Err(IommuError::UnknownDomain));
+}
+
+// ---------------------------------------------------------------------------------------
+// Map, unmap, commit.
+// ---------------------------------------------------------------------------------------
+
+fn attached(variants: &[(u64, u64)]) -> (Rig, Driver, sluice_iommu::DomainHandle, DeviceDma) {
+    let (rig, mut driver) = setup(variants);
+    let domain = driver.create_domain().unwrap();
+    let dev = device(0, 0, 3, 0, &[]);
+    driver.attach(domain, &dev).unwrap();
+    rig.clear_log();
+    (rig, driver, domain, dev)
+}
+
+#[test]
+fn map_needs_no_invalidation_without_caching_mode() {
+    let (rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    driver
+        .map(domain, 0x4000_0000, 0x8000_0000, 0x20_0000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    assert!(rig.descriptors(0).is_empty());
+    assert!(!rig.mem.borrow().log.iter().any(|e| matches!(
+        e,
+        Event::Reg64 {
+            offset: reg::IQT,
+            ..
+        }
+    )));
+    assert_eq!(
+        rig.fakes[0].dma(rid_of(&dev), 0x4000_1234, true),
+        Ok(0x8000_1234)
+    );
+}
+
+#[test]
+fn unmap_of_2m_is_one_page_selective_invalidation() {
+    let (rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    let rid = rid_of(&dev);
+    driver
+        .map(domain, 0x4000_0000, 0x8000_0000, 0x20_0000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let walked = driver.walk(U0, rid, 0x4000_0000).unwrap().unwrap();
+    assert_eq!(walked.page_size, 0x20_0000, "a 2 MiB superpage");
+    assert_eq!(rig.fakes[0].dma(rid, 0x4010_0000, true), Ok(0x8010_0000));
+    assert_eq!(driver.unmap(domain, 0x4000_0000, 0x20_0000), Ok(0x20_0000));
+    // Not committed: the unit still has the translation cached.
+    assert_eq!(rig.fakes[0].dma(rid, 0x4010_0000, true), Ok(0x8010_0000));
+    driver.commit(domain).unwrap();
+    let did = driver.domain_id(domain, U0).unwrap();
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[0],
+        Desc::Iotlb {
+            g: 3,
+            did,
+            dr: true,
+            dw: true,
+            addr: 0x4000_0000,
+            ih: false,
+            am: 9
+        }
+    );
+    assert!(matches!(
+        descriptors[1],
+        Desc::Wait {
+            sw: true,
+            iflag: false,
+            ..
+        }
+    ));
+    assert_eq!(descriptors.len(), 2);
+    assert_eq!(rig.fakes[0].dma(rid, 0x4010_0000, true), Err(5));
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn unmaps_of_one_batch_are_merged() {
+    let (rig, mut driver, domain, _dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    driver
+        .map(domain, 0x10_0000, 0x10_0000, 0x10_0000, RW)
+        .unwrap();
+    // Four adjacent pages unmapped one by one: one block of 4 pages.
+    for page in 0..4 {
+        driver
+            .unmap(domain, 0x10_4000 + page * 0x1000, 0x1000)
+            .unwrap();
+    }
+    driver.commit(domain).unwrap();
+    let did = driver.domain_id(domain, U0).unwrap();
+    assert_eq!(
+        rig.descriptors(0)[0],
+        Desc::Iotlb {
+            g: 3,
+            did,
+            dr: true,
+            dw: true,
+            addr: 0x10_4000,
+            ih: false,
+            am: 2
+        }
+    );
+    assert_eq!(rig.descriptors(0).len(), 2);
+}
+
+#[test]
+fn domain_selective_fallbacks() {
+    // More ranges than max_page_selective.
+    let (rig, mut driver, domain, _dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    let did = driver.domain_id(domain, U0).unwrap();
+    // 4 KiB leaves (the physical address is not 2 MiB aligned): each unmap is one page.
+    driver.map(domain, 0, 0x1000, 0x100_0000, RW).unwrap();
+    for i in 0..17 {
+        driver.unmap(domain, i * 0x2_0000, 0x1000).unwrap();
+    }
+    driver.commit(domain).unwrap();
+    let dsi = Desc::Iotlb {
+        g: 2,
+        did,
+        dr: true,
+        dw: true,
+        addr: 0,
+        ih: false,
+        am: 0,
+    };
+    assert_eq!(rig.descriptors(0)[0], dsi);
+    assert_eq!(rig.descriptors(0).len(), 2);
+
+    // A block beyond MAMV (18 on QEMU: 1 GiB): 4 GiB needs AM 20.
+    rig.clear_log();
+    driver
+        .map(domain, 0x1_0000_0000, 0, 0x1_0000_0000, RW)
+        .unwrap();
+    driver.unmap(domain, 0x1_0000_0000, 0x1_0000_0000).unwrap();
+    driver.commit(domain).unwrap();
+    assert_eq!(rig.descriptors(0)[0], dsi);
+
+    // No PSI at all.
+    let (rig, mut driver, domain, _dev) = attached(&[(no_psi(QEMU_CAP), QEMU_ECAP)]);
+    let did = driver.domain_id(domain, U0).unwrap();
+    driver.map(domain, 0, 0, 0x1000, RW).unwrap();
+    driver.unmap(domain, 0, 0x1000).unwrap();
+    driver.commit(domain).unwrap();
+    assert!(matches!(rig.descriptors(0)[0], Desc::Iotlb { g: 2, did: d, .. } if d == did));
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn retired_tables_are_freed_only_after_the_invalidation() {
+    let (rig, mut driver, domain, _dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    driver
+        .map(domain, 0x40_0000_0000 >> 2, 0x1000, 0x1000, RW)
+        .unwrap();
+    driver
+        .map(domain, 0x20_0000_0000 >> 2, 0x1000, 0x1000, RW)
+        .unwrap();
+    let pages = rig.mem.borrow().allocated;
+    let tables = driver.table_pages(domain).unwrap();
+    driver.unmap(domain, 0x40_0000_0000 >> 2, 0x1000).unwrap();
+    assert_eq!(rig.mem.borrow().allocated, pages, "retired, not freed");
+    // Nor by a later edit of the same batch.
+    driver.unmap(domain, 0x20_0000_0000 >> 2, 0x1000).unwrap();
+    assert_eq!(rig.mem.borrow().allocated, pages);
+    assert_eq!(driver.table_pages(domain).unwrap(), tables);
+    let log_len = rig.mem.borrow().log.len();
+    driver.commit(domain).unwrap();
+    let mem = rig.mem.borrow();
+    assert!(mem.allocated < pages);
+    // Freed after the wait completed (the status write precedes the frees).
+    let log = &mem.log[log_len..];
+    let wait = log
+        .iter()
+        .position(|e| matches!(e, Event::Descriptor { lo, .. } if lo & 0xf == 5))
+        .unwrap();
+    let free = log
+        .iter()
+        .position(|e| matches!(e, Event::Free { .. }))
+        .unwrap();
+    assert!(wait < free);
+}
+
+#[test]
+fn map_argument_errors() {
+    let (_rig, mut driver) = qemu();
+    let domain = driver.create_domain().unwrap();
+    assert_eq!(
+        driver.map(domain, 0x1000, 0x1000, 0, RW),
+        Err(IommuError::Misaligned)
+    );
+    assert_eq!(
+        driver.map(domain, 0x1001, 0x1000, 0x1000, RW),
+        Err(IommuError::Misaligned)
+    );
+    assert_eq!(
+        driver.map(domain, !0xfff, 0, 0x2000, RW),
+        Err(IommuError::Wraps)
+    );
+    assert_eq!(
+        driver.map(domain, 0, 0, 0x1000, Access::empty()),
+        Err(IommuError::NoAccess)
+    );
+    assert_eq!(
+        driver.map(domain, 1 << 39, 0, 0x1000, RW),
+        Err(IommuError::OutOfRange)
+    );
+    assert_eq!(
+        driver.map(domain, (1 << 39) - 0x1000, 0, 0x2000, RW),
+        Err(IommuError::OutOfRange)
+    );
+    assert_eq!(
+        driver.map(domain, 0xFEE0_0000, 0, 0x1000, RW),
+        Err(IommuError::OutOfRange),
+        "interrupt window"
+    );
+    assert_eq!(
+        driver.map(domain, 0xFED0_0000, 0, 0x20_0000, RW),
+        Err(IommuError::OutOfRange),
+        "straddles the interrupt window"
+    );
+    driver.map(domain, 0x2000, 0x3000, 0x1000, RW).unwrap();
+    assert_eq!(
+        driver.map(domain, 0x1000, 0x3000, 0x2000, RW),
+        Err(IommuError::Overlap { iova: 0x2000 })
+    );
+    assert_eq!(driver.unmap(domain, 0, 0), Err(IommuError::Misaligned));
+    assert_eq!(
+        driver.unmap(domain, 1 << 40, 0x1000),
+        Ok(0),
+        "beyond the aperture"
+    );
+    assert_eq!(driver.unmap(domain, 0, 1 << 39), Ok(0x1000));
+    let translate = driver.translate(domain, 0x2000).unwrap();
+    assert_eq!(translate, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Domain ids.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn domain_ids_stay_in_range_and_skip_zero() {
+    // ND = 0: 16 ids, 0 excluded: 15 domains can be attached.
+    let (rig, mut driver) = setup(&[(nd(caching_mode(QEMU_CAP), 0), QEMU_ECAP)]);
+    assert_eq!(driver.unit_info(U0).unwrap().domain_ids_capacity, 15);
+    let mut dids = Vec::new();
+    for i in 0..15u8 {
+        let domain = driver.create_domain().unwrap();
+        driver.attach(domain, &device(0, 1, i, 0, &[])).unwrap();
+        dids.push(driver.domain_id(domain, U0).unwrap());
+    }
+    dids.sort_unstable();
+    assert_eq!(dids, (1..16).collect::<Vec<u16>>());
+    let domain = driver.create_domain().unwrap();
+    assert_eq!(
+        driver.attach(domain, &device(0, 1, 20, 0, &[])),
+        Err(IommuError::NoDomainId)
+    );
+    // Nothing left behind by the failed attach.
+    assert!(!driver.context_entry(U0, 0x1a0).unwrap().present());
+    assert!(rig.violations().is_empty());
+}
+
+#[test]
+fn destroyed_domain_ids_return_only_after_invalidation() {
+    let (rig, mut driver) = setup(&[(nd(QEMU_CAP, 0), QEMU_ECAP)]);
+    let mut domains = Vec::new();
+    for i in 0..15u8 {
+        let domain = driver.create_domain().unwrap();
+        let dev = device(0, 1, i, 0, &[]);
+        driver.attach(domain, &dev).unwrap();
+        domains.push((domain, dev));
+    }
+    let (victim, dev) = domains[6].clone();
+    let did = driver.domain_id(victim, U0).unwrap();
+    driver.detach(victim, &dev).unwrap();
+    // Detached but not destroyed: the id stays taken.
+    let spare = driver.create_domain().unwrap();
+    assert_eq!(
+        driver.attach(spare, &device(0, 2, 0, 0, &[])),
+        Err(IommuError::NoDomainId)
+    );
+    rig.clear_log();
+    driver.destroy_domain(victim).unwrap();
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[..2],
+        [
+            Desc::Context {
+                g: 2,
+                did,
+                sid: 0,
+                fm: 0
+            },
+            Desc::Iotlb {
+                g: 2,
+                did,
+                dr: true,
+                dw: true,
+                addr: 0,
+                ih: false,
+                am: 0
+            }
+        ]
+    );
+    assert!(descriptors[2].is_wait());
+    driver.attach(spare, &device(0, 2, 0, 0, &[])).unwrap();
+    assert_eq!(
+        driver.domain_id(spare, U0),
+        Some(did),
+        "the only free id, now clean"
+    );
+
+    // A destroy whose invalidation never completes keeps the id out of the pool.
+    let (last, last_dev) = domains[7].clone();
+    driver.detach(last, &last_dev).unwrap();
+    let in_use = driver.unit_info(U0).unwrap().domain_ids_in_use;
+    rig.unit(0).ignore_iqt = true;
+    let result = driver.destroy_domain(last);
+    assert_eq!(result, Err(IommuError::InvalidationTimeout { unit: U0 }));
+    assert_eq!(driver.unit_info(U0).unwrap().domain_ids_in_use, in_use);
+}
+
+// ---------------------------------------------------------------------------------------
+// Dead units.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_wait_that_never_completes_fails_the_unit() {
+    let (rig, mut driver) = driver_with(&[(QEMU_CAP, QEMU_ECAP)], Vec::new(), small_budget());
+    let domain = driver.create_domain().unwrap();
+    let dev = device(0, 0, 3, 0, &[]);
+    driver.attach(domain, &dev).unwrap();
+    driver.map(domain, 0, 0, 0x1000, RW).unwrap();
+    rig.unit(0).ignore_iqt = true;
+    driver.unmap(domain, 0, 0x1000).unwrap();
+    let reads = rig.mem.borrow().reads;
+    assert_eq!(
+        driver.commit(domain),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    let polled = rig.mem.borrow().reads - reads;
+    assert!(polled <= 1000 + 10, "bounded by the budget: {polled}");
+    assert!(driver.unit_failed(U0));
+    assert!(matches!(
+        driver.unit_info(U0).unwrap().failure,
+        Some(UnitFailure::WaitTimeout { .. })
+    ));
+    // The unit refuses further work, even if it comes back to life.
+    rig.unit(0).ignore_iqt = false;
+    let iqt_writes = |rig: &Rig| {
+        rig.mem
+            .borrow()
+            .log
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Reg64 {
+                        offset: reg::IQT,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let before = iqt_writes(&rig);
+    assert_eq!(
+        driver.commit(domain),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    let other = driver.create_domain().unwrap();
+    assert_eq!(
+        driver.attach(other, &device(0, 0, 4, 0, &[])),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    assert_eq!(
+        driver.detach(domain, &dev),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    assert_eq!(
+        iqt_writes(&rig),
+        before,
+        "nothing submitted to a failed unit"
+    );
+    // Detach still cleared the entry in memory (blocking is best effort).
+    assert!(!driver.context_entry(U0, rid_of(&dev)).unwrap().present());
+    // Faults can still be read.
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn a_queue_error_fails_the_unit() {
+    let (rig, mut driver, domain, _dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    driver.map(domain, 0, 0, 0x1000, RW).unwrap();
+    driver.unmap(domain, 0, 0x1000).unwrap();
+    rig.unit(0).reject_type = Some(2);
+    assert_eq!(
+        driver.commit(domain),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    match driver.unit_info(U0).unwrap().failure {
+        Some(UnitFailure::QueueError { fsts, .. }) => assert_ne!(fsts & (1 << 4), 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wait_descriptors_never_carry_both_status_write_and_interrupt() {
+    let (rig, mut driver, domain, dev) = attached(&[(caching_mode(QEMU_CAP), QEMU_ECAP)]);
+    driver.map(domain, 0, 0, 0x40_0000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    driver.unmap(domain, 0x20_0000, 0x20_0000).unwrap();
+    driver.commit(domain).unwrap();
+    driver.detach(domain, &dev).unwrap();
+    driver.destroy_domain(domain).unwrap();
+    driver.invalidate_interrupt_entries(U0, None).unwrap();
+    driver
+        .invalidate_interrupt_entries(U0, Some((16, 2)))
+        .unwrap();
+    let descriptors = rig.descriptors(0);
+    let waits: Vec<&Desc> = descriptors.iter().filter(|d| d.is_wait()).collect();
+    assert!(waits.len() >= 6);
+    let status = match waits[0] {
+        Desc::Wait { addr, .. } => *addr,
+        _ => unreachable!(),
+    };
+    let mut last = 0;
+    for wait in waits {
+        let Desc::Wait {
+            sw,
+            iflag,
+            data,
+            addr,
+            ..
+        } = *wait
+        else {
+            unreachable!()
+        };
+        assert!(sw && !iflag);
+        assert_eq!(addr, status, "one status word per unit");
+        assert!(data > last, "a fresh sequence number every time");
+        last = data;
+    }
+    assert!(descriptors.contains(&Desc::InterruptEntry {
+        global: false,
+        index: 16,
+        mask: 2
+    }));
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+// ---------------------------------------------------------------------------------------
+// Register-based invalidation and write-buffer flushing.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn register_based_invalidation_without_qi() {
+    let (rig, mut driver) = setup(&[(QEMU_CAP, no_qi(QEMU_ECAP))]);
+    assert!(!driver.unit_info(U0).unwrap().queued_invalidation);
+    let iotlb = 0xf8;
+    let drain = 1 << 49 | 1 << 48;
+    assert_eq!(
+        rig.unit(0).register_invalidations,
+        [
+            (reg::CCMD, 1 << 63 | 1 << 61),
+            (iotlb, 1 << 63 | 1 << 60 | drain)
+        ]
+    );
+    let domain = driver.create_domain().unwrap();
+    driver.attach(domain, &device(0, 0, 3, 0, &[])).unwrap();
+    let did = u64::from(driver.domain_id(domain, U0).unwrap());
+    driver.map(domain, 0x20_0000, 0, 0x20_0000, RW).unwrap();
+    driver.unmap(domain, 0x20_0000, 0x20_0000).unwrap();
+    driver.commit(domain).unwrap();
+    let unit = rig.unit(0);
+    assert_eq!(
+        unit.register_invalidations[2..],
+        [
+            (reg::CCMD, 1 << 63 | 3 << 61 | 0x18 << 16 | did),
+            (iotlb, 1 << 63 | 2 << 60 | drain | did << 32),
+            (iotlb, 1 << 63 | 3 << 60 | drain | did << 32),
+        ]
+    );
+    assert_eq!(unit.iva, 0x20_0000 | 9);
+    drop(unit);
+    assert_eq!(
+        driver.invalidate_interrupt_entries(U0, None),
+        Err(IommuError::Unsupported { unit: U0 })
+    );
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn stuck_register_invalidation_fails_the_unit() {
+    let (rig, mut driver) =
+        driver_with(&[(QEMU_CAP, no_qi(QEMU_ECAP))], Vec::new(), small_budget());
+    let domain = driver.create_domain().unwrap();
+    rig.unit(0).stuck_registers = true;
+    assert_eq!(
+        driver.attach(domain, &device(0, 0, 3, 0, &[])),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    assert!(matches!(
+        driver.unit_info(U0).unwrap().failure,
+        Some(UnitFailure::RegisterInvalidation { offset: 0x28, .. })
+    ));
+}
+
+#[test]
+fn write_buffer_flushed_when_required() {
+    let (rig, mut driver) = setup(&[(rwbf(QEMU_CAP), QEMU_ECAP)]);
+    assert_eq!(
+        rig.unit(0).wbf_count,
+        1,
+        "before the bring-up invalidations"
+    );
+    let domain = driver.create_domain().unwrap();
+    driver.attach(domain, &device(0, 0, 3, 0, &[])).unwrap();
+    let count = rig.unit(0).wbf_count;
+    driver.map(domain, 0, 0, 0x1000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    assert_eq!(rig.unit(0).wbf_count, count + 1, "even a map-only batch");
+    assert!(
+        rig.descriptors(0)
+            .iter()
+            .all(|d| !matches!(d, Desc::Iotlb { g: 3, .. }))
+    );
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+    // The WBF command carried the persistent enables.
+    let unit = rig.unit(0);
+    let flushes: Vec<u32> = unit
+        .gcmd_writes
+        .iter()
+        .copied()
+        .filter(|w| w & WBF != 0)
+        .collect();
+    assert!(flushes.iter().all(|w| w & QIE != 0));
+    assert!(flushes[1..].iter().all(|w| w & TE != 0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn faults_are_decoded_and_cleared() {
+    let (rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    let rid = rid_of(&dev);
+    driver
+        .map(domain, 0x3000, 0x7000, 0x1000, Access::READ)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    // Not attached: reason 2, a write.
+    assert_eq!(rig.fakes[0].dma(0x0028, 0x123_4567, true), Err(2));
+    let faults = driver.take_faults();
+    assert_eq!(faults.len(), 1);
+    let fault = faults[0];
+    assert_eq!(fault.unit, U0);
+    assert_eq!(fault.requester_id, 0x0028);
+    assert_eq!(fault.address, 0x123_4000);
+    assert!(fault.write);
+    assert_eq!(fault.reason, 2);
+    assert!(fault.reason_text.contains("context entry not present"));
+    assert_eq!(rig.unit(0).frcd[0][1] >> 63, 0, "F cleared");
+    assert_eq!(rig.unit(0).fsts & 3, 0, "PPF and PFO clear");
+    // Write to a read-only page: reason 5; read of an unmapped page: reason 6, T = 1.
+    assert_eq!(rig.fakes[0].dma(rid, 0x3000, true), Err(5));
+    let fault = driver.take_faults()[0];
+    assert_eq!((fault.reason, fault.write), (5, true));
+    assert!(fault.reason_text.contains("write"));
+    assert_eq!(rig.fakes[0].dma(rid, 0x9000, false), Err(6));
+    let fault = driver.take_faults()[0];
+    assert_eq!(
+        (fault.reason, fault.write, fault.requester_id),
+        (6, false, rid)
+    );
+    assert_eq!(fault.address, 0x9000);
+    assert!(driver.take_faults().is_empty());
+    assert_eq!(driver.unit_info(U0).unwrap().faults.records, 3);
+    // Overflow: a second fault while the only record is full is dropped, PFO set.
+    let _ = rig.fakes[0].dma(0x30, 0x1000, false);
+    let _ = rig.fakes[0].dma(0x31, 0x1000, false);
+    assert_ne!(rig.unit(0).fsts & 1, 0);
+    let faults = driver.take_faults();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(faults[0].requester_id, 0x30);
+    assert_eq!(rig.unit(0).fsts & 1, 0, "PFO cleared");
+    assert_eq!(driver.unit_info(U0).unwrap().faults.overflows, 1);
+    // Recording works again.
+    let _ = rig.fakes[0].dma(0x32, 0x1000, false);
+    assert_eq!(driver.take_faults()[0].requester_id, 0x32);
+}
+
+#[test]
+fn fault_records_are_read_round_the_ring() {
+    let (rig, mut driver) = setup(&[(nfr(QEMU_CAP, 4), QEMU_ECAP)]);
+    for rid in [0x10, 0x11, 0x12] {
+        let _ = rig.fakes[0].dma(rid, 0x1000, false);
+    }
+    let faults = driver.take_faults();
+    assert_eq!(
+        faults.iter().map(|f| f.requester_id).collect::<Vec<_>>(),
+        [0x10, 0x11, 0x12]
+    );
+    // Next faults start at record 3 and wrap to 0 and 1.
+    for rid in [0x20, 0x21, 0x22] {
+        let _ = rig.fakes[0].dma(rid, 0x1000, false);
+    }
+    assert_eq!(rig.unit(0).fsts >> 8 & 0xff, 3, "FRI");
+    let faults = driver.take_faults();
+    assert_eq!(
+        faults.iter().map(|f| f.requester_id).collect::<Vec<_>>(),
+        [0x20, 0x21, 0x22]
+    );
+    assert!(rig.unit(0).frcd.iter().all(|r| r[1] >> 63 == 0));
+}
+
+#[test]
+fn a_fault_storm_does_not_stall() {
+    let (rig, mut driver) = setup(&[(nfr(QEMU_CAP, 4), QEMU_ECAP)]);
+    for rid in 0..8 {
+        let _ = rig.fakes[0].dma(rid, 0x1000, false);
+    }
+    rig.unit(0).storm = true;
+    for _ in 0..100 {
+        let faults = driver.take_faults();
+        assert!(!faults.is_empty() && faults.len() <= 4, "{}", faults.len());
+    }
+    assert!(driver.unit_info(U0).unwrap().faults.records <= 400);
+}
+
+// ---------------------------------------------------------------------------------------
+// RMRR identity maps.
+// ---------------------------------------------------------------------------------------
+
+fn rmrr(devices: &[(u8, u8, u8)]) -> IdentityRegion {
+    IdentityRegion {
+        segment: 0,
+        base: 0x7f00_0000,
+        limit: 0x7f1f_ffff,
+        devices: devices
+            .iter()
+            .map(|&(b, d, f)| PciAddress::new(0, b, d, f))
+            .collect(),
+    }
+}
+
+#[test]
+fn rmrr_devices_get_an_identity_map_while_attached() {
+    let (rig, mut driver) = driver_with(
+        &[(QEMU_CAP, QEMU_ECAP)],
+        vec![rmrr(&[(0, 0x1d, 0), (0, 0x1d, 1)])],
+        DriverConfig::default(),
+    );
+    let domain = driver.create_domain().unwrap();
+    let plain = device(0, 0, 3, 0, &[]);
+    driver.attach(domain, &plain).unwrap();
+    assert_eq!(driver.translate(domain, 0x7f00_0000).unwrap(), None);
+    let usb = device(0, 0, 0x1d, 0, &[]);
+    driver.attach(domain, &usb).unwrap();
+    let t = driver.translate(domain, 0x7f00_1000).unwrap().unwrap();
+    assert_eq!(
+        (t.paddr, t.access, t.page_size),
+        (0x7f00_1000, RW, 0x20_0000)
+    );
+    assert_eq!(
+        rig.fakes[0].dma(rid_of(&usb), 0x7f1f_fff8, true),
+        Ok(0x7f1f_fff8)
+    );
+    let ranges = driver.iova_ranges(domain).unwrap();
+    assert_eq!(
+        ranges[0],
+        IovaRange {
+            start: 0,
+            last: 0x7eff_ffff
+        }
+    );
+    assert_eq!(ranges[1].start, 0x7f20_0000);
+    assert_eq!(
+        driver.map(domain, 0x7f10_0000, 0, 0x1000, RW),
+        Err(IommuError::OutOfRange)
+    );
+    // Unmapping everything leaves the RMRR alone.
+    driver.map(domain, 0x1000, 0x1000, 0x1000, RW).unwrap();
+    assert_eq!(driver.unmap(domain, 0, 1 << 39), Ok(0x1000));
+    assert!(driver.translate(domain, 0x7f00_0000).unwrap().is_some());
+    // A second function named by the RMRR shares the mapping; it stays until the last
+    // one leaves.
+    let usb1 = device(0, 0, 0x1d, 1, &[]);
+    driver.attach(domain, &usb1).unwrap();
+    driver.detach(domain, &usb).unwrap();
+    assert!(driver.translate(domain, 0x7f00_0000).unwrap().is_some());
+    driver.detach(domain, &usb1).unwrap();
+    assert_eq!(driver.translate(domain, 0x7f00_0000).unwrap(), None);
+    assert_eq!(driver.iova_ranges(domain).unwrap()[0].last, 0xFEDF_FFFF);
+    // And its translations were invalidated: the remaining device cannot use it.
+    assert_eq!(rig.fakes[0].dma(rid_of(&plain), 0x7f00_0000, true), Err(5));
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn rmrr_overlapping_a_user_mapping_refuses_the_attach() {
+    let (_rig, mut driver) = driver_with(
+        &[(QEMU_CAP, QEMU_ECAP)],
+        vec![rmrr(&[(0, 0x1d, 0)])],
+        DriverConfig::default(),
+    );
+    let domain = driver.create_domain().unwrap();
+    driver.map(domain, 0x7f10_0000, 0, 0x1000, RW).unwrap();
+    let usb = device(0, 0, 0x1d, 0, &[]);
+    assert_eq!(
+        driver.attach(domain, &usb),
+        Err(IommuError::Overlap { iova: 0x7f10_0000 })
+    );
+    assert!(!driver.context_entry(U0, rid_of(&usb)).unwrap().present());
+    assert_eq!(driver.domain_id(domain, U0), None);
+    // The user mapping is intact.
+    assert!(driver.translate(domain, 0x7f10_0000).unwrap().is_some());
+    assert_eq!(driver.translate(domain, 0x7f00_0000).unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Several units.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_domain_spans_units() {
+    let (rig, mut driver) = setup(&[(QEMU_CAP, QEMU_ECAP), (aw48(QEMU_CAP), QEMU_ECAP)]);
+    let domain = driver.create_domain().unwrap();
+    let a = device(0, 0, 3, 0, &[]);
+    let b = device(1, 0x80, 0, 0, &[]);
+    driver.attach(domain, &a).unwrap();
+    driver.attach(domain, &b).unwrap();
+    let (d0, d1) = (
+        driver.domain_id(domain, U0).unwrap(),
+        driver.domain_id(domain, UnitId(1)).unwrap(),
+    );
+    // Both units walk the same 3-level table.
+    let e1 = driver.context_entry(UnitId(1), rid_of(&b)).unwrap();
+    assert_eq!(e1.levels(), 3);
+    assert_eq!(e1.table(), driver.table_root(domain).unwrap());
+    driver
+        .map(domain, 0x20_0000, 0x40_0000, 0x20_0000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    assert_eq!(
+        rig.fakes[1].dma(rid_of(&b), 0x20_0010, false),
+        Ok(0x40_0010)
+    );
+    rig.clear_log();
+    driver.unmap(domain, 0x20_0000, 0x20_0000).unwrap();
+    driver.commit(domain).unwrap();
+    for (unit, did) in [(0, d0), (1, d1)] {
+        assert_eq!(
+            rig.descriptors(unit)[0],
+            Desc::Iotlb {
+                g: 3,
+                did,
+                dr: true,
+                dw: true,
+                addr: 0x20_0000,
+                ih: false,
+                am: 9
+            }
+        );
+    }
+    assert_eq!(rig.fakes[1].dma(rid_of(&b), 0x20_0010, false), Err(6));
+    // The device's unit is the one in DeviceDma: unit 0 knows nothing of b.
+    assert!(!driver.context_entry(U0, rid_of(&b)).unwrap().present());
+    let _ = driver.take_faults();
+}
+
+#[test]
+fn walk_agrees_with_the_reference_walker() {
+    let (rig, mut driver, domain, dev) = attached(&[(aw48(QEMU_CAP), QEMU_ECAP)]);
+    let rid = rid_of(&dev);
+    driver
+        .map(
+            domain,
+            0x4000_0000,
+            0x1_4000_0000,
+            0x4000_0000,
+            Access::READ,
+        )
+        .unwrap();
+    driver
+        .map(domain, 0x8000_0000, 0x2000_0000, 0x20_3000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let entry = driver.context_entry(U0, rid).unwrap();
+    for iova in [
+        0x4000_0000,
+        0x4123_4567,
+        0x8000_0000,
+        0x801f_f000,
+        0x8020_2fff,
+        0x8020_3000,
+        0x10,
+    ] {
+        let reference = walk_table(&rig.mem.borrow(), entry.table(), 4, iova);
+        let walked = driver.walk(U0, rid, iova).unwrap();
+        match (reference, walked) {
+            (Some((paddr, read, write)), Ok(t)) => {
+                assert_eq!(t.paddr, paddr);
+                assert_eq!(t.access.contains(Access::READ), read);
+                assert_eq!(t.access.contains(Access::WRITE), write);
+                let translate = driver.translate(domain, iova).unwrap().unwrap();
+                assert_eq!(translate.paddr, paddr);
+                assert_eq!(translate.page_size, t.page_size);
+            }
+            (None, Err(WalkFault::NotPresent { .. })) => {}
+            other => panic!("{iova:#x}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        driver
+            .walk(U0, rid, 0x4000_0000)
+            .unwrap()
+            .unwrap()
+            .page_size,
+        1 << 30
+    );
+    assert_eq!(
+        driver.walk(U0, rid, 1 << 48),
+        Some(Err(WalkFault::BeyondAddressWidth))
+    );
+    assert_eq!(
+        driver.walk(U0, 0x19, 0),
+        Some(Err(WalkFault::ContextNotPresent))
+    );
+    assert_eq!(driver.walk(UnitId(5), 0x19, 0), None);
+}
