@@ -82,6 +82,24 @@ fn pattern(seed: u8) -> [u8; LEN] {
     })
 }
 
+/// Read, clear and log the recorded faults in words.
+fn log_faults(iommu: &mut dyn Iommu) {
+    for f in iommu.take_faults() {
+        info!(
+            target: "iommu",
+            "fault: unit {} requester {:02x}:{:02x}.{} {} at {:#x}: reason {} ({})",
+            f.unit.0,
+            f.requester_id >> 8,
+            (f.requester_id >> 3) & 0x1f,
+            f.requester_id & 7,
+            if f.write { "write" } else { "read" },
+            f.address,
+            f.reason,
+            f.reason_text
+        );
+    }
+}
+
 fn frcd(p: &dyn DmaTestPlatform) -> String {
     let (hi, lo) = p.raw_fault_record();
     alloc::format!("0x{hi:016x}:0x{lo:016x}")
@@ -124,7 +142,7 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         .attach(domain, e1_dma)
         .map_err(|e| err("attach e1", &e))?;
     let rid = e1_dma.requester_ids.first().copied().unwrap_or(0);
-    let _ = p.iommu().take_faults();
+    log_faults(p.iommu());
 
     // 1. map-dma: RAM A -> edu -> RAM B, both through IOVAs.
     let (a, b) = (page(1)?, page(1)?);
@@ -163,7 +181,7 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         frcd(p),
         hex(&pat)
     );
-    let _ = p.iommu().take_faults();
+    log_faults(p.iommu());
 
     // 3. unmap-invalidates: DMA works, unmap + commit, the same DMA is then blocked
     //    (QEMU caches translations: only a real invalidation stops it).
@@ -197,7 +215,7 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         frcd(p),
         hex(&pat)
     );
-    let _ = p.iommu().take_faults();
+    log_faults(p.iommu());
 
     // 4. readonly-blocks-write.
     let r = page(1)?;
@@ -217,7 +235,7 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         frcd(p),
         hex(&pat)
     );
-    let _ = p.iommu().take_faults();
+    log_faults(p.iommu());
 
     // 5. superpage: a 2 MiB-aligned 2 MiB mapping is one leaf at level 2.
     const SUPER: u64 = 2 << 20;
@@ -256,7 +274,7 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         hex(&read_phys(q)),
         frcd(p)
     );
-    let _ = p.iommu().take_faults();
+    log_faults(p.iommu());
     info!(target: "dmatest", "dmatest done: 6 experiments");
     Ok(())
 }
