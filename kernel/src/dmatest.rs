@@ -34,8 +34,10 @@ const IOVA_SUPERPAGE: u64 = 0x0a00_0000;
 /// What the experiments need from the platform besides the [`Iommu`] trait.
 pub trait DmaTestPlatform {
     fn iommu(&mut self) -> &mut dyn Iommu;
-    /// The unit's first fault recording register, raw: (high qword, low qword).
-    fn raw_fault_record(&self) -> (u64, u64);
+    /// The unit's raw fault evidence for the last experiment, as `key=value`: VT-d's
+    /// first fault recording register (`frcd=0x<hi>:0x<lo>`), AMD-Vi's last event-log
+    /// entry (`event=0x<hi>:0x<lo>`, or `event=none`).
+    fn fault_evidence(&mut self) -> String;
     /// The leaf entry translating `iova`: (raw entry, level: 1 = 4 KiB, 2 = 2 MiB, ...,
     /// page size).
     fn leaf_entry(&mut self, domain: DomainHandle, iova: u64) -> Option<(u64, u8, u64)>;
@@ -100,9 +102,8 @@ fn log_faults(iommu: &mut dyn Iommu) {
     }
 }
 
-fn frcd(p: &dyn DmaTestPlatform) -> String {
-    let (hi, lo) = p.raw_fault_record();
-    alloc::format!("0x{hi:016x}:0x{lo:016x}")
+fn evidence(p: &mut dyn DmaTestPlatform) -> String {
+    p.fault_evidence()
 }
 
 /// Run the six experiments: `e1` is attached to a fresh domain, `e2` never is.
@@ -175,10 +176,10 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         .map_err(|e| err("edu dev->unmapped", &e))?;
     info!(
         target: "dmatest",
-        "dmatest 2 unmapped-blocked: iova=0x{c:x} target=0x{c:x} canary={} after={} frcd={} rid=0x{rid:04x} sent={}",
+        "dmatest 2 unmapped-blocked: iova=0x{c:x} target=0x{c:x} canary={} after={} {} rid=0x{rid:04x} sent={}",
         hex(&canary),
         hex(&read_phys(c)),
-        frcd(p),
+        evidence(p),
         hex(&pat)
     );
     log_faults(p.iommu());
@@ -207,12 +208,12 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         .map_err(|e| err("edu dev->T again", &e))?;
     info!(
         target: "dmatest",
-        "dmatest 3 unmap-invalidates: iova=0x{IOVA_UNMAP:x} target=0x{t:x} first={} pattern={} second_target_before={} second_target_after={} frcd={} sent={}",
+        "dmatest 3 unmap-invalidates: iova=0x{IOVA_UNMAP:x} target=0x{t:x} first={} pattern={} second_target_before={} second_target_after={} {} sent={}",
         hex(&first),
         hex(&pat),
         hex(&refill),
         hex(&read_phys(t)),
-        frcd(p),
+        evidence(p),
         hex(&pat)
     );
     log_faults(p.iommu());
@@ -229,10 +230,10 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         .map_err(|e| err("edu dev->R", &e))?;
     info!(
         target: "dmatest",
-        "dmatest 4 readonly-blocks-write: iova=0x{IOVA_READONLY:x} target=0x{r:x} before={} after={} frcd={} sent={}",
+        "dmatest 4 readonly-blocks-write: iova=0x{IOVA_READONLY:x} target=0x{r:x} before={} after={} {} sent={}",
         hex(&before),
         hex(&read_phys(r)),
-        frcd(p),
+        evidence(p),
         hex(&pat)
     );
     log_faults(p.iommu());
@@ -269,10 +270,10 @@ fn run_inner<R1: EduRegisters, R2: EduRegisters>(
         .map_err(|e| err("edu2 dev->Q", &e))?;
     info!(
         target: "dmatest",
-        "dmatest 6 never-attached: rid=0x{e2_rid:04x} target=0x{q:x} before={} after={} frcd={}",
+        "dmatest 6 never-attached: rid=0x{e2_rid:04x} target=0x{q:x} before={} after={} {}",
         hex(&canary),
         hex(&read_phys(q)),
-        frcd(p)
+        evidence(p)
     );
     log_faults(p.iommu());
     info!(target: "dmatest", "dmatest done: 6 experiments");

@@ -637,10 +637,10 @@ impl DmaTestPlatform for VtdDmaTest<'_> {
         self.driver
     }
 
-    fn raw_fault_record(&self) -> (u64, u64) {
+    fn fault_evidence(&mut self) -> alloc::string::String {
         let lo = self.fault_regs.read64(self.fro).unwrap_or(u64::MAX);
         let hi = self.fault_regs.read64(self.fro + 8).unwrap_or(u64::MAX);
-        (hi, lo)
+        alloc::format!("frcd=0x{hi:016x}:0x{lo:016x}")
     }
 
     /// Descend the domain's second-level tables as the hardware does, reading the
