@@ -1,7 +1,7 @@
 //! The kernel's DMA self-test (`dmatest` on the command line): parser and judge.
 //!
-//! On q35 + intel-iommu + topology `dma` (edus `e1`, `e2`), the kernel runs six
-//! experiments and prints one line each (target `dmatest`):
+//! On q35 + intel-iommu or amd-iommu + topology `dma` (edus `e1`, `e2`), the kernel
+//! runs six experiments and prints one line each (target `dmatest`):
 //!
 //! ```text
 //! [INFO  dmatest] dmatest N NAME: key=value key=value ...
@@ -10,7 +10,10 @@
 //!
 //! Values: numbers `0x` + hex; byte strings lowercase hex, two digits a byte, no
 //! separators; fault records `frcd=0x<high qword>:0x<low qword>` (the raw 128-bit
-//! VT-d fault recording register, read after the attempt and before clearing it).
+//! VT-d fault recording register, read after the attempt and before clearing it). On
+//! amd-iommu the raw fault evidence is `event=0x<hi>:0x<lo>` (the experiment's last
+//! new event log entry, see `amdvi_event.rs`) or `event=none` instead of `frcd=`, and
+//! the 2 MiB leaf of experiment 5 is an AMD v1 PTE; everything else is the same.
 //! Tokens without `=` are ignored; unknown keys too. The keys per experiment and
 //! what passes are in [`EXPERIMENTS`] and the `judge_*` functions; `harness/README.md`
 //! has the contract.
@@ -23,7 +26,9 @@
 
 use std::fmt::Write as _;
 
+use crate::amdvi_event::{self, EventEntry};
 use crate::groups::Names;
+use crate::machine::Iommu;
 use crate::model::Bdf;
 use crate::runner::OracleView;
 use crate::serial::split_line;
@@ -37,6 +42,49 @@ pub const EXPERIMENTS: [&str; 6] = [
     "superpage",
     "never-attached",
 ];
+
+/// The remapping hardware the kernel reports on: it decides the fault evidence key
+/// (`frcd=` / `event=`), the leaf format of experiment 5 and the registers read at hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// intel-iommu: `frcd=` fault records, second-level PTEs.
+    Vtd,
+    /// amd-iommu: `event=` event log entries, v1 PTEs.
+    AmdVi,
+}
+
+impl Unit {
+    /// The unit of a machine (the DMA scenarios always name one; no IOMMU counts as
+    /// VT-d, whose judge then reports the missing faults).
+    pub fn of(iommu: Iommu) -> Unit {
+        match iommu {
+            Iommu::AmdVi => Unit::AmdVi,
+            Iommu::Vtd | Iommu::None => Unit::Vtd,
+        }
+    }
+
+    /// The key of the raw fault evidence.
+    pub fn fault_key(self) -> &'static str {
+        match self {
+            Unit::Vtd => "frcd",
+            Unit::AmdVi => "event",
+        }
+    }
+
+    fn other(self) -> Unit {
+        match self {
+            Unit::Vtd => Unit::AmdVi,
+            Unit::AmdVi => Unit::Vtd,
+        }
+    }
+
+    fn device(self) -> &'static str {
+        match self {
+            Unit::Vtd => "intel-iommu",
+            Unit::AmdVi => "amd-iommu",
+        }
+    }
+}
 
 /// QEMU's edu keeps 28 bits of every RAM-side DMA address (its `dma_mask` default).
 pub const EDU_DMA_MASK: u64 = (1 << 28) - 1;
@@ -395,16 +443,33 @@ fn mem_reads(report: &DmaReport) -> Vec<MemRead<'_>> {
         .collect()
 }
 
-/// The monitor commands to run while the kernel holds, from the serial output so
-/// far: one `xp /Nxb` per buffer the kernel printed, and the unit's fault status.
+/// The monitor commands to run while the kernel holds (intel-iommu), from the serial
+/// output so far: one `xp /Nxb` per buffer the kernel printed, and the unit's fault
+/// status.
 pub fn monitor_commands(serial: &str) -> Vec<String> {
+    commands_for(serial, Unit::Vtd)
+}
+
+/// The same for amd-iommu: the buffers, then the Control register and Event Log
+/// Head/Tail/Status (shown as context with event failures).
+pub fn amd_monitor_commands(serial: &str) -> Vec<String> {
+    commands_for(serial, Unit::AmdVi)
+}
+
+fn commands_for(serial: &str, unit: Unit) -> Vec<String> {
     let lines: Vec<&str> = serial.lines().collect();
     let report = DmaReport::parse(&lines);
     if report.experiments.is_empty() {
         return Vec::new();
     }
     let mut cmds: Vec<String> = mem_reads(&report).iter().map(MemRead::command).collect();
-    cmds.push(fsts_command());
+    match unit {
+        Unit::Vtd => cmds.push(fsts_command()),
+        Unit::AmdVi => {
+            cmds.push(amdvi_event::control_command());
+            cmds.push(amdvi_event::log_registers_command());
+        }
+    }
     cmds.dedup();
     cmds
 }
@@ -464,6 +529,7 @@ struct Rids {
 /// requester ids and the guest memory. Returns failure reasons; empty = pass.
 pub fn check<S: AsRef<str>>(
     lines: &[S],
+    unit: Unit,
     qemu: Result<&OracleView, String>,
     qemu_stderr: &str,
 ) -> Vec<String> {
@@ -547,6 +613,7 @@ pub fn check<S: AsRef<str>>(
         }
         let mut j = Judge {
             exp,
+            unit,
             fails: Vec::new(),
         };
         if exp.name != *name {
@@ -563,7 +630,12 @@ pub fn check<S: AsRef<str>>(
         }
         fails.extend(j.fails);
     }
-    stale_fault_records(&report, &mut fails);
+    match unit {
+        Unit::Vtd => stale_fault_records(&report, &mut fails),
+        Unit::AmdVi => stale_events(&report, &mut fails),
+    }
+    let bypass = bypass_diagnosis(&report, unit);
+    fails.extend(bypass.iter().cloned());
     for e in &report.experiments {
         if e.number == 0 || e.number as usize > EXPERIMENTS.len() {
             fails.push(format!(
@@ -590,13 +662,82 @@ pub fn check<S: AsRef<str>>(
 
     if let Some(view) = view {
         check_memory(&report, view, &mut fails);
-        if fails.iter().any(|f| f.contains("frcd=")) {
-            if let Some(ctx) = fsts_context(view) {
-                fails.push(ctx);
-            }
+        let key = format!("{}=", unit.fault_key());
+        if bypass.is_some() || fails.iter().any(|f| f.contains(&key)) {
+            let ctx = match unit {
+                Unit::Vtd => fsts_context(view),
+                Unit::AmdVi => amd_context(view),
+            };
+            fails.extend(ctx);
         }
     }
     fails
+}
+
+/// The never-mapped IOVA (2) and the never-attached device (6) both reached memory:
+/// nothing was translated at all.
+fn bypass_diagnosis(report: &DmaReport, unit: Unit) -> Option<String> {
+    let landed = |number: u32, before_key: &str| {
+        let e = first_of(report, number)?;
+        let before = parse_bytes(e.get(before_key)?).ok()?;
+        let after = parse_bytes(e.get("after")?).ok()?;
+        Some(before != after)
+    };
+    if landed(2, "canary")? && landed(6, "before")? {
+        let why = match unit {
+            Unit::Vtd => {
+                "the kernel did not enable translation (GCMD.TE), or the edus have pass-through context entries"
+            }
+            Unit::AmdVi => {
+                "QEMU 9.2-10.0 with amd-iommu's default pt=on do not translate emulated devices at all (the amdvi-dma scenario passes pt=off; with `run` use --amd-pt off), or the kernel left the IOMMU off (Control.IommuEn) or the edus' DTEs invalid (V=0 passes DMA untranslated)"
+            }
+        };
+        return Some(format!(
+            "DMA bypassed translation: the write to the never-mapped IOVA (experiment 2) and the never-attached edu's write (experiment 6) both reached memory: {why}"
+        ));
+    }
+    None
+}
+
+/// amd-iommu's registers at hold, as context for event failures.
+fn amd_context(view: &OracleView) -> Option<String> {
+    let words = |command: String, addr: u64, count: usize| {
+        let out = view.monitor_reply(&command)?.as_ref().ok()?;
+        parse_xp(out, addr, 4, count).ok()
+    };
+    let control = words(
+        amdvi_event::control_command(),
+        amdvi_event::AMDVI_CONTROL,
+        2,
+    );
+    let log = words(
+        amdvi_event::log_registers_command(),
+        amdvi_event::AMDVI_EVENT_HEAD,
+        6,
+    );
+    amdvi_event::Registers::from_words(control.as_deref(), log.as_deref()).context()
+}
+
+/// An event log entry equal to an earlier experiment's is an old entry reported
+/// again (each experiment's blocked write has its own address or device).
+fn stale_events(report: &DmaReport, fails: &mut Vec<String>) {
+    let mut seen: Vec<(&Experiment, EventEntry)> = Vec::new();
+    for e in &report.experiments {
+        let Some(Ok(Some(ev))) = e.get("event").map(amdvi_event::parse_event) else {
+            continue;
+        };
+        if seen.iter().any(|(x, _)| x.number == e.number) {
+            continue; // a repeated line: reported as such
+        }
+        if let Some((earlier, _)) = seen.iter().find(|(_, g)| *g == ev) {
+            fails.push(format!(
+                "dmatest {} {} (line {}): event={ev} is experiment {}'s entry again: report only entries QEMU wrote after the experiment started (QEMU 7.2 and 10.0 never move the Event Log Tail register: find new entries in the log memory, and clear consumed ones)",
+                e.number, e.name, e.line, earlier.number
+            ));
+        } else {
+            seen.push((e, ev));
+        }
+    }
 }
 
 /// A fault record identical to an earlier experiment's was never cleared: QEMU
@@ -679,6 +820,7 @@ fn fsts_context(view: &OracleView) -> Option<String> {
 /// Per-experiment checks, each failure prefixed with the experiment and line.
 struct Judge<'a> {
     exp: &'a Experiment,
+    unit: Unit,
     fails: Vec<String>,
 }
 
@@ -844,6 +986,83 @@ impl<'a> Judge<'a> {
         }
     }
 
+    /// The raw fault evidence of a blocked edu write: `frcd=` (VT-d) or `event=` (AMD).
+    fn evidence(&mut self, want: &FaultExpectation<'_>) {
+        let key = self.unit.fault_key();
+        let other = self.unit.other().fault_key();
+        if self.exp.get(key).is_none() && self.exp.get(other).is_some() {
+            let how = match self.unit {
+                Unit::Vtd => "the fault recording register as frcd=0x<high>:0x<low>",
+                Unit::AmdVi => {
+                    "the experiment's last new event log entry as event=0x<hi>:0x<lo>, or event=none"
+                }
+            };
+            self.fail(format!(
+                "no `{key}=` value (`{other}=` is {}'s; on {} print {how})",
+                self.unit.other().device(),
+                self.unit.device()
+            ));
+            return;
+        }
+        match self.unit {
+            Unit::Vtd => self.fault(key, want),
+            Unit::AmdVi => self.amd_event(key, want),
+        }
+    }
+
+    /// An AMD event log entry: `none`, or an IO_PAGE_FAULT of the device at the page.
+    fn amd_event(&mut self, key: &str, want: &FaultExpectation<'_>) {
+        let Some(v) = self.raw(key) else {
+            return;
+        };
+        let e = match amdvi_event::parse_event(v) {
+            Err(e) => {
+                self.fail(format!("{key}: {e}"));
+                return;
+            }
+            // QEMU 7.2 and 10.0 write no event log entries (amdvi_event.rs): there the
+            // untouched memory is all the evidence a blocked write leaves.
+            Ok(None) => return,
+            Ok(Some(e)) => e,
+        };
+        // The raw value and its decoding, at the start of every message.
+        let shown = format!("{key}={e} [{}]", e.describe());
+        let code = e.code();
+        if code != amdvi_event::IO_PAGE_FAULT {
+            self.fail(format!(
+                "{shown}: event code 0x{code:x} ({}), expected 0x2 (IO_PAGE_FAULT): {}",
+                amdvi_event::event_code_name(code),
+                amdvi_event::event_code_hint(code)
+            ));
+            return;
+        }
+        if let Some(rid) = want.source {
+            if !amdvi_event::device_matches(e.device_id(), rid) {
+                self.fail(format!(
+                    "{shown}: device id {}, expected {} = {} (QEMU logs the devfn only: an id with bus 0 matches on devfn)",
+                    rid_label(e.device_id()),
+                    rid_label(rid),
+                    want.source_name
+                ));
+            }
+        }
+        let page = want.address & !(PAGE - 1);
+        if e.address() & !(PAGE - 1) != page {
+            self.fail(format!(
+                "{shown}: fault address 0x{:x}, expected an address in the page of {}=0x{:x} (0x{page:x})",
+                e.address(),
+                want.address_key,
+                want.address
+            ));
+        }
+        if e.access() == amdvi_event::Access::Read {
+            self.fail(format!(
+                "{shown}: a read request (RW, flag bit 5, clear; QEMU's permission bits 1:0 = {}); the edu's blocked access was a write (edu → RAM)",
+                e.flags() & 3
+            ));
+        }
+    }
+
     fn printed_rid(&mut self, expected: Option<u16>, name: &str) -> Option<u16> {
         let rid = self.num("rid")?;
         let Ok(rid) = u16::try_from(rid) else {
@@ -942,21 +1161,18 @@ fn judge_unmapped_blocked(j: &mut Judge<'_>, rids: Rids) {
         j.detectable(s, "sent", c, "canary");
     }
     if let Some(i) = iova {
-        j.fault(
-            "frcd",
-            &FaultExpectation {
-                source: rids.e1.or(rid),
-                source_name: if rids.e1.is_some() {
-                    "e1 per query-pci"
-                } else {
-                    "the printed rid"
-                },
-                address: i,
-                address_key: "iova",
-                reasons: &[],
-                refused: E1_ATTACHED,
+        j.evidence(&FaultExpectation {
+            source: rids.e1.or(rid),
+            source_name: if rids.e1.is_some() {
+                "e1 per query-pci"
+            } else {
+                "the printed rid"
             },
-        );
+            address: i,
+            address_key: "iova",
+            reasons: &[],
+            refused: E1_ATTACHED,
+        });
     }
 }
 
@@ -982,13 +1198,15 @@ fn judge_unmap_invalidates(j: &mut Judge<'_>, rids: Rids) {
         );
     }
     if let (Some(b), Some(a)) = (&before, &after) {
-        j.equal(
-            a,
-            "second_target_after",
-            b,
-            "second_target_before",
-            "the DMA after unmap reached memory: the unmap did not take effect (a stale IOTLB entry? QEMU caches translations, unmap needs an IOTLB invalidation)",
-        );
+        let meaning = match j.unit {
+            Unit::Vtd => {
+                "the DMA after unmap reached memory: the unmap did not take effect (a stale IOTLB entry? QEMU caches translations, unmap needs an IOTLB invalidation)"
+            }
+            Unit::AmdVi => {
+                "the DMA after unmap reached memory: the unmap did not take effect (a stale IOTLB entry? QEMU's amd-iommu caches translations per device and page: after unmap send INVALIDATE_IOMMU_PAGES for the domain and a COMPLETION_WAIT; QEMU also still uses a leaf whose PR bit is clear but IR/IW are set: clear the whole PTE)"
+            }
+        };
+        j.equal(a, "second_target_after", b, "second_target_before", meaning);
     }
     match (&sent, &pattern, &before) {
         (Some(s), _, Some(b)) => j.detectable(s, "sent", b, "second_target_before"),
@@ -996,17 +1214,14 @@ fn judge_unmap_invalidates(j: &mut Judge<'_>, rids: Rids) {
         _ => {}
     }
     if let Some(i) = iova {
-        j.fault(
-            "frcd",
-            &FaultExpectation {
-                source: rids.e1,
-                source_name: "e1 per query-pci",
-                address: i,
-                address_key: "iova",
-                reasons: &[],
-                refused: E1_ATTACHED,
-            },
-        );
+        j.evidence(&FaultExpectation {
+            source: rids.e1,
+            source_name: "e1 per query-pci",
+            address: i,
+            address_key: "iova",
+            reasons: &[],
+            refused: E1_ATTACHED,
+        });
     }
 }
 
@@ -1032,17 +1247,14 @@ fn judge_readonly(j: &mut Judge<'_>, rids: Rids) {
         j.detectable(s, "sent", b, "before");
     }
     if let Some(i) = iova {
-        j.fault(
-            "frcd",
-            &FaultExpectation {
-                source: rids.e1,
-                source_name: "e1 per query-pci",
-                address: i,
-                address_key: "iova",
-                reasons: &[WRITE_NOT_PERMITTED],
-                refused: &[],
-            },
-        );
+        j.evidence(&FaultExpectation {
+            source: rids.e1,
+            source_name: "e1 per query-pci",
+            address: i,
+            address_key: "iova",
+            reasons: &[WRITE_NOT_PERMITTED],
+            refused: &[],
+        });
     }
 }
 
@@ -1070,11 +1282,17 @@ fn judge_superpage(j: &mut Judge<'_>) {
         ));
     }
     if let Some(l) = leaf_level.filter(|&l| l != 2) {
+        let table = match j.unit {
+            Unit::Vtd => "second-level table",
+            Unit::AmdVi => "I/O page table",
+        };
         j.fail(format!(
-            "leaf_level={l}: a 2 MiB leaf sits at level 2 of the second-level table"
+            "leaf_level={l}: a 2 MiB leaf sits at level 2 of the {table}"
         ));
     }
-    if let Some(p) = pte {
+    if let (Some(p), Unit::AmdVi) = (pte, j.unit) {
+        amd_superpage_leaf(j, p);
+    } else if let Some(p) = pte {
         if p & (1 << 7) == 0 {
             j.fail(format!(
                 "pte=0x{p:x}: PS (bit 7) is clear, the leaf is not a superpage entry"
@@ -1103,6 +1321,35 @@ fn judge_superpage(j: &mut Judge<'_>) {
     }
 }
 
+/// An AMD v1 PTE mapping 2 MiB at level 2: PR, NextLevel 0 (no PS bit in this format),
+/// IR or IW, a 2 MiB aligned address.
+fn amd_superpage_leaf(j: &mut Judge<'_>, p: u64) {
+    if p & 1 == 0 {
+        j.fail(format!(
+            "pte=0x{p:x}: PR (bit 0) is clear: the leaf is not present"
+        ));
+    }
+    match p >> 9 & 7 {
+        0 => {}
+        7 => j.fail(format!(
+            "pte=0x{p:x}: NextLevel (bits 11:9) = 7, a page-size-encoded leaf; a 2 MiB leaf at level 2 has NextLevel 0"
+        )),
+        n => j.fail(format!(
+            "pte=0x{p:x}: NextLevel (bits 11:9) = {n}: the entry points to a level-{n} table, it is not a 2 MiB leaf"
+        )),
+    }
+    if p & (3 << 61) == 0 {
+        j.fail(format!(
+            "pte=0x{p:x}: neither IR (bit 61) nor IW (bit 62) is set: the leaf grants no access"
+        ));
+    }
+    if p & 0x1f_f000 != 0 {
+        j.fail(format!(
+            "pte=0x{p:x}: bits 20:12 must be zero in a 2 MiB leaf (address not 2 MiB aligned)"
+        ));
+    }
+}
+
 /// 6: the never-attached e2 writes to `target`: blocked at the context level.
 fn judge_never_attached(j: &mut Judge<'_>, rids: Rids) {
     let rid = j.printed_rid(rids.e2, "e2");
@@ -1119,33 +1366,30 @@ fn judge_never_attached(j: &mut Judge<'_>, rids: Rids) {
         j.below_mask("target", t, before.as_ref().map_or(1, |b| b.len() as u64));
     }
     if let (Some(b), Some(a)) = (&before, &after) {
-        j.equal(
-            a,
-            "after",
-            b,
-            "before",
-            "the DMA of the never-attached edu reached memory",
-        );
+        let meaning = match j.unit {
+            Unit::Vtd => "the DMA of the never-attached edu reached memory",
+            Unit::AmdVi => {
+                "the DMA of the never-attached edu reached memory (a DTE with V=0 passes DMA untranslated: give never-attached devices V=1, TV=1, IR=IW=0)"
+            }
+        };
+        j.equal(a, "after", b, "before", meaning);
     }
     if let (Some(s), Some(b)) = (&sent, &before) {
         j.detectable(s, "sent", b, "before");
     }
     if let Some(t) = target {
-        j.fault(
-            "frcd",
-            &FaultExpectation {
-                source: rids.e2.or(rid),
-                source_name: if rids.e2.is_some() {
-                    "e2 per query-pci"
-                } else {
-                    "the printed rid"
-                },
-                address: t,
-                address_key: "target",
-                reasons: &[CONTEXT_ENTRY_NOT_PRESENT, ROOT_ENTRY_NOT_PRESENT],
-                refused: &[],
+        j.evidence(&FaultExpectation {
+            source: rids.e2.or(rid),
+            source_name: if rids.e2.is_some() {
+                "e2 per query-pci"
+            } else {
+                "the printed rid"
             },
-        );
+            address: t,
+            address_key: "target",
+            reasons: &[CONTEXT_ENTRY_NOT_PRESENT, ROOT_ENTRY_NOT_PRESENT],
+            refused: &[],
+        });
     }
 }
 
@@ -1171,6 +1415,11 @@ pub(crate) mod tests {
             node(0, 0x1f, 2, "", 0x0106),
             node(0, 0x1f, 3, "", 0x0c05),
         ]
+    }
+
+    /// The byte-string format of the log (`hex` for other test modules).
+    pub fn hex_of(bytes: &[u8]) -> String {
+        hex(bytes)
     }
 
     pub fn pattern(seed: u8) -> Vec<u8> {
@@ -1247,13 +1496,35 @@ pub(crate) mod tests {
     /// Renders `xp /Nxb` and `xp /1xw` the way QEMU's monitor does (checked on 7.2
     /// and 10.0): `%016x:` then ` 0x%02x` per byte, 8 bytes a line, `\r\n`.
     pub fn fake_xp(command: &str, mem: &BTreeMap<u64, Vec<u8>>, fsts: u32) -> String {
+        fake_xp_words(command, mem, &BTreeMap::from([(VTD_FSTS, fsts)]))
+    }
+
+    /// `fake_xp` with 32-bit MMIO words (`xp /Nxw`, 4 a line, like QEMU; unknown
+    /// addresses read 0).
+    pub fn fake_xp_words(
+        command: &str,
+        mem: &BTreeMap<u64, Vec<u8>>,
+        regs: &BTreeMap<u64, u32>,
+    ) -> String {
         let mut words = command.split_whitespace().skip(1);
         let fmt = words.next().unwrap();
         let addr = parse_hex(words.next().unwrap()).unwrap();
-        if fmt == "/1xw" {
-            return format!("{addr:016x}: 0x{fsts:08x}\r\n");
-        }
         let n: usize = fmt[1..fmt.len() - 2].parse().unwrap();
+        if fmt.ends_with("xw") {
+            let mut out = String::new();
+            for i in 0..n as u64 {
+                let at = addr + 4 * i;
+                if i % 4 == 0 {
+                    if i > 0 {
+                        out.push_str("\r\n");
+                    }
+                    let _ = write!(out, "{at:016x}:");
+                }
+                let _ = write!(out, " 0x{:08x}", regs.get(&at).copied().unwrap_or(0));
+            }
+            out.push_str("\r\n");
+            return out;
+        }
         let Some((base, bytes)) = mem
             .range(..=addr)
             .next_back()
@@ -1299,7 +1570,7 @@ pub(crate) mod tests {
 
     fn judge_with(serial: &str, mem: &BTreeMap<u64, Vec<u8>>) -> Vec<String> {
         let view = view_for(serial, mem, 0);
-        check(&lines(serial), Ok(&view), "")
+        check(&lines(serial), Unit::Vtd, Ok(&view), "")
     }
 
     /// Replaces exactly one occurrence.
@@ -1471,7 +1742,7 @@ pub(crate) mod tests {
         );
         // The kernel could not run them: its ERROR line is shown.
         let log = "[ERROR dmatest] dmatest: no remapping unit for 0000:00:01.0\n";
-        let f = check(&lines(log), Err("no QEMU view".into()), "");
+        let f = check(&lines(log), Unit::Vtd, Err("no QEMU view".into()), "");
         assert_eq!(f.len(), 3, "{f:?}");
         assert_eq!(
             f[0],
@@ -1788,6 +2059,7 @@ pub(crate) mod tests {
         );
         let f = check(
             &lines(&log),
+            Unit::Vtd,
             Ok(&view_for(&log, &good_memory(), 3)),
             "qemu: hardware error: EDU: DMA range 0x40000-0x40fff out of bounds (0x40000-0x40fff)!\nCPU #0:\n",
         );
@@ -1811,6 +2083,7 @@ pub(crate) mod tests {
     fn without_qemu_the_log_is_still_judged() {
         let f = check(
             &lines(&good_log()),
+            Unit::Vtd,
             Err("no QEMU view of the PCI bus: x".into()),
             "",
         );
@@ -1820,13 +2093,13 @@ pub(crate) mod tests {
         );
         // The printed rid is then used for the source id check.
         let log = edit(&good_log(), "rid=0x0008", "rid=0x0018");
-        let f = check(&lines(&log), Err("none".into()), "");
+        let f = check(&lines(&log), Unit::Vtd, Err("none".into()), "");
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f[1].contains("source id 0x0008 (00:01.0), expected 0x0018 (00:03.0)"));
         // QEMU without e2: the rid cannot be named.
         let mut view = view_for(&good_log(), &good_memory(), 0);
         view.nodes.retain(|n| n.qdev_id.as_deref() != Some("e2"));
-        let f = check(&lines(&good_log()), Ok(&view), "");
+        let f = check(&lines(&good_log()), Unit::Vtd, Ok(&view), "");
         assert!(
             f[0].starts_with(
                 "cannot name the expected requester id: QEMU has no PCI device with id \"e2\""
@@ -1841,7 +2114,7 @@ pub(crate) mod tests {
         let mut view = view_for(&log, &good_memory(), 0);
         view.monitor.retain(|r| !r.command.contains("0x301000"));
         view.monitor[0].output = Err("QMP connection closed".into());
-        let f = check(&lines(&log), Ok(&view), "");
+        let f = check(&lines(&log), Unit::Vtd, Ok(&view), "");
         assert_eq!(
             f,
             [
@@ -1866,8 +2139,448 @@ pub(crate) mod tests {
             "[ERROR dmatest]",
             "[INFO  dmatest] \u{1b}[0m\u{fffd}",
         ] {
-            let f = check(&[s], Err("x".into()), "");
+            let f = check(&[s], Unit::Vtd, Err("x".into()), "");
             let _ = monitor_commands(s);
+            assert!(!f.is_empty(), "{s:?}");
+        }
+    }
+
+    // ---- amd-iommu ----
+
+    /// q35 + amd-iommu + topology `dma` as QEMU 7.2 and 10.0 list it: the IOMMU's own
+    /// function (no qdev id) at 00:01.0 pushes the edus to 00:02.0 and 00:03.0.
+    pub fn amd_nodes() -> Vec<PciNode> {
+        let node = |bus, dev, func, id: &str, class| PciNode {
+            bdf: Bdf { bus, dev, func },
+            qdev_id: (!id.is_empty()).then(|| id.to_string()),
+            class,
+            secondary: None,
+        };
+        vec![
+            node(0, 0, 0, "", 0x0600),
+            node(0, 1, 0, "", 0x0806),
+            node(0, 2, 0, "e1", 0x00ff),
+            node(0, 3, 0, "e2", 0x00ff),
+            node(0, 0x1f, 0, "", 0x0601),
+            node(0, 0x1f, 2, "", 0x0106),
+            node(0, 0x1f, 3, "", 0x0c05),
+        ]
+    }
+
+    /// The IO_PAGE_FAULT QEMU's `amdvi_page_fault` would log for the edu's blocked
+    /// 64-byte write to `addr` (its last 4-byte piece), had the Debian builds not
+    /// compiled the logging out: devfn only, flags I | QEMU's write permission (2).
+    pub fn amd_event(devfn: u16, addr: u64) -> String {
+        format!(
+            "0x{:016x}:0x{:016x}",
+            addr + 0x3c,
+            0x200a_u64 << 48 | u64::from(devfn)
+        )
+    }
+
+    /// An AMD v1 PTE mapping 2 MiB at level 2: NextLevel 0, PR, IR, IW.
+    pub fn amd_leaf(addr: u64) -> u64 {
+        addr | 1 | 3 << 61
+    }
+
+    /// A passing amd-iommu report; `events` are the `event=` values of experiments
+    /// 2, 3, 4 and 6.
+    pub fn amd_log_with(events: [&str; 4]) -> String {
+        let mut log = good_log();
+        for (i, (n, reason, sid, addr)) in [
+            (2, 5, 0x08, CANARY),
+            (3, 5, 0x08, 0x110_0000),
+            (4, 5, 0x08, 0x120_0000),
+            (6, 2, 0x10, E2_TARGET),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let line = exp_line(n);
+            let new = line.replacen(
+                &format!("frcd={}", frcd(reason, sid, addr)),
+                &format!("event={}", events[i]),
+                1,
+            );
+            log = edit(&log, &line, &new);
+        }
+        let log = edit(&log, "rid=0x0010", "rid=0x0018");
+        let log = edit(&log, "rid=0x0008", "rid=0x0010");
+        edit(
+            &log,
+            &format!("pte=0x{:x}", SUPER_BUF | 0x83),
+            &format!("pte=0x{:x}", amd_leaf(SUPER_BUF)),
+        )
+    }
+
+    /// What QEMU 7.2 and 10.0 give a correct kernel: no event log entries.
+    pub fn amd_log_none() -> String {
+        amd_log_with(["none"; 4])
+    }
+
+    /// A correct kernel on a QEMU that logs IO_PAGE_FAULTs as `amdvi_page_fault`
+    /// encodes them.
+    pub fn amd_log_events() -> String {
+        amd_log_with([
+            &amd_event(0x10, CANARY),
+            &amd_event(0x10, 0x110_0000),
+            &amd_event(0x10, 0x120_0000),
+            &amd_event(0x18, E2_TARGET),
+        ])
+    }
+
+    /// amd-iommu's registers at hold: Control = IommuEn | EventLogEn, Status =
+    /// EventLogRun, head = tail = 0 (what QEMU shows after the experiments).
+    pub fn amd_regs(control: u32) -> BTreeMap<u64, u32> {
+        BTreeMap::from([
+            (amdvi_event::AMDVI_CONTROL, control),
+            (amdvi_event::AMDVI_EVENT_HEAD + 0x10, 0x8),
+        ])
+    }
+
+    pub fn amd_view_for(
+        serial: &str,
+        mem: &BTreeMap<u64, Vec<u8>>,
+        regs: &BTreeMap<u64, u32>,
+    ) -> OracleView {
+        OracleView {
+            functions: Vec::new(),
+            nodes: amd_nodes(),
+            raw_json: String::new(),
+            monitor: amd_monitor_commands(serial)
+                .into_iter()
+                .map(|c| MonitorReply {
+                    output: Ok(fake_xp_words(&c, mem, regs)),
+                    command: c,
+                })
+                .collect(),
+        }
+    }
+
+    fn amd_judge_with(serial: &str, mem: &BTreeMap<u64, Vec<u8>>) -> Vec<String> {
+        let view = amd_view_for(serial, mem, &amd_regs(0x5));
+        check(&lines(serial), Unit::AmdVi, Ok(&view), "")
+    }
+
+    fn amd_judge(serial: &str) -> Vec<String> {
+        amd_judge_with(serial, &good_memory())
+    }
+
+    /// The line of experiment `n` in `log`.
+    fn line_of(log: &str, n: u32) -> String {
+        log.lines()
+            .find(|l| l.contains(&format!("dmatest {n} ")))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn amd_correct_runs_pass() {
+        // What QEMU 7.2/10.0 can give (no event log entries), and decoded entries.
+        assert_eq!(amd_judge(&amd_log_none()), Vec::<String>::new());
+        assert_eq!(amd_judge(&amd_log_events()), Vec::<String>::new());
+        // A spec-style IO_PAGE_FAULT (RW and PR set, full requester id) passes too.
+        let spec = format!(
+            "0x{CANARY:016x}:0x{:016x}",
+            0x2030_u64 << 48 | 1 << 32 | 0x10
+        );
+        let log = amd_log_with([&spec, "none", "none", "none"]);
+        assert_eq!(amd_judge(&log), Vec::<String>::new());
+        assert_eq!(
+            amd_monitor_commands(&amd_log_none()),
+            [
+                "xp /64xb 0x300000",
+                "xp /64xb 0x301000",
+                "xp /64xb 0x310000",
+                "xp /64xb 0x330000",
+                "xp /64xb 0x320000",
+                "xp /64xb 0x400000",
+                "xp /64xb 0x340000",
+                "xp /2xw 0xfed80018",
+                "xp /6xw 0xfed82010",
+            ]
+        );
+        // The fake renders MMIO words as QEMU does (4 a line).
+        assert_eq!(
+            fake_xp_words("xp /6xw 0xfed82010", &BTreeMap::new(), &amd_regs(5)),
+            "00000000fed82010: 0x00000000 0x00000000 0x00000000 0x00000000\r\n00000000fed82020: 0x00000008 0x00000000\r\n"
+        );
+    }
+
+    #[test]
+    fn amd_wrong_device_address_and_direction() {
+        let log = amd_log_events();
+        let line = line_of(&log, 2);
+        // Logged for 00:01.0 (the IOMMU's own function), the next page, a read.
+        let bad = format!(
+            "0x{:016x}:0x{:016x}",
+            CANARY + 0x1000,
+            0x2009_u64 << 48 | 0x08
+        );
+        let new = line.replacen(&amd_event(0x10, CANARY), &bad, 1);
+        let f = amd_judge(&edit(&log, &line, &new));
+        let shown = format!(
+            "dmatest 2 unmapped-blocked (line 3): event={bad} [IO_PAGE_FAULT device 0x0008 address 0x311000 flags 0x009 (I, QEMU read)]"
+        );
+        assert_eq!(
+            f,
+            [
+                format!(
+                    "{shown}: device id 0x0008 (00:01.0), expected 0x0010 (00:02.0) = e1 per query-pci (QEMU logs the devfn only: an id with bus 0 matches on devfn)"
+                ),
+                format!(
+                    "{shown}: fault address 0x311000, expected an address in the page of iova=0x310000 (0x310000)"
+                ),
+                format!(
+                    "{shown}: a read request (RW, flag bit 5, clear; QEMU's permission bits 1:0 = 1); the edu's blocked access was a write (edu → RAM)"
+                ),
+                "  context: amd-iommu at hold: Control 0x5 (IommuEn, EventLogEn); event log head 0x0, tail 0x0, Status 0x8 (EventLogRun) (QEMU 7.2 and 10.0 write no event log entries and never move the tail register)".to_string(),
+            ]
+        );
+        // Experiment 6 logged with e1's devfn: the never-attached edu is e2 (00:03.0).
+        let line = line_of(&log, 6);
+        let new = line.replacen(&amd_event(0x18, E2_TARGET), &amd_event(0x10, E2_TARGET), 1);
+        let f = amd_judge(&edit(&log, &line, &new));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(
+            f[0].ends_with(
+                "device id 0x0010 (00:02.0), expected 0x0018 (00:03.0) = e2 per query-pci (QEMU logs the devfn only: an id with bus 0 matches on devfn)"
+            ),
+            "{f:?}"
+        );
+    }
+
+    /// QEMU drops the bus from page-walk events: a device behind a bridge is matched on
+    /// its devfn when the event's bus byte is 0, never across buses otherwise.
+    #[test]
+    fn amd_device_id_without_bus_matches_on_devfn() {
+        let log = amd_log_with([&amd_event(0x08, CANARY), "none", "none", "none"]);
+        let log = edit(&log, "rid=0x0010", "rid=0x0308");
+        let mut view = amd_view_for(&log, &good_memory(), &amd_regs(5));
+        for n in &mut view.nodes {
+            if n.qdev_id.as_deref() == Some("e1") {
+                n.bdf = Bdf {
+                    bus: 3,
+                    dev: 1,
+                    func: 0,
+                };
+            }
+        }
+        assert_eq!(
+            check(&lines(&log), Unit::AmdVi, Ok(&view), ""),
+            Vec::<String>::new()
+        );
+        // The same id with another bus in the event is another device.
+        let log = edit(&log, &amd_event(0x08, CANARY), &amd_event(0x0108, CANARY));
+        let view = OracleView {
+            monitor: amd_view_for(&log, &good_memory(), &amd_regs(5)).monitor,
+            ..view
+        };
+        let f = check(&lines(&log), Unit::AmdVi, Ok(&view), "");
+        assert!(
+            f[0].contains("device id 0x0108 (01:01.0), expected 0x0308 (03:01.0) = e1"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn amd_missing_malformed_and_foreign_events() {
+        let log = amd_log_none();
+        // No event= at all; the VT-d key instead; an empty slot; garbage.
+        let l4 = line_of(&log, 4);
+        let l3 = line_of(&log, 3);
+        let l2 = line_of(&log, 2);
+        let log = edit(&log, &l4, &l4.replacen("event=none", "frcd=0x0:0x0", 1));
+        let log = edit(&log, &l3, &l3.replacen("event=none", "event=0x0:0x0", 1));
+        let log = edit(&log, &l2, &l2.replacen(" event=none", "", 1));
+        let l6 = line_of(&log, 6);
+        let log = edit(&log, &l6, &l6.replacen("event=none", "event=blocked", 1));
+        let f = amd_judge(&log);
+        assert_eq!(
+            f[..4],
+            [
+                "dmatest 2 unmapped-blocked (line 3): no `event=` value",
+                "dmatest 3 unmap-invalidates (line 4): event=0x0000000000000000:0x0000000000000000 [no event (an empty log slot) device 0x0000 address 0x0 flags 0x000]: event code 0x0 (no event (an empty log slot)), expected 0x2 (IO_PAGE_FAULT): print `event=none` when the log got no new entry",
+                "dmatest 4 readonly-blocks-write (line 5): no `event=` value (`frcd=` is intel-iommu's; on amd-iommu print the experiment's last new event log entry as event=0x<hi>:0x<lo>, or event=none)",
+                "dmatest 6 never-attached (line 7): event: \"blocked\" is neither `none` nor 0x<high qword>:0x<low qword>",
+            ]
+        );
+        assert!(f[4].starts_with("  context: amd-iommu at hold"), "{f:?}");
+        assert_eq!(f.len(), 5, "{f:?}");
+        // An ILLEGAL_DEV_TABLE_ENTRY for e2 (full requester id, the DTE's address).
+        let log = amd_log_none();
+        let l6 = line_of(&log, 6);
+        let ill = format!("0x{:016x}:0x{:016x}", 0x10_0300, 0x1000_u64 << 48 | 0x18);
+        let f = amd_judge(&edit(
+            &log,
+            &l6,
+            &l6.replacen("event=none", &format!("event={ill}"), 1),
+        ));
+        assert!(
+            f[0].ends_with("event code 0x1 (ILLEGAL_DEV_TABLE_ENTRY), expected 0x2 (IO_PAGE_FAULT): the device's DTE has reserved bits set (QEMU 7.2: bits 6:2 and 63 of qword 0 among others; QEMU 10.0 also wants qword 3 all zero); such a DTE blocks every DMA of the device"),
+            "{f:?}"
+        );
+        // A VT-d scenario given AMD evidence.
+        let f = judge(&edit(
+            &good_log(),
+            &exp_line(4),
+            &exp_line(4).replacen(&format!("frcd={}", frcd(5, 8, 0x120_0000)), "event=none", 1),
+        ));
+        assert!(
+            f[0].ends_with("no `frcd=` value (`event=` is amd-iommu's; on intel-iommu print the fault recording register as frcd=0x<high>:0x<low>)"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn amd_stale_event() {
+        // Experiment 3 reports experiment 2's entry again.
+        let log = amd_log_with([
+            &amd_event(0x10, CANARY),
+            &amd_event(0x10, CANARY),
+            "none",
+            "none",
+        ]);
+        let f = amd_judge(&log);
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(
+            f[0].ends_with("fault address 0x31003c, expected an address in the page of iova=0x1100000 (0x1100000)"),
+            "{f:?}"
+        );
+        assert_eq!(
+            f[1],
+            "dmatest 3 unmap-invalidates (line 4): event=0x000000000031003c:0x200a000000000010 is experiment 2's entry again: report only entries QEMU wrote after the experiment started (QEMU 7.2 and 10.0 never move the Event Log Tail register: find new entries in the log memory, and clear consumed ones)"
+        );
+        assert!(f[2].starts_with("  context: "), "{f:?}");
+    }
+
+    /// The DMA went straight to memory: what QEMU 10 with amd-iommu's default pt=on
+    /// does. Experiments 2 and 6 show it, and the run-level diagnosis names the cause.
+    #[test]
+    fn amd_bypass_is_detected() {
+        let log = amd_log_none();
+        let canary = hex(&[0xc5; 64]);
+        let p = hex(&pattern(1));
+        let l2 = line_of(&log, 2);
+        let l6 = line_of(&log, 6);
+        let log = edit(
+            &log,
+            &l2,
+            &l2.replacen(&format!("after={canary}"), &format!("after={p}"), 1),
+        );
+        let log = edit(
+            &log,
+            &l6,
+            &l6.replacen(&format!("after={canary}"), &format!("after={p}"), 1),
+        );
+        let mut mem = good_memory();
+        mem.insert(CANARY, pattern(1));
+        mem.insert(E2_TARGET, pattern(1));
+        let view = amd_view_for(&log, &mem, &amd_regs(0));
+        let f = check(&lines(&log), Unit::AmdVi, Ok(&view), "");
+        assert_eq!(f.len(), 4, "{f:?}");
+        assert!(
+            f[0].contains("after != canary (first difference at byte 0: after 0x01, canary 0xc5): the DMA to the unmapped IOVA reached memory"),
+            "{f:?}"
+        );
+        assert!(
+            f[1].contains("the DMA of the never-attached edu reached memory (a DTE with V=0 passes DMA untranslated: give never-attached devices V=1, TV=1, IR=IW=0)"),
+            "{f:?}"
+        );
+        assert_eq!(
+            f[2],
+            "DMA bypassed translation: the write to the never-mapped IOVA (experiment 2) and the never-attached edu's write (experiment 6) both reached memory: QEMU 9.2-10.0 with amd-iommu's default pt=on do not translate emulated devices at all (the amdvi-dma scenario passes pt=off; with `run` use --amd-pt off), or the kernel left the IOMMU off (Control.IommuEn) or the edus' DTEs invalid (V=0 passes DMA untranslated)"
+        );
+        assert!(
+            f[3].starts_with(
+                "  context: amd-iommu at hold: Control 0x0 (IommuEn clear: the IOMMU was off)"
+            ),
+            "{f:?}"
+        );
+        // One of them alone is not a bypass.
+        let log2 = edit(&log, &line_of(&log, 6), &l6);
+        let mut mem = good_memory();
+        mem.insert(CANARY, pattern(1));
+        let f = amd_judge_with(&log2, &mem);
+        assert_eq!(f.len(), 1, "{f:?}");
+        // The VT-d wording of the same diagnosis.
+        let vlog = good_log();
+        let v2 = exp_line(2);
+        let v6 = exp_line(6);
+        let vlog = edit(
+            &vlog,
+            &v2,
+            &v2.replacen(&format!("after={canary}"), &format!("after={p}"), 1),
+        );
+        let vlog = edit(
+            &vlog,
+            &v6,
+            &v6.replacen(&format!("after={canary}"), &format!("after={p}"), 1),
+        );
+        let f = judge_with(&vlog, &mem);
+        assert!(
+            f.iter().any(|l| l.ends_with("both reached memory: the kernel did not enable translation (GCMD.TE), or the edus have pass-through context entries")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn amd_superpage_leaf() {
+        let log = amd_log_none();
+        let line = line_of(&log, 5);
+        let good = format!("pte=0x{:x}", amd_leaf(SUPER_BUF));
+        let cases = [
+            // The VT-d leaf format: PS bit, R/W in bits 0-1, no IR/IW.
+            (
+                SUPER_BUF | 0x83,
+                vec![
+                    "pte=0x400083: neither IR (bit 61) nor IW (bit 62) is set: the leaf grants no access",
+                ],
+            ),
+            // A pointer to a level-1 table, not present, misaligned.
+            (
+                0x40_1000 | 1 << 9 | 3 << 61,
+                vec![
+                    "pte=0x6000000000401200: PR (bit 0) is clear: the leaf is not present",
+                    "pte=0x6000000000401200: NextLevel (bits 11:9) = 1: the entry points to a level-1 table, it is not a 2 MiB leaf",
+                    "pte=0x6000000000401200: bits 20:12 must be zero in a 2 MiB leaf (address not 2 MiB aligned)",
+                ],
+            ),
+            (
+                amd_leaf(SUPER_BUF) | 7 << 9,
+                vec![
+                    "pte=0x6000000000400e01: NextLevel (bits 11:9) = 7, a page-size-encoded leaf; a 2 MiB leaf at level 2 has NextLevel 0",
+                ],
+            ),
+        ];
+        for (pte, want) in cases {
+            let new = line.replacen(&good, &format!("pte=0x{pte:x}"), 1);
+            let f = amd_judge(&edit(&log, &line, &new));
+            let tails: Vec<&str> = f
+                .iter()
+                .map(|l| l.strip_prefix("dmatest 5 superpage (line 6): ").unwrap())
+                .collect();
+            assert_eq!(tails, want);
+        }
+        let new = line.replacen("leaf_level=2", "leaf_level=1", 1);
+        assert_eq!(
+            amd_judge(&edit(&log, &line, &new)),
+            [
+                "dmatest 5 superpage (line 6): leaf_level=1: a 2 MiB leaf sits at level 2 of the I/O page table"
+            ]
+        );
+    }
+
+    #[test]
+    fn amd_never_panics_on_garbage() {
+        for s in [
+            "dmatest 2 unmapped-blocked: event= rid=0x10",
+            "dmatest 2 unmapped-blocked: event=: iova=0x1",
+            "dmatest 6 never-attached: event=0xffffffffffffffff:0xffffffffffffffff target=0xfffffffffffff000 rid=0x18",
+            "dmatest 5 superpage: pte=0xffffffffffffffff leaf_level=99999999999999999999",
+        ] {
+            let f = check(&[s], Unit::AmdVi, Err("x".into()), "");
+            let _ = amd_monitor_commands(s);
             assert!(!f.is_empty(), "{s:?}");
         }
     }

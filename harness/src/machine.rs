@@ -192,8 +192,8 @@ impl Topology {
     }
 }
 
-/// Machine model: everything `--iommu/--aw-bits/--intremap/--device-iotlb/--topology`
-/// select. `None` options are left out of the command line (QEMU's default applies).
+/// Machine model: everything `--iommu/--aw-bits/--intremap/--device-iotlb/--amd-pt/
+/// --topology` select. `None` options are left out of the command line (QEMU's default applies).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {
     /// `None` = default: VT-d on q35, none on the legacy machine.
@@ -202,6 +202,11 @@ pub struct Machine {
     pub intremap: Option<bool>,
     /// `device-iotlb=on|off` on the IOMMU (ATS; both intel-iommu and amd-iommu).
     pub device_iotlb: Option<bool>,
+    /// `pt=on|off` on amd-iommu. QEMU 9.2–10.0 with the default `pt=on` give every
+    /// device an address space that aliases system memory (DMA bypasses translation,
+    /// `info mtree`: `alias amdvi-sys`); `pt=off` puts the translating `amd_iommu`
+    /// region there. QEMU 7.2 accepts the property and always translates.
+    pub amd_pt: Option<bool>,
     pub topology: Topology,
 }
 
@@ -211,6 +216,7 @@ impl Machine {
         aw_bits: None,
         intremap: None,
         device_iotlb: None,
+        amd_pt: None,
         topology: Topology::Flat,
     };
 
@@ -249,6 +255,9 @@ impl Machine {
         if self.device_iotlb.is_some() && iommu == Iommu::None {
             return Err("--device-iotlb needs an IOMMU (--iommu vtd or amdvi)".into());
         }
+        if self.amd_pt.is_some() && iommu != Iommu::AmdVi {
+            return Err("--amd-pt applies to --iommu amdvi only".into());
+        }
         let mut args = Vec::new();
         let onoff = |b: bool| if b { "on" } else { "off" };
         let mut iommu_dev = match iommu {
@@ -266,6 +275,9 @@ impl Machine {
             }
             if let Some(dt) = self.device_iotlb {
                 dev.push_str(&format!(",device-iotlb={}", onoff(dt)));
+            }
+            if let Some(pt) = self.amd_pt {
+                dev.push_str(&format!(",pt={}", onoff(pt)));
             }
             // intel-iommu must precede every other -device.
             args.extend(["-device".to_string(), dev.clone()]);
@@ -285,7 +297,11 @@ impl fmt::Display for Machine {
             Iommu::AmdVi => "amdvi",
             Iommu::None => "none",
         };
-        write!(f, "topology {topo}, iommu {iommu}")
+        write!(f, "topology {topo}, iommu {iommu}")?;
+        if let Some(pt) = self.amd_pt {
+            write!(f, ", pt={}", if pt { "on" } else { "off" })?;
+        }
+        Ok(())
     }
 }
 
@@ -531,6 +547,34 @@ mod tests {
             "{}",
             devices_of(&m)
         );
+    }
+
+    #[test]
+    fn amd_passthrough_option() {
+        let m = Machine {
+            amd_pt: Some(false),
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Dma)
+        };
+        assert_eq!(
+            devices_of(&m),
+            "-device amd-iommu,id=iommu,intremap=on,pt=off -device edu,id=e1,bus=pcie.0 -device edu,id=e2,bus=pcie.0 \
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel target/release/sluice -append log=info hold"
+        );
+        let m = Machine {
+            amd_pt: Some(true),
+            ..Machine::DEFAULT.with_iommu(Iommu::AmdVi)
+        };
+        assert!(devices_of(&m).starts_with("-device amd-iommu,id=iommu,pt=on -device edu"));
+        for iommu in [Iommu::Vtd, Iommu::None] {
+            let m = Machine {
+                amd_pt: Some(false),
+                ..Machine::DEFAULT.with_iommu(iommu)
+            };
+            assert!(m.device_args().unwrap_err().contains("--amd-pt"));
+        }
     }
 
     /// Every device of every topology has an id (query-pci names devices by it), ids

@@ -2,6 +2,7 @@
 //! scenario suite (`test`). `qemu-run.sh` at the repository root is a thin wrapper.
 
 mod acpi;
+mod amdvi_event;
 mod capture;
 mod cargo;
 mod compare;
@@ -38,6 +39,9 @@ RUN OPTIONS:
                            39 on QEMU 7.2, 48 on QEMU 10)
   --intremap on|off        interrupt remapping of the IOMMU (QEMU's default otherwise)
   --device-iotlb on|off    device IOTLB (ATS) support of the IOMMU (vtd and amdvi)
+  --amd-pt on|off          amd-iommu `pt` property (amdvi only; QEMU's default otherwise):
+                           QEMU 9.2-10.0 translate emulated-device DMA only with pt=off,
+                           QEMU 7.2 always translates
   --topology NAME          device topology (default flat):
 TOPOLOGIES
   --gdb                    start paused, gdb stub on tcp::1234 (-s -S)
@@ -174,6 +178,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.machine.device_iotlb = Some(on_off("--device-iotlb", &value("--device-iotlb")?)?);
                 o.machine_set = true;
             }
+            "--amd-pt" => {
+                o.machine.amd_pt = Some(on_off("--amd-pt", &value("--amd-pt")?)?);
+                o.machine_set = true;
+            }
             "--topology" => {
                 o.machine.topology = Topology::parse(&value("--topology")?)?;
                 o.machine_set = true;
@@ -224,7 +232,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     match o.mode {
         Mode::Test if o.machine_set || o.gdb || o.print_only => {
-            Err("--iommu/--aw-bits/--intremap/--device-iotlb/--topology/--gdb/--print apply to run; scenarios define their machines".into())
+            Err("--iommu/--aw-bits/--intremap/--device-iotlb/--amd-pt/--topology/--gdb/--print apply to run; scenarios define their machines".into())
         }
         Mode::Run if o.filter.is_some() || !o.unit || o.also_qemu.is_some() => {
             Err("--filter/--no-unit/--also-qemu apply to test".into())
@@ -728,7 +736,13 @@ mod tests {
             assert!(h.contains(&format!(" {t} ")), "{t}");
         }
         assert!(!h.contains("TOPOLOGIES"));
-        for opt in ["--device-iotlb", "--also-qemu", "--check", "capture"] {
+        for opt in [
+            "--device-iotlb",
+            "--amd-pt",
+            "--also-qemu",
+            "--check",
+            "capture",
+        ] {
             assert!(h.contains(opt), "{opt}");
         }
     }
@@ -738,6 +752,9 @@ mod tests {
         let o = parse("--topology switch --iommu amdvi --device-iotlb on").unwrap();
         assert_eq!(o.machine.topology, Topology::Switch);
         assert_eq!(o.machine.device_iotlb, Some(true));
+        let o = parse("--iommu amdvi --amd-pt off --topology dma").unwrap();
+        assert_eq!(o.machine.amd_pt, Some(false));
+        assert!(o.machine.device_args().unwrap()[1].ends_with(",pt=off"));
         let o = parse("test --also-qemu /opt/qemu10/q").unwrap();
         assert_eq!(
             o.also_qemu,
@@ -754,6 +771,8 @@ mod tests {
         assert_eq!(o.qemu.as_deref(), Some(Path::new("/q")));
         for (args, needle) in [
             ("--device-iotlb maybe", "--device-iotlb: expected on or off"),
+            ("--amd-pt yes", "--amd-pt: expected on or off"),
+            ("test --amd-pt off", "apply to run"),
             ("test --device-iotlb on", "apply to run"),
             ("--also-qemu /q", "apply to test"),
             ("test --check", "--check applies to capture"),

@@ -110,9 +110,9 @@ pub enum Check {
     /// 00.0) or `Rid::Of("cb1")` (cb1's own id), in any order.
     RequesterIds(&'static [(&'static str, &'static [Rid])]),
     /// The kernel's DMA self-test (`dmatest`, topology `dma`): six experiment lines
-    /// judged by `dmatest.rs` (fault records decoded here, requester ids of `e1`/`e2`
-    /// from `query-pci`), the buffers they name read back with the monitor's `xp`
-    /// while the kernel holds.
+    /// judged by `dmatest.rs` (fault records — VT-d `frcd=` or AMD `event=`, by the
+    /// machine's IOMMU — decoded here, requester ids of `e1`/`e2` from `query-pci`),
+    /// the buffers they name read back with the monitor's `xp` while the kernel holds.
     DmaTest,
 }
 
@@ -148,10 +148,13 @@ impl Scenario {
 
     /// Monitor commands (beyond `query-pci`) the checks want while the kernel holds.
     pub fn monitor_plan(&self) -> Option<&'static MonitorPlan<'static>> {
-        self.checks
-            .iter()
-            .any(|c| matches!(c, Check::DmaTest))
-            .then_some(&dmatest::monitor_commands as &MonitorPlan<'static>)
+        if !self.checks.iter().any(|c| matches!(c, Check::DmaTest)) {
+            return None;
+        }
+        Some(match dmatest::Unit::of(self.machine.effective_iommu()) {
+            dmatest::Unit::Vtd => &dmatest::monitor_commands as &MonitorPlan<'static>,
+            dmatest::Unit::AmdVi => &dmatest::amd_monitor_commands as &MonitorPlan<'static>,
+        })
     }
 }
 
@@ -547,6 +550,29 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: KernelExit::BootCompleted,
         checks: &[Check::DmaTest],
     },
+    // The same six experiments on amd-iommu (e1 00:02.0, e2 00:03.0: the IOMMU takes
+    // 00:01.0), judged with AMD event log entries (`event=`) and v1 PTEs. `pt=off`:
+    // QEMU 9.2-10.0 with amd-iommu's default pt=on map every device's DMA address space
+    // straight onto system memory (`info mtree`: alias amdvi-sys), so nothing would be
+    // translated; pt=off puts the translating amd_iommu region there (read in 10.0.2's
+    // amdvi_host_dma_iommu, seen in `info mtree`). QEMU 7.2 accepts pt=off and
+    // translates either way. So one scenario runs on both QEMUs, no skip.
+    // Neither QEMU writes event log entries (see amdvi_event.rs): `event=none` passes,
+    // a printed entry must be an IO_PAGE_FAULT of the right device and page.
+    Scenario {
+        name: "amdvi-dma",
+        about: "dmatest on amd-iommu (pt=off): edu DMA mapped, blocked, unmapped, read-only, 2 MiB, unattached",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Dma)
+        },
+        cmdline: "dmatest",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::DmaTest],
+    },
 ];
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
@@ -629,7 +655,12 @@ fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &m
                 s.machine.effective_iommu(),
             )),
         },
-        Check::DmaTest => fails.extend(dmatest::check(&log.lines, oracle_full(o), &o.stderr)),
+        Check::DmaTest => fails.extend(dmatest::check(
+            &log.lines,
+            dmatest::Unit::of(s.machine.effective_iommu()),
+            oracle_full(o),
+            &o.stderr,
+        )),
         Check::RequesterIds(expected) => match oracle_full(o) {
             Err(e) => fails.push(e),
             Ok(view) => fails.extend(groups::check_requester_ids(
@@ -1269,6 +1300,67 @@ mod tests {
             );
             assert_eq!(f.len(), 3, "{f:?}");
         }
+    }
+
+    /// The amd-iommu DMA scenario: pt=off (QEMU 10 translates only then), the AMD
+    /// monitor plan, and the verdicts on today's kernel, on what QEMU 7.2/10.0 give a
+    /// correct kernel (`event=none`), on decoded events, and on a bypass.
+    #[test]
+    fn amdvi_dma_scenario() {
+        use crate::dmatest::tests::{
+            amd_log_events, amd_log_none, amd_regs, amd_view_for, good_memory, pattern,
+        };
+        let s = scenario("amdvi-dma");
+        assert_eq!(kernel_cmdline(s, &[]), "dmatest hold");
+        assert_eq!(
+            s.machine.device_args().unwrap().join(" "),
+            "-device amd-iommu,id=iommu,pt=off -device edu,id=e1,bus=pcie.0 -device edu,id=e2,bus=pcie.0"
+        );
+        let plan = s.monitor_plan().expect("dmatest reads guest memory");
+        let cmds = plan(&amd_log_none());
+        assert_eq!(cmds.len(), 9, "{cmds:?}");
+        assert_eq!(cmds[7..], ["xp /2xw 0xfed80018", "xp /6xw 0xfed82010"]);
+        // The VT-d scenarios keep their plan.
+        assert_eq!(
+            scenario("vtd-dma-aw39").monitor_plan().unwrap()(&amd_log_none())[7],
+            "xp /1xw 0xfed90034"
+        );
+
+        let today = "[INFO  boot] pci: enumerated 7 functions\n[INFO  boot] holding:\n";
+        let f = evaluate(
+            s,
+            &with_oracle(33, today, amd_view_for(today, &good_memory(), &amd_regs(5))),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("the kernel printed no `dmatest` results"),
+            "{f:?}"
+        );
+
+        for log in [amd_log_none(), amd_log_events()] {
+            let o = with_oracle(33, &log, amd_view_for(&log, &good_memory(), &amd_regs(5)));
+            assert_eq!(evaluate(s, &o), Vec::<String>::new());
+            // The same lines fail the VT-d judge: they carry no frcd=.
+            let o = with_oracle(33, &log, amd_view_for(&log, &good_memory(), &amd_regs(5)));
+            let f = evaluate(scenario("vtd-dma-aw48"), &o);
+            assert!(f.iter().any(|l| l.contains("no `frcd=` value")), "{f:?}");
+        }
+
+        // Everything went straight to memory (QEMU 10 with pt=on).
+        let canary = crate::dmatest::tests::hex_of(&[0xc5; 64]);
+        let p = crate::dmatest::tests::hex_of(&pattern(1));
+        let log = amd_log_none().replace(&format!("after={canary}"), &format!("after={p}"));
+        let mut mem = good_memory();
+        mem.insert(crate::dmatest::tests::CANARY, pattern(1));
+        mem.insert(crate::dmatest::tests::E2_TARGET, pattern(1));
+        let f = evaluate(
+            s,
+            &with_oracle(33, &log, amd_view_for(&log, &mem, &amd_regs(5))),
+        );
+        assert!(
+            f.iter().any(|l| l.starts_with("DMA bypassed translation")),
+            "{f:?}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 extern crate alloc;
 
 pub mod hw;
+pub mod pagetable;
 
 use alloc::string::String;
 use alloc::vec::Vec;

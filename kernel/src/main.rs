@@ -168,19 +168,22 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                 }
             }
             if let Some(found) = discover_iommus(&phys, tables, &table, start_info.memory_map()) {
-                let (topology, vtd): (Box<dyn IommuTopology>, _) = match found {
+                let (topology, driver): (Box<dyn IommuTopology>, _) = match found {
                     Found::Vtd(t, regs) => {
-                        let driver = bring_up_vtd(&t, regs);
+                        let driver = bring_up_vtd(&t, regs).map(Driver::Vtd);
                         (Box::new(t), driver)
                     }
-                    Found::AmdVi(t) => (t, None),
+                    Found::AmdVi(t, regs) => {
+                        let driver = bring_up_amdvi(&t, regs).map(Driver::AmdVi);
+                        (Box::new(t), driver)
+                    }
                 };
                 let discovery = Discovery::new(topology, &table);
                 for line in discovery.report() {
                     info!(target: "iommu", "{line}");
                 }
                 if opts.dma_test {
-                    let ran = match vtd {
+                    let ran = match driver {
                         Some(mut driver) => run_dmatest(
                             &ecam,
                             &table,
@@ -189,7 +192,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                             start_info.memory_map(),
                         ),
                         None => {
-                            error!(target: "dmatest", "dmatest needs a working VT-d unit; none is up");
+                            error!(target: "dmatest", "dmatest needs a working IOMMU driver; none is up");
                             false
                         }
                     };
@@ -424,7 +427,14 @@ fn log_lines(target: &str, level: log::Level, text: &dyn core::fmt::Display) {
 enum Found {
     /// The DMAR, and each unit's register block (None when it could not be used).
     Vtd(sluice_vtd::DmarTopology, Vec<Option<MmioRegion>>),
-    AmdVi(Box<dyn IommuTopology>),
+    /// The IVRS, and each unit's register block (None when it could not be used).
+    AmdVi(sluice_amdvi::IvrsTopology, Vec<Option<MmioRegion>>),
+}
+
+/// The translation driver brought up at boot.
+enum Driver {
+    Vtd(VtdDriver),
+    AmdVi(AmdViDriver),
 }
 
 fn discover_iommus(
@@ -466,7 +476,7 @@ fn discover_iommus(
     }
     if let Some(entry) = ivrs {
         let bytes = copy_table(phys, entry).ok()?;
-        return discover_amdvi(&bytes, table, map).map(Found::AmdVi);
+        return discover_amdvi(&bytes, table, map);
     }
     info!(target: "iommu", "no DMAR or IVRS: no IOMMU, so no device can be assigned");
     None
@@ -524,11 +534,7 @@ fn describe_vtd_unit(
 }
 
 /// Parse the IVRS against the live topology and describe each unit from its registers.
-fn discover_amdvi(
-    bytes: &[u8],
-    table: &DeviceTable,
-    map: &[MemoryRegion],
-) -> Option<Box<dyn IommuTopology>> {
+fn discover_amdvi(bytes: &[u8], table: &DeviceTable, map: &[MemoryRegion]) -> Option<Found> {
     let ivrs = match sluice_amdvi::Ivrs::parse(bytes) {
         Ok(i) => i,
         Err(e) => {
@@ -547,15 +553,17 @@ fn discover_amdvi(
     for w in topology.warnings() {
         warn!(target: "iommu", "IVRS: {w}");
     }
-    for unit in topology.amd_units() {
-        describe_amdvi_unit(unit, map);
-    }
-    Some(Box::new(topology))
+    let regs = topology
+        .amd_units()
+        .iter()
+        .map(|u| describe_amdvi_unit(u, map))
+        .collect();
+    Some(Found::AmdVi(topology, regs))
 }
 
 /// An AMD-Vi unit's Extended Feature Register, read from MMIO and checked against the
 /// image firmware put in the IVHD.
-fn describe_amdvi_unit(unit: &sluice_amdvi::AmdViUnit, map: &[MemoryRegion]) {
+fn describe_amdvi_unit(unit: &sluice_amdvi::AmdViUnit, map: &[MemoryRegion]) -> Option<MmioRegion> {
     /// MMIO offset of the Extended Feature Register.
     const EFR: u64 = 0x30;
     let d = &unit.description;
@@ -565,16 +573,16 @@ fn describe_amdvi_unit(unit: &sluice_amdvi::AmdViUnit, map: &[MemoryRegion]) {
         Ok(r) => r,
         Err(e) => {
             error!(target: "iommu", "{}: {e}; unit unusable", d.name);
-            return;
+            return None;
         }
     };
     let Some(raw) = regs.read64(EFR) else {
         error!(target: "iommu", "{}: register block too small for the EFR", d.name);
-        return;
+        return None;
     };
     if raw == u64::MAX {
         error!(target: "iommu", "{}: registers read all-ones: no unit at {:#x}", d.name, d.register_base);
-        return;
+        return None;
     }
     let efr = sluice_amdvi::ExtendedFeatures::from_raw(raw);
     info!(
@@ -589,6 +597,7 @@ fn describe_amdvi_unit(unit: &sluice_amdvi::AmdViUnit, map: &[MemoryRegion]) {
             warn!(target: "iommu", "{}: EFR differs from the IVHD's image ({image})", d.name);
         }
     }
+    Some(regs)
 }
 
 type VtdDriver = sluice_vtd::driver::VtdIommu<MmioRegion, FrameDmaMemory>;
@@ -621,6 +630,67 @@ fn bring_up_vtd(
             error!(target: "iommu", "VT-d bring-up failed: {e}; no device can be assigned");
             None
         }
+    }
+}
+
+type AmdViDriver = sluice_amdvi::driver::AmdViIommu<MmioRegion, FrameDmaMemory>;
+
+/// Bring every AMD-Vi unit up: a device table whose every entry blocks DMA (translation
+/// on, no mappings), command buffer and event log, IOMMU enabled.
+fn bring_up_amdvi(
+    topology: &sluice_amdvi::IvrsTopology,
+    regs: Vec<Option<MmioRegion>>,
+) -> Option<AmdViDriver> {
+    let Some(regs) = regs.into_iter().collect::<Option<Vec<_>>>() else {
+        error!(target: "iommu", "AMD-Vi: a unit's registers are unusable; the IOMMU stays off");
+        return None;
+    };
+    let config = sluice_amdvi::driver::DriverConfig::default();
+    match sluice_amdvi::driver::AmdViIommu::new(topology, regs, FrameDmaMemory, config) {
+        Ok(driver) => {
+            let f = driver.format();
+            info!(
+                target: "iommu",
+                "AMD-Vi: translation enabled on {} unit(s): {}-level v1 tables, every device blocked until attached",
+                topology.amd_units().len(),
+                f.levels
+            );
+            Some(driver)
+        }
+        Err(e) => {
+            error!(target: "iommu", "AMD-Vi bring-up failed: {e}; no device can be assigned");
+            None
+        }
+    }
+}
+
+/// The AMD-Vi side of the DMA experiments: the last event-log entry and the leaf entry.
+struct AmdViDmaTest<'a> {
+    driver: &'a mut AmdViDriver,
+}
+
+impl DmaTestPlatform for AmdViDmaTest<'_> {
+    fn iommu(&mut self) -> &mut dyn sluice_iommu::Iommu {
+        self.driver
+    }
+
+    fn fault_evidence(&mut self) -> alloc::string::String {
+        match self.driver.take_events().last() {
+            Some(event) => {
+                let (hi, lo) = event.quads();
+                alloc::format!("event=0x{hi:016x}:0x{lo:016x}")
+            }
+            None => alloc::string::String::from("event=none"),
+        }
+    }
+
+    fn leaf_entry(
+        &mut self,
+        domain: sluice_iommu::DomainHandle,
+        iova: u64,
+    ) -> Option<(u64, u8, u64)> {
+        let leaf = self.driver.leaf(domain, iova).ok()??;
+        Some((leaf.entry, leaf.level, leaf.page_size))
     }
 }
 
@@ -673,7 +743,7 @@ fn run_dmatest(
     ecam: &Ecam,
     table: &DeviceTable,
     discovery: &Discovery,
-    driver: &mut VtdDriver,
+    driver: &mut Driver,
     map: &[MemoryRegion],
 ) -> bool {
     let edus: Vec<&sluice_pci::PciDevice> = table
@@ -709,24 +779,33 @@ fn run_dmatest(
         unit: route.unit,
         requester_ids: route.requester_ids.iter().map(|a| a.requester_id).collect(),
     };
-    let Some(info) = driver.unit_info(route.unit) else {
-        return false;
-    };
-    let unit = &discovery.topology.units()[route.unit.0 as usize];
-    let fro = info.cap.fro as u64;
-    // SAFETY: read-only access to the fault recording registers, whose only writer is the
-    // driver's take_faults, which the experiments call between their reads.
-    let Ok(fault_regs) =
-        (unsafe { MmioRegion::new(unit.register_base, 0x1000.max(fro + 16), map) })
-    else {
-        return false;
-    };
-    let mut platform = VtdDmaTest {
-        driver,
-        fault_regs,
-        fro,
-    };
-    dmatest::run(&mut platform, &e1, &e1_dma, &e2, d2.address.bdf())
+    let e2_rid = d2.address.bdf();
+    match driver {
+        Driver::Vtd(driver) => {
+            let Some(info) = driver.unit_info(route.unit) else {
+                return false;
+            };
+            let unit = &discovery.topology.units()[route.unit.0 as usize];
+            let fro = info.cap.fro as u64;
+            // SAFETY: read-only access to the fault recording registers, whose only
+            // writer is the driver's take_faults, called between the experiments' reads.
+            let Ok(fault_regs) =
+                (unsafe { MmioRegion::new(unit.register_base, 0x1000.max(fro + 16), map) })
+            else {
+                return false;
+            };
+            let mut platform = VtdDmaTest {
+                driver,
+                fault_regs,
+                fro,
+            };
+            dmatest::run(&mut platform, &e1, &e1_dma, &e2, e2_rid)
+        }
+        Driver::AmdVi(driver) => {
+            let mut platform = AmdViDmaTest { driver };
+            dmatest::run(&mut platform, &e1, &e1_dma, &e2, e2_rid)
+        }
+    }
 }
 
 /// Enumerate every PCI function the usable ECAM regions reach. ECAM addresses come from

@@ -44,7 +44,9 @@
 extern crate alloc;
 
 pub mod devmap;
+pub mod driver;
 pub mod ivrs;
+pub mod pagetable;
 pub mod regs;
 mod topology;
 

@@ -1,13 +1,14 @@
-//! How fast is the VT-d second-level page-table engine, and how much table memory does
-//! it use, next to a well-known CPU page-table mapper doing the same work?
+//! How fast is the page-table engine (`sluice_iommu::pagetable`, here with VT-d
+//! second-level entries), and how much table memory does it use, next to a well-known
+//! CPU page-table mapper doing the same work?
 //!
 //! ```sh
 //! cargo run --release -p sluice-vtd --example pagetable_bench
 //! ```
 //!
-//! Both sides build 4-level tables on the host: `sluice_vtd::pagetable` over an arena of
-//! 4 KiB pages behind the `DmaMemory` trait (coherent: no cache flushes, which a host
-//! cannot observe anyway), and the `x86_64` crate's `OffsetPageTable` over heap pages
+//! Both sides build 4-level tables on the host: `sluice_vtd::pagetable::SecondLevelTable`
+//! over an arena of 4 KiB pages behind the `DmaMemory` trait (coherent: no cache flushes,
+//! which a host cannot observe anyway), and the `x86_64` crate's `OffsetPageTable` over heap pages
 //! with a physical offset of 0 (its TLB flushes are ignored). Same IOVAs, same physical
 //! addresses, same leaf sizes; each side's table pages come from a preallocated pool, so
 //! the global allocator is not what gets measured. The engine's unmap frees tables that

@@ -781,7 +781,7 @@ fn domain_format<R>(units: &[Unit<R>]) -> DomainFormat {
     let mgaw = units.iter().map(|unit| unit.cap.mgaw).min().unwrap_or(39);
     let table = choose_format(common, mgaw).unwrap_or(first.format);
     let page_sizes = units.iter().fold(PageSizes::all(), |sizes, unit| {
-        sizes & PageSizes::from_sllps(unit.cap.sllps)
+        sizes & PageSizes::from(unit.cap.sllps)
     });
     DomainFormat {
         levels: table.levels,

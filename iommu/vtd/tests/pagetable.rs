@@ -1,9 +1,11 @@
-//! The second-level page-table engine (`sluice_vtd::pagetable`) checked from outside.
+//! The page-table engine (`sluice_iommu::pagetable`) through the VT-d second-level
+//! format (`sluice_vtd::pagetable::SecondLevelTable`), checked from outside.
 //!
-//! Three independent pieces of test code say what "right" means:
+//! Three independent pieces of test code say what "right" means (the vendor-neutral two
+//! live in `sluice_iommu::pagetable::testing`, shared with the AMD-Vi tests):
 //! - `spec`: a walker written from the VT-d specification (§9.8 second-level paging
 //!   entries, §3.7 second-level translation) that reads the tables in memory the way the
-//!   hardware does. It never calls the engine's own walk.
+//!   hardware does. It never calls the engine's own walk or the format's decoding.
 //! - `Model`: what should be mapped, as extents (one per surviving piece of a map call),
 //!   with the superpage each page should sit in.
 //! - `Recorder`: a `DmaMemory` that checks the discipline a device walking the tables
@@ -15,27 +17,17 @@
 //! tests run random map/unmap sequences for 3, 4 and 5 levels with and without
 //! superpages against all three.
 
-use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use sluice_iommu::{Access, IommuError};
-use sluice_vtd::hw::DmaMemory;
-use sluice_vtd::hw::fake::FakeDmaMemory;
-use sluice_vtd::pagetable::{
-    FlushRange, PageSizes, PageTableConfig, SecondLevelTable, Translation, Unmapped,
+use sluice_iommu::pagetable::testing::{
+    self, ALL, G1, K4, LAST_PAGE, M2, Model, NO_1G, ONLY_4K, Op, PBASE, RW, RawOp, Recorder, check,
+    config, leaf_sizes, leaves,
 };
+use sluice_iommu::{Access, IommuError};
+use sluice_vtd::hw::fake::FakeDmaMemory;
+use sluice_vtd::pagetable::{FlushRange, PageSizes, SecondLevelTable, Translation, Unmapped};
 use sluice_vtd::regs::LargePages;
-
-const K4: u64 = 4096;
-const M2: u64 = 2 << 20;
-const G1: u64 = 1 << 30;
-const RW: Access = Access::READ.union(Access::WRITE);
-/// Physical addresses the tests map start here: far above the pages the fake allocator
-/// hands out, so a leaf never looks like a link to a table.
-const PBASE: u64 = 1 << 40;
-/// The last page of the 64-bit space: a range starting there wraps.
-const LAST_PAGE: u64 = !0xfff;
 
 // =======================================================================================
 // The reference walker, from the specification.
@@ -44,8 +36,11 @@ const LAST_PAGE: u64 = !0xfff;
 mod spec {
     use std::collections::BTreeMap;
 
+    use sluice_iommu::pagetable::testing::Reference;
+    pub use sluice_iommu::pagetable::testing::{Dump, Fault, Leaf, Walk};
     use sluice_vtd::hw::DmaMemory;
     use sluice_vtd::hw::fake::FakeDmaMemory;
+    use sluice_vtd::pagetable::VtdSecondLevel;
 
     /// Read access (bit 0). An entry with neither R nor W is not present.
     pub const R: u64 = 1 << 0;
@@ -59,28 +54,6 @@ mod spec {
     /// Bits an entry's own 9-bit index selects at `level` start here.
     pub fn shift(level: u8) -> u32 {
         12 + 9 * (u32::from(level) - 1)
-    }
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Walk {
-        pub paddr: u64,
-        pub read: bool,
-        pub write: bool,
-        /// 1: 4 KiB page, 2: 2 MiB, 3: 1 GiB.
-        pub level: u8,
-    }
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Fault {
-        /// The IOVA has bits set above the table's address width.
-        BeyondWidth,
-        NotPresent {
-            level: u8,
-        },
-        /// A reserved bit was set (PS in a PML4E/PML5E, an unaligned superpage address).
-        Reserved {
-            level: u8,
-        },
     }
 
     /// Walk from `root` (a `levels`-deep table) for `iova`, as the unit does.
@@ -101,12 +74,14 @@ mod spec {
             write &= entry & W != 0;
             let leaf = level == 1 || entry & PS != 0;
             if entry & PS != 0 && level > 3 {
+                // PS in a PML4E/PML5E is reserved.
                 return Err(Fault::Reserved { level });
             }
             if leaf {
                 let page = 1u64 << shift(level);
                 let base = entry & ADDR;
                 if base & (page - 1) != 0 {
+                    // An unaligned superpage address sets reserved bits.
                     return Err(Fault::Reserved { level });
                 }
                 return Ok(Walk {
@@ -121,24 +96,6 @@ mod spec {
         unreachable!("level 1 entries are always leaves")
     }
 
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Leaf {
-        pub iova: u64,
-        pub size: u64,
-        pub paddr: u64,
-        pub read: bool,
-        pub write: bool,
-    }
-
-    /// Every table reachable from the root and every leaf, in IOVA order.
-    #[derive(Debug, Default)]
-    pub struct Dump {
-        pub leaves: Vec<Leaf>,
-        /// (table, level, present entries)
-        pub tables: Vec<(u64, u8, usize)>,
-    }
-
-    /// Walk the whole tree. Also checks the format rules the engine promises beyond
     /// what the hardware requires: no bits but R, W, PS and ADDR; tables carry R and W;
     /// PS only in PDEs and PDPTEs; every link points at an allocated page.
     pub fn dump(mem: &FakeDmaMemory, root: u64, levels: u8) -> Dump {
@@ -178,447 +135,34 @@ mod spec {
         }
         dump.tables.push((table, level, present));
     }
-}
 
-// =======================================================================================
-// The memory recorder: flush and barrier discipline.
-// =======================================================================================
+    /// The walker as the shared checks see it.
+    pub struct Vtd;
 
-struct Recorder {
-    mem: FakeDmaMemory,
-    coherent: bool,
-    /// Cache lines written (or zeroed by an allocation) and not flushed since.
-    dirty: BTreeSet<u64>,
-    /// Page → clock of its last write or flush.
-    touched: BTreeMap<u64, u64>,
-    clock: Cell<u64>,
-    last_barrier: Cell<u64>,
-    problems: Vec<String>,
-}
+    impl Reference for Vtd {
+        type Format = VtdSecondLevel;
 
-impl Recorder {
-    fn new(coherent: bool) -> Self {
-        Self {
-            mem: FakeDmaMemory::new(),
-            coherent,
-            dirty: BTreeSet::new(),
-            touched: BTreeMap::new(),
-            clock: Cell::new(0),
-            last_barrier: Cell::new(0),
-            problems: Vec::new(),
+        fn translate(mem: &FakeDmaMemory, root: u64, levels: u8, iova: u64) -> Result<Walk, Fault> {
+            translate(mem, root, levels, iova)
+        }
+
+        fn dump(mem: &FakeDmaMemory, root: u64, levels: u8) -> Dump {
+            dump(mem, root, levels)
+        }
+
+        /// R or W without PS: a table link, or a 4 KiB leaf (the bits don't tell).
+        fn link_target(raw: u64) -> Option<u64> {
+            (raw & (R | W) != 0 && raw & PS == 0).then_some(raw & ADDR)
         }
     }
-
-    fn tick(&self) -> u64 {
-        self.clock.set(self.clock.get() + 1);
-        self.clock.get()
-    }
-
-    /// After an operation: nothing written is still only in the CPU caches (when the
-    /// unit is not coherent), every link came after its table was complete.
-    fn assert_clean(&self) {
-        assert!(self.problems.is_empty(), "{:#?}", self.problems);
-        if self.coherent {
-            assert_eq!(self.mem.flushed_lines, 0, "coherent tables need no flush");
-        } else {
-            assert!(
-                self.dirty.is_empty(),
-                "lines written but never flushed: {:x?}",
-                self.dirty.iter().map(|line| line * 64).collect::<Vec<_>>()
-            );
-        }
-    }
-
-    fn snapshot(&self) -> (BTreeMap<u64, [u64; 512]>, usize) {
-        (self.mem.pages.clone(), self.mem.allocated)
-    }
 }
 
-impl DmaMemory for Recorder {
-    fn alloc_zeroed(&mut self, pages: usize, align: u64) -> Option<u64> {
-        let base = self.mem.alloc_zeroed(pages, align)?;
-        let now = self.tick();
-        for page in 0..pages as u64 {
-            let page = base + page * K4;
-            // The CPU wrote those zeroes: they sit in its caches until flushed.
-            self.dirty.extend(page / 64..(page + K4) / 64);
-            self.touched.insert(page, now);
-        }
-        Some(base)
-    }
-
-    fn free(&mut self, paddr: u64, pages: usize) {
-        for page in 0..pages as u64 {
-            let page = paddr + page * K4;
-            self.dirty.retain(|&line| (line * 64) & !0xfff != page);
-            self.touched.remove(&page);
-        }
-        self.mem.free(paddr, pages);
-    }
-
-    fn read_u64(&self, paddr: u64) -> u64 {
-        self.mem.read_u64(paddr)
-    }
-
-    fn write_u64(&mut self, paddr: u64, value: u64) {
-        let now = self.tick();
-        let target = value & spec::ADDR;
-        let link = value & (spec::R | spec::W) != 0 && value & spec::PS == 0 && target < PBASE;
-        if link {
-            if !self.mem.pages.contains_key(&target) {
-                self.problems
-                    .push(format!("{paddr:#x} links unallocated {target:#x}"));
-            }
-            if !self.coherent
-                && self
-                    .dirty
-                    .range(target / 64..(target + K4) / 64)
-                    .next()
-                    .is_some()
-            {
-                self.problems.push(format!(
-                    "{paddr:#x} links {target:#x} before it was flushed"
-                ));
-            }
-            if self
-                .touched
-                .get(&target)
-                .is_some_and(|&last| self.last_barrier.get() < last)
-            {
-                self.problems.push(format!(
-                    "{paddr:#x} links {target:#x} with no barrier after its last write"
-                ));
-            }
-        }
-        self.mem.write_u64(paddr, value);
-        self.dirty.insert(paddr / 64);
-        self.touched.insert(paddr & !0xfff, now);
-    }
-
-    fn flush(&mut self, paddr: u64, len: usize) {
-        let now = self.tick();
-        let end = paddr + len as u64;
-        let lines: Vec<u64> = self
-            .dirty
-            .range(paddr / 64..end.div_ceil(64))
-            .copied()
-            .collect();
-        for line in lines {
-            self.dirty.remove(&line);
-        }
-        let mut page = paddr & !0xfff;
-        while page < end {
-            self.touched.insert(page, now);
-            page += K4;
-        }
-        self.mem.flush(paddr, len);
-    }
-
-    fn barrier(&self) {
-        let now = self.tick();
-        self.last_barrier.set(now);
-        self.mem.barrier();
-    }
-}
-
-// =======================================================================================
-// The model.
-// =======================================================================================
-
-/// What one map call put at `[start, end)` and still is there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Extent {
-    end: u64,
-    paddr: u64,
-    access: Access,
-    call: u32,
-}
-
-/// What should be mapped. Extents instead of one entry per 4 KiB page: a 1 GiB
-/// superpage would be 262144 pages per map.
-#[derive(Clone, Debug, Default)]
-struct Model {
-    extents: BTreeMap<u64, Extent>,
-    calls: u32,
-}
-
-impl Model {
-    /// Extents intersecting `[start, end)`, in order.
-    fn overlapping(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
-        let before = self
-            .extents
-            .range(..start)
-            .next_back()
-            .filter(|(_, extent)| extent.end > start);
-        before
-            .into_iter()
-            .chain(self.extents.range(start..end))
-            .map(|(&at, &extent)| (at, extent))
-            .collect()
-    }
-
-    fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
-        self.overlapping(start, end)
-            .first()
-            .map(|&(at, _)| at.max(start))
-    }
-
-    fn map(&mut self, iova: u64, paddr: u64, size: u64, access: Access) {
-        self.calls += 1;
-        let extent = Extent {
-            end: iova + size,
-            paddr,
-            access,
-            call: self.calls,
-        };
-        assert!(self.extents.insert(iova, extent).is_none());
-    }
-
-    fn unmap(&mut self, start: u64, end: u64) -> u64 {
-        let mut bytes = 0;
-        for (at, extent) in self.overlapping(start, end) {
-            self.extents.remove(&at);
-            bytes += extent.end.min(end) - at.max(start);
-            if at < start {
-                self.extents.insert(
-                    at,
-                    Extent {
-                        end: start,
-                        ..extent
-                    },
-                );
-            }
-            if extent.end > end {
-                let paddr = extent.paddr + (end - at);
-                self.extents.insert(end, Extent { paddr, ..extent });
-            }
-        }
-        bytes
-    }
-
-    fn lookup(&self, iova: u64) -> Option<(u64, Access)> {
-        let (&at, extent) = self.extents.range(..=iova).next_back()?;
-        (iova < extent.end).then(|| (extent.paddr + (iova - at), extent.access))
-    }
-
-    fn total(&self) -> u64 {
-        self.extents
-            .iter()
-            .map(|(&at, extent)| extent.end - at)
-            .sum()
-    }
-
-    /// Maximal runs of IOVAs mapped linearly with one access: (start, end, paddr, access).
-    fn runs(&self) -> Vec<(u64, u64, u64, Access)> {
-        coalesce(
-            self.extents
-                .iter()
-                .map(|(&at, extent)| (at, extent.end, extent.paddr, extent.access)),
-        )
-    }
-
-    /// The leaf size the page at `iova` should sit in: the largest allowed size whose
-    /// aligned block lies within what one map call mapped (and still maps) there, with
-    /// a physical address aligned to it.
-    fn expected_leaf(&self, iova: u64, sizes: PageSizes) -> u64 {
-        for (size, allowed) in [
-            (G1, sizes.contains(PageSizes::SIZE_1G)),
-            (M2, sizes.contains(PageSizes::SIZE_2M)),
-        ] {
-            let block = iova & !(size - 1);
-            if !allowed {
-                continue;
-            }
-            if let Some((&at, extent)) = self.extents.range(..=block).next_back()
-                && extent.end >= block + size
-                && (extent.paddr + (block - at)) % size == 0
-            {
-                return size;
-            }
-        }
-        K4
-    }
-}
-
-fn coalesce(pieces: impl Iterator<Item = (u64, u64, u64, Access)>) -> Vec<(u64, u64, u64, Access)> {
-    let mut runs: Vec<(u64, u64, u64, Access)> = Vec::new();
-    for (start, end, paddr, access) in pieces {
-        if let Some(last) = runs.last_mut()
-            && last.1 == start
-            && last.2 + (last.1 - last.0) == paddr
-            && last.3 == access
-        {
-            last.1 = end;
-            continue;
-        }
-        runs.push((start, end, paddr, access));
-    }
-    runs
-}
-
-fn leaf_access(leaf: &spec::Leaf) -> Access {
-    let mut access = Access::empty();
-    access.set(Access::READ, leaf.read);
-    access.set(Access::WRITE, leaf.write);
-    access
-}
-
-/// The errors the documented checks give, in their documented order; `Ok` when the map
-/// should succeed.
-fn expected_map(
-    model: &Model,
-    width: u8,
-    iova: u64,
-    paddr: u64,
-    size: u64,
-    access: Access,
-) -> Result<(), IommuError> {
-    if size == 0 || (iova | paddr | size) % K4 != 0 {
-        return Err(IommuError::Misaligned);
-    }
-    let (Some(end), Some(paddr_end)) = (iova.checked_add(size), paddr.checked_add(size)) else {
-        return Err(IommuError::Wraps);
-    };
-    if end > 1 << width || paddr_end > 1 << 52 {
-        return Err(IommuError::OutOfRange);
-    }
-    if !access.intersects(RW) {
-        return Err(IommuError::NoAccess);
-    }
-    match model.first_mapped(iova, end) {
-        Some(iova) => Err(IommuError::Overlap { iova }),
-        None => Ok(()),
-    }
-}
-
-fn expected_unmap(width: u8, iova: u64, size: u64) -> Result<(), IommuError> {
-    if size == 0 || (iova | size) % K4 != 0 {
-        return Err(IommuError::Misaligned);
-    }
-    match iova.checked_add(size) {
-        None => Err(IommuError::Wraps),
-        Some(end) if end > 1 << width => Err(IommuError::OutOfRange),
-        Some(_) => Ok(()),
-    }
-}
-
-// =======================================================================================
-// Checking a table against the model.
-// =======================================================================================
-
-fn config(levels: u8, superpages: PageSizes, coherent: bool) -> PageTableConfig {
-    PageTableConfig {
-        levels,
-        superpages,
-        coherent,
-    }
-}
-
-const ALL: PageSizes = PageSizes::all();
-const NO_1G: PageSizes = PageSizes::SIZE_4K.union(PageSizes::SIZE_2M);
-const ONLY_4K: PageSizes = PageSizes::SIZE_4K;
-
-/// Everything the three references say about `table`, plus `probes` translated through
-/// both the reference walker and the engine.
-fn check(
-    table: &SecondLevelTable,
-    rec: &Recorder,
-    model: &Model,
+fn new_table(
+    levels: u8,
     sizes: PageSizes,
-    probes: &[u64],
-) {
-    rec.assert_clean();
-    let levels = table.levels();
-    let dump = spec::dump(&rec.mem, table.root(), levels);
-
-    // Exactly what the model maps, no more, no less.
-    let leaves = coalesce(dump.leaves.iter().map(|leaf| {
-        (
-            leaf.iova,
-            leaf.iova + leaf.size,
-            leaf.paddr,
-            leaf_access(leaf),
-        )
-    }));
-    assert_eq!(leaves, model.runs(), "mapped runs differ from the model");
-
-    // Each page in the largest leaf it can be in.
-    for leaf in &dump.leaves {
-        assert_eq!(
-            leaf.size,
-            model.expected_leaf(leaf.iova, sizes),
-            "leaf at {:#x} has the wrong size",
-            leaf.iova
-        );
-    }
-
-    // Table accounting: every table held is reachable or retired, none linked empty.
-    for &(address, level, present) in &dump.tables {
-        assert!(
-            address == table.root() || present > 0,
-            "empty level-{level} table {address:#x} still linked"
-        );
-    }
-    assert_eq!(
-        table.table_pages(),
-        dump.tables.len() + table.retired_tables()
-    );
-    assert_eq!(table.table_pages(), rec.mem.allocated);
-
-    // Point translations, reference against model and engine against reference.
-    let mut points: Vec<u64> = probes.to_vec();
-    for (&at, extent) in &model.extents {
-        points.extend([at, extent.end - K4, at.wrapping_sub(K4), extent.end]);
-        points.push(at + (extent.end - at) / 2 / K4 * K4 + 0x123);
-    }
-    for iova in points {
-        let reference = spec::translate(&rec.mem, table.root(), levels, iova);
-        match model.lookup(iova) {
-            Some((paddr, access)) => {
-                let walk = reference.unwrap_or_else(|fault| panic!("{iova:#x}: {fault:?}"));
-                assert_eq!(walk.paddr, paddr, "{iova:#x}");
-                assert_eq!(
-                    (walk.read, walk.write),
-                    (
-                        access.contains(Access::READ),
-                        access.contains(Access::WRITE)
-                    )
-                );
-                let engine = table.translate(&rec.mem, iova).expect("engine agrees");
-                assert_eq!(engine.paddr, paddr);
-                assert_eq!(engine.access, access);
-                assert_eq!(engine.page_size, 1 << spec::shift(walk.level));
-            }
-            None => {
-                assert!(
-                    matches!(
-                        reference,
-                        Err(spec::Fault::NotPresent { .. } | spec::Fault::BeyondWidth)
-                    ),
-                    "{iova:#x} should fault, got {reference:?}"
-                );
-                assert_eq!(table.translate(&rec.mem, iova), None);
-            }
-        }
-    }
-}
-
-fn new_table(levels: u8, sizes: PageSizes, coherent: bool) -> (Recorder, SecondLevelTable) {
-    let mut rec = Recorder::new(coherent);
-    let table = SecondLevelTable::new(&mut rec, config(levels, sizes, coherent)).unwrap();
-    (rec, table)
-}
-
-fn leaves(rec: &Recorder, table: &SecondLevelTable) -> Vec<spec::Leaf> {
-    spec::dump(&rec.mem, table.root(), table.levels()).leaves
-}
-
-fn leaf_sizes(rec: &Recorder, table: &SecondLevelTable) -> BTreeMap<u64, usize> {
-    let mut sizes = BTreeMap::new();
-    for leaf in leaves(rec, table) {
-        *sizes.entry(leaf.size).or_default() += 1;
-    }
-    sizes
+    coherent: bool,
+) -> (Recorder<spec::Vtd>, SecondLevelTable) {
+    testing::new_table(levels, sizes, coherent)
 }
 
 // =======================================================================================
@@ -664,9 +208,9 @@ fn page_sizes_from_sllps_and_as_bitmap() {
     assert_eq!(ALL.bitmap(), 1 << 12 | 1 << 21 | 1 << 30);
     // 4 KiB is there even when a caller forgets it.
     assert_eq!(PageSizes::SIZE_2M.bitmap(), 1 << 12 | 1 << 21);
-    assert_eq!(PageSizes::from_sllps(LargePages::empty()), ONLY_4K);
-    assert_eq!(PageSizes::from_sllps(LargePages::SIZE_2M), NO_1G);
-    assert_eq!(PageSizes::from_sllps(LargePages::all()), ALL);
+    assert_eq!(PageSizes::from(LargePages::empty()), ONLY_4K);
+    assert_eq!(PageSizes::from(LargePages::SIZE_2M), NO_1G);
+    assert_eq!(PageSizes::from(LargePages::all()), ALL);
 }
 
 #[test]
@@ -1144,340 +688,9 @@ fn the_top_of_every_address_space() {
 // Property tests: random map/unmap sequences against the model.
 // =======================================================================================
 
-/// Where an operation starts: in the low 4 GiB of the address space or in its top
-/// 4 GiB, at a GiB, a 2 MiB block and a page chosen so that operations often collide.
-#[derive(Clone, Debug)]
-struct Place {
-    high: bool,
-    gib: u64,
-    block: u64,
-    page: u64,
-}
-
-#[derive(Clone, Debug)]
-enum Len {
-    Pages(u64),
-    /// n × 2 MiB, plus or minus a page.
-    Blocks(u64, i8),
-    /// A GiB (8 MiB without superpages) plus or minus a page; when the flag is set,
-    /// from the start of the GiB the place is in (so that 1 GiB leaves happen).
-    Giant(i8, bool),
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Map {
-        at: Place,
-        len: Len,
-        /// Which GiB of physical memory; with `skew`, shifted so no superpage fits.
-        frame: u64,
-        skew: Option<u64>,
-        access: u8,
-        /// Allow only this many new table pages (a NoMemory injection).
-        tight: Option<usize>,
-    },
-    Unmap {
-        at: Place,
-        len: Len,
-        tight: Option<usize>,
-    },
-    /// Arguments that must be refused, for map or unmap.
-    Invalid { kind: u8, unmap: bool },
-    /// An unmap starting in something mapped: the `pick`-th extent of the model, `skip`
-    /// pages in (clamped to the extent).
-    UnmapMapped {
-        pick: prop::sample::Index,
-        skip: u64,
-        len: Len,
-        tight: Option<usize>,
-    },
-    /// The caller's invalidation completed: free retired tables.
-    Reclaim,
-}
-
-fn place() -> impl Strategy<Value = Place> {
-    (
-        prop_oneof![2 => Just(false), 1 => Just(true)],
-        prop_oneof![3 => 0u64..2, 1 => 2u64..4],
-        prop_oneof![4 => 0u64..4, 1 => 508u64..512],
-        prop_oneof![4 => Just(0u64), 3 => 1u64..4, 1 => 508u64..512, 2 => 0u64..512],
-    )
-        .prop_map(|(high, gib, block, page)| Place {
-            high,
-            gib,
-            block,
-            page,
-        })
-}
-
-fn len() -> impl Strategy<Value = Len> {
-    prop_oneof![
-        4 => (1u64..8).prop_map(Len::Pages),
-        4 => (1u64..4, -1i8..=1).prop_map(|(n, jitter)| Len::Blocks(n, jitter)),
-        2 => (-1i8..=1, prop::bool::weighted(0.75))
-            .prop_map(|(jitter, aligned)| Len::Giant(jitter, aligned)),
-    ]
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let tight = prop_oneof![6 => Just(None), 1 => (0usize..4).prop_map(Some)];
-    let skew = prop_oneof![3 => Just(None), 1 => (1u64..512).prop_map(Some)];
-    let access = prop_oneof![6 => Just(3u8), 1 => Just(1u8), 1 => Just(2u8)];
-    let map = (place(), len(), 0u64..8, skew, access, tight.clone()).prop_map(
-        |(at, len, frame, skew, access, tight)| Op::Map {
-            at,
-            len,
-            frame,
-            skew,
-            access,
-            tight,
-        },
-    );
-    let unmap =
-        (place(), len(), tight.clone()).prop_map(|(at, len, tight)| Op::Unmap { at, len, tight });
-    let skip = prop_oneof![2 => Just(0u64), 1 => 1u64..4, 1 => 0u64..1024];
-    let unmap_mapped =
-        (any::<prop::sample::Index>(), skip, len(), tight).prop_map(|(pick, skip, len, tight)| {
-            Op::UnmapMapped {
-                pick,
-                skip,
-                len,
-                tight,
-            }
-        });
-    prop_oneof![
-        10 => map,
-        3 => unmap,
-        4 => unmap_mapped,
-        1 => (0u8..10, any::<bool>()).prop_map(|(kind, unmap)| Op::Invalid { kind, unmap }),
-        1 => Just(Op::Reclaim),
-    ]
-}
-
-struct Run {
-    rec: Recorder,
-    table: SecondLevelTable,
-    model: Model,
-    sizes: PageSizes,
-    width: u8,
-}
-
-impl Run {
-    fn window(&self, high: bool) -> u64 {
-        if high {
-            (1u64 << self.width) - 4 * G1
-        } else {
-            0
-        }
-    }
-
-    fn resolve(&self, at: &Place, len: &Len) -> (u64, u64) {
-        let window = self.window(at.high);
-        let mut iova = window + at.gib * G1 + at.block * M2 + at.page * K4;
-        if let Len::Giant(_, true) = len {
-            iova &= !(G1 - 1);
-        }
-        let giant = if self.sizes != ONLY_4K { G1 } else { 8 << 20 };
-        let pages = |jitter: i8| i64::from(jitter) * K4 as i64;
-        let size = match *len {
-            Len::Pages(n) => n * K4,
-            Len::Blocks(n, jitter) => (n * M2).saturating_add_signed(pages(jitter)),
-            Len::Giant(jitter, _) => giant.saturating_add_signed(pages(jitter)),
-        };
-        (iova, size.min(window + 4 * G1 - iova))
-    }
-
-    /// Run `attempt` with at most `tight` more pages. When it may fail (`may_fail`, or
-    /// memory is tight) and does, the memory must be exactly as before.
-    fn guarded<T>(
-        &mut self,
-        may_fail: bool,
-        tight: Option<usize>,
-        attempt: impl FnOnce(&mut SecondLevelTable, &mut Recorder) -> Result<T, IommuError>,
-    ) -> Result<T, IommuError> {
-        let before = (may_fail || tight.is_some()).then(|| self.rec.snapshot());
-        self.rec.mem.limit = tight.map(|spare| self.rec.mem.allocated + spare);
-        let result = attempt(&mut self.table, &mut self.rec);
-        self.rec.mem.limit = None;
-        if let (Err(_), Some(before)) = (&result, before) {
-            assert_eq!(
-                self.rec.snapshot(),
-                before,
-                "a failed operation changed memory"
-            );
-        }
-        result
-    }
-
-    fn step(&mut self, op: &Op) -> Vec<u64> {
-        match op {
-            Op::Map {
-                at,
-                len,
-                frame,
-                skew,
-                access,
-                tight,
-            } => {
-                let (iova, size) = self.resolve(at, len);
-                let skew = skew.filter(|_| size <= 16 << 20).unwrap_or(0);
-                let paddr = PBASE + frame * G1 + iova % G1 + skew * K4;
-                let access = Access::from_bits_truncate(*access);
-                self.map(iova, paddr, size, access, *tight);
-                vec![iova, iova + size - K4]
-            }
-            Op::UnmapMapped {
-                pick,
-                skip,
-                len,
-                tight,
-            } => {
-                if self.model.extents.is_empty() {
-                    return vec![];
-                }
-                let (&start, extent) = self
-                    .model
-                    .extents
-                    .iter()
-                    .nth(pick.index(self.model.extents.len()))
-                    .expect("index in range");
-                let iova = (start + skip * K4).min(extent.end - K4);
-                let window = self.window(iova >= 1 << 32);
-                let (_, size) = self.resolve(
-                    &Place {
-                        high: false,
-                        gib: 0,
-                        block: 0,
-                        page: 0,
-                    },
-                    len,
-                );
-                let size = size.min(window + 4 * G1 - iova);
-                self.unmap(iova, size, *tight);
-                vec![iova, iova + size - K4, iova.wrapping_sub(K4), iova + size]
-            }
-            Op::Unmap { at, len, tight } => {
-                let (iova, size) = self.resolve(at, len);
-                self.unmap(iova, size, *tight);
-                vec![iova, iova + size - K4, iova.wrapping_sub(K4), iova + size]
-            }
-            Op::Invalid { kind, unmap } => {
-                let top = 1u64 << self.width;
-                let (iova, paddr, size, access) = match kind {
-                    0 => (0x800, PBASE, K4, RW),
-                    1 => (0, PBASE, K4 + 0x10, RW),
-                    2 => (0, PBASE, 0, RW),
-                    3 => (0, PBASE + 0x10, K4, RW),
-                    4 => (LAST_PAGE, PBASE, 2 * K4, RW),
-                    5 => (0, LAST_PAGE, 2 * K4, RW),
-                    6 => (top - K4, PBASE, 2 * K4, RW),
-                    7 => (top, PBASE, K4, RW),
-                    8 => (0, (1 << 52) - K4, 2 * K4, RW),
-                    _ => (G1, PBASE, K4, Access::empty()),
-                };
-                if *unmap {
-                    self.unmap(iova, size, None);
-                } else {
-                    self.map(iova, paddr, size, access, None);
-                }
-                vec![]
-            }
-            Op::Reclaim => {
-                let retired = self.table.retired_tables();
-                assert_eq!(self.table.reclaim(&mut self.rec), retired);
-                assert_eq!(self.table.retired_tables(), 0);
-                vec![]
-            }
-        }
-    }
-
-    fn map(&mut self, iova: u64, paddr: u64, size: u64, access: Access, tight: Option<usize>) {
-        let expected = expected_map(&self.model, self.width, iova, paddr, size, access);
-        let result = self.guarded(expected.is_err(), tight, |table, rec| {
-            table.map(rec, iova, paddr, size, access)
-        });
-        match (expected, result) {
-            (Ok(()), Ok(())) => self.model.map(iova, paddr, size, access),
-            (Ok(()), Err(IommuError::NoMemory)) if tight.is_some() => {}
-            (expected, result) => {
-                assert_eq!(result, expected, "map({iova:#x}, {paddr:#x}, {size:#x})")
-            }
-        }
-    }
-
-    fn unmap(&mut self, iova: u64, size: u64, tight: Option<usize>) {
-        let expected = expected_unmap(self.width, iova, size);
-        // The mapped IOVAs the unmap must remove, as one span.
-        let end = iova.wrapping_add(size);
-        let removed = if expected.is_ok() {
-            self.model.overlapping(iova, end)
-        } else {
-            vec![]
-        };
-        let span = removed
-            .first()
-            .zip(removed.last())
-            .map(|((first, _), (_, last))| (first.max(&iova).to_owned(), last.end.min(end)));
-        let result = self.guarded(expected.is_err(), tight, |table, rec| {
-            table.unmap(rec, iova, size)
-        });
-        match (expected, result) {
-            (Ok(()), Ok(unmapped)) => {
-                let bytes = self.model.unmap(iova, iova + size);
-                assert_eq!(unmapped.bytes, bytes, "unmap({iova:#x}, {size:#x})");
-                match (unmapped.flush, span) {
-                    (None, None) => assert_eq!(bytes, 0),
-                    (Some(flush), Some((low, high))) => {
-                        // It covers what went, and stays within the leaves it touched
-                        // (a split superpage counts whole).
-                        assert!(flush.iova <= low && flush.iova + flush.size >= high);
-                        assert!(flush.iova >= iova & !(G1 - 1));
-                        assert!(flush.iova + flush.size <= end.next_multiple_of(G1));
-                    }
-                    (flush, span) => panic!("flush {flush:?} for removed span {span:?}"),
-                }
-            }
-            (Ok(()), Err(IommuError::NoMemory)) if tight.is_some() => {}
-            (expected, result) => {
-                assert_eq!(result.map(|_| ()), expected, "unmap({iova:#x}, {size:#x})")
-            }
-        }
-    }
-}
-
-fn run(levels: u8, sizes: PageSizes, coherent: bool, ops: &[Op]) {
-    let (rec, table) = new_table(levels, sizes, coherent);
-    let width = table.address_width();
-    let mut run = Run {
-        rec,
-        table,
-        model: Model::default(),
-        sizes,
-        width,
-    };
-    for op in ops {
-        let probes = run.step(op);
-        check(&run.table, &run.rec, &run.model, sizes, &probes);
-    }
-    // Unmapping everything leaves only the root: no table leaks.
-    let total = run.model.total();
-    let mut bytes = 0;
-    for high in [false, true] {
-        let window = run.window(high);
-        bytes += run.table.unmap(&mut run.rec, window, 4 * G1).unwrap().bytes;
-    }
-    assert_eq!(bytes, total);
-    run.table.reclaim(&mut run.rec);
-    assert_eq!(run.table.table_pages(), 1);
-    assert_eq!(run.rec.mem.allocated, 1);
-    assert!(
-        run.rec.mem.pages[&run.table.root()]
-            .iter()
-            .all(|&word| word == 0)
-    );
-    run.rec.assert_clean();
-    run.table.destroy(&mut run.rec);
-    assert_eq!(run.rec.mem.allocated, 0);
+/// Random operations (see `testing::Op::draw` for what they are and how often).
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(any::<RawOp>().prop_map(|raw| Op::draw(&raw)), 1..40)
 }
 
 macro_rules! random_sequences {
@@ -1491,8 +704,8 @@ macro_rules! random_sequences {
             })]
             $(
                 #[test]
-                fn $name(coherent in any::<bool>(), ops in prop::collection::vec(op(), 1..40)) {
-                    run($levels, $sizes, coherent, &ops);
+                fn $name(coherent in any::<bool>(), ops in ops()) {
+                    testing::run::<spec::Vtd>($levels, $sizes, coherent, &ops);
                 }
             )*
         }

@@ -17,27 +17,32 @@
 //! Effective permissions are the AND of R/W along the walk, which is why tables carry
 //! both bits and only leaves say what the device may do.
 
+use core::ops::RangeInclusive;
+
 use sluice_iommu::Access;
+use sluice_iommu::pagetable::{Decoded, EntryFormat};
 
 const READ: u64 = 1 << 0;
 const WRITE: u64 = 1 << 1;
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 /// ADDR, bits 51:12.
-pub(super) const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
+/// The VT-d second-level (legacy mode) entry format for [`sluice_iommu::pagetable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Entry(pub(super) u64);
+pub enum VtdSecondLevel {}
 
-impl Entry {
-    pub(super) const EMPTY: Self = Self(0);
+impl EntryFormat for VtdSecondLevel {
+    const NAME: &'static str = "VT-d second-level";
 
-    /// A pointer to the next-level table at `paddr`.
-    pub(super) const fn table(paddr: u64) -> Self {
-        Self((paddr & ADDRESS) | READ | WRITE)
+    #[inline]
+    fn table_entry(child_table: u64, _child_level: u8) -> u64 {
+        (child_table & ADDRESS) | READ | WRITE
     }
 
-    /// A leaf at `level` (1: 4 KiB; 2 and 3 carry PS: 2 MiB, 1 GiB).
-    pub(super) fn leaf(paddr: u64, access: Access, level: u8) -> Self {
+    /// Levels 2 and 3 carry PS (2 MiB, 1 GiB); level 1 leaves never do.
+    #[inline]
+    fn leaf_entry(paddr: u64, level: u8, access: Access) -> u64 {
         let mut raw = paddr & ADDRESS;
         if access.contains(Access::READ) {
             raw |= READ;
@@ -48,31 +53,27 @@ impl Entry {
         if level > 1 {
             raw |= PAGE_SIZE_BIT;
         }
-        Self(raw)
+        raw
     }
 
-    pub(super) const fn is_present(self) -> bool {
-        self.0 & (READ | WRITE) != 0
-    }
-
-    /// Does the walk stop here? Always at level 1; above it only when PS is set (this
-    /// engine sets PS only at levels 2 and 3, where the hardware allows it).
-    pub(super) const fn is_leaf(self, level: u8) -> bool {
-        level == 1 || self.0 & PAGE_SIZE_BIT != 0
-    }
-
-    pub(super) const fn address(self) -> u64 {
-        self.0 & ADDRESS
-    }
-
-    pub(super) fn access(self) -> Access {
-        let mut access = Access::empty();
-        if self.0 & READ != 0 {
-            access |= Access::READ;
+    /// The walk stops at level 1, and above it only where PS is set (the engine sets PS
+    /// only at levels 2 and 3, where the hardware allows it).
+    #[inline]
+    fn decode(raw: u64, level: u8) -> Decoded {
+        if raw & (READ | WRITE) == 0 {
+            return Decoded::NotPresent;
         }
-        if self.0 & WRITE != 0 {
-            access |= Access::WRITE;
+        let addr = raw & ADDRESS;
+        if level > 1 && raw & PAGE_SIZE_BIT == 0 {
+            return Decoded::Table { addr };
         }
-        access
+        // R and W are bits 0 and 1, like Access::READ and Access::WRITE.
+        let access = Access::from_bits_truncate((raw & (READ | WRITE)) as u8);
+        Decoded::Leaf { addr, access }
+    }
+
+    /// 3 (39-bit IOVA), 4 (48-bit) and 5 (57-bit): the SAGAW depths.
+    fn supported_levels() -> RangeInclusive<u8> {
+        3..=5
     }
 }
