@@ -13,6 +13,7 @@ extern crate alloc;
 
 pub mod hw;
 pub mod pagetable;
+pub mod range;
 
 use alloc::string::String;
 use alloc::vec::Vec;

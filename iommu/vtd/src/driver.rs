@@ -65,6 +65,7 @@ pub mod registers;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use sluice_iommu::range::{check_map_args, subtract};
 use sluice_iommu::{
     Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
 };
@@ -791,36 +792,6 @@ fn domain_format<R>(units: &[Unit<R>]) -> DomainFormat {
     }
 }
 
-/// `whole` minus the `holes` (all `[start, end)`), as sorted pieces.
-fn subtract(whole: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut holes: Vec<(u64, u64)> = holes.to_vec();
-    holes.sort_unstable();
-    let mut pieces = Vec::new();
-    let mut cursor = whole.0;
-    for (start, end) in holes {
-        if end <= cursor || start >= whole.1 {
-            continue;
-        }
-        if start > cursor {
-            pieces.push((cursor, start));
-        }
-        cursor = cursor.max(end);
-    }
-    if cursor < whole.1 {
-        pieces.push((cursor, whole.1));
-    }
-    pieces
-}
-
-/// Checks the arguments every map/unmap shares; returns the range end.
-fn check_args(iova: u64, paddr: u64, size: u64) -> Result<u64, IommuError> {
-    if size == 0 || (iova | paddr | size) % PAGE != 0 {
-        return Err(IommuError::Misaligned);
-    }
-    paddr.checked_add(size).ok_or(IommuError::Wraps)?;
-    iova.checked_add(size).ok_or(IommuError::Wraps)
-}
-
 impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
     fn vendor(&self) -> Vendor {
         Vendor::IntelVtd
@@ -919,7 +890,7 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
         access: Access,
     ) -> Result<(), IommuError> {
         let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        let end = check_args(iova, paddr, size)?;
+        let end = check_map_args(iova, paddr, size)?;
         if !self
             .usable(domain)
             .iter()
@@ -950,7 +921,7 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
             .domains
             .get_mut(&handle)
             .ok_or(IommuError::UnknownDomain)?;
-        let end = check_args(iova, 0, size)?.min(aperture_end);
+        let end = check_map_args(iova, 0, size)?.min(aperture_end);
         if iova >= end {
             return Ok(0);
         }
