@@ -1,11 +1,15 @@
-//! Driving cargo: building the kernel and running the host unit tests.
+//! Driving cargo: building the kernel and the guest programs, running the host unit
+//! tests.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+
+pub use crate::guests::GUEST_PACKAGE;
 
 /// The kernel package and its binary target.
 pub const KERNEL_PACKAGE: &str = "sluice-kernel";
@@ -16,43 +20,61 @@ fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-/// `cargo build --release -p sluice-kernel`; returns the path of the `sluice` ELF
-/// as cargo reports it (so a `[build] target` in .cargo/config is honoured).
-pub fn build_kernel(root: &Path) -> Result<PathBuf, String> {
+/// `cargo build --release -p PACKAGE`; returns every executable cargo reported
+/// (binary name → path, as cargo reports it, so a `[build] target` is honoured).
+fn build_bins(root: &Path, package: &str) -> Result<BTreeMap<String, PathBuf>, String> {
     let mut child = Command::new(cargo())
         .current_dir(root)
         .args([
             "build",
             "--release",
             "-p",
-            KERNEL_PACKAGE,
+            package,
             "--message-format=json-render-diagnostics",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    let mut exe = None;
+    let mut bins = BTreeMap::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(path) = kernel_artifact(&line) {
-                exe = Some(path);
+            if let Some((name, path)) = bin_artifact(&line) {
+                bins.insert(name, path);
             }
         }
     }
     let status = child.wait().map_err(|e| format!("cargo: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "`cargo build --release -p {KERNEL_PACKAGE}` failed ({status})"
+            "`cargo build --release -p {package}` failed ({status})"
         ));
     }
-    exe.ok_or_else(|| {
-        format!("cargo built {KERNEL_PACKAGE} but reported no `{KERNEL_BIN}` executable")
-    })
+    Ok(bins)
 }
 
-/// Extracts the executable of the kernel's bin target from a cargo JSON message.
-pub fn kernel_artifact(line: &str) -> Option<PathBuf> {
+/// `cargo build --release -p sluice-kernel`; returns the path of the `sluice` ELF.
+pub fn build_kernel(root: &Path) -> Result<PathBuf, String> {
+    build_bins(root, KERNEL_PACKAGE)?
+        .remove(KERNEL_BIN)
+        .ok_or_else(|| {
+            format!("cargo built {KERNEL_PACKAGE} but reported no `{KERNEL_BIN}` executable")
+        })
+}
+
+/// `cargo build --release -p sluice-guest`; returns the guest programs (name → ELF).
+pub fn build_guests(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    let bins = build_bins(root, GUEST_PACKAGE)?;
+    if bins.is_empty() {
+        return Err(format!(
+            "cargo built {GUEST_PACKAGE} but reported no executable"
+        ));
+    }
+    Ok(bins)
+}
+
+/// A bin target's (name, executable) from a cargo `compiler-artifact` JSON message.
+pub fn bin_artifact(line: &str) -> Option<(String, PathBuf)> {
     let v: Value = serde_json::from_str(line).ok()?;
     if v.get("reason")?.as_str()? != "compiler-artifact" {
         return None;
@@ -63,10 +85,12 @@ pub fn kernel_artifact(line: &str) -> Option<PathBuf> {
         .as_array()?
         .iter()
         .any(|k| k.as_str() == Some("bin"));
-    if target.get("name")?.as_str()? != KERNEL_BIN || !is_bin {
+    if !is_bin {
         return None;
     }
-    v.get("executable")?.as_str().map(PathBuf::from)
+    let name = target.get("name")?.as_str()?.to_string();
+    let exe = v.get("executable")?.as_str().map(PathBuf::from)?;
+    Some((name, exe))
 }
 
 /// Totals of `cargo test`.
@@ -159,6 +183,12 @@ mod tests {
         assert_eq!((t.passed, t.failed), (15, 2));
     }
 
+    fn kernel_artifact(line: &str) -> Option<PathBuf> {
+        bin_artifact(line)
+            .filter(|(name, _)| name == KERNEL_BIN)
+            .map(|(_, path)| path)
+    }
+
     #[test]
     fn finds_kernel_executable() {
         let msg = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/kernel#sluice-kernel@0.1.0","target":{"kind":["bin"],"crate_types":["bin"],"name":"sluice","src_path":"/w/kernel/src/main.rs"},"executable":"/w/target/release/sluice","fresh":true}"#;
@@ -173,5 +203,20 @@ mod tests {
             None
         );
         assert_eq!(kernel_artifact("not json"), None);
+    }
+
+    #[test]
+    fn finds_guest_executables() {
+        let msg = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/guest#sluice-guest@0.1.0","target":{"kind":["bin"],"crate_types":["bin"],"name":"bad-port","src_path":"/w/guest/src/bin/bad_port.rs"},"executable":"/w/target/release/bad-port","fresh":false}"#;
+        assert_eq!(
+            bin_artifact(msg),
+            Some((
+                "bad-port".into(),
+                PathBuf::from("/w/target/release/bad-port")
+            ))
+        );
+        assert_eq!(kernel_artifact(msg), None);
+        let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"sluice_guest"},"executable":null}"#;
+        assert_eq!(bin_artifact(lib), None);
     }
 }

@@ -382,6 +382,8 @@ pub struct Wiring {
     pub acpi_tables: Vec<PathBuf>,
     /// `-s -S`: wait for gdb on TCP port 1234.
     pub gdb: bool,
+    /// `-initrd FILE`: the guest archive (the kernel's PVH boot module).
+    pub initrd: Option<PathBuf>,
 }
 
 /// QEMU option values are comma-separated: a literal comma is written `,,`.
@@ -425,6 +427,9 @@ pub fn qemu_args(
     }
     args.extend(["-kernel".into(), kernel.display().to_string()]);
     args.extend(["-append".into(), cmdline.to_string()]);
+    if let Some(initrd) = &wiring.initrd {
+        args.extend(["-initrd".into(), initrd.display().to_string()]);
+    }
     if wiring.gdb {
         args.extend(["-s".into(), "-S".into()]);
     }
@@ -482,6 +487,28 @@ mod tests {
         let a = args_vec(m);
         let first = a.iter().position(|x| x == "-device").unwrap();
         a[first..].join(" ")
+    }
+
+    #[test]
+    fn initrd_follows_the_kernel() {
+        let wiring = Wiring {
+            initrd: Some("target/guests/guest-hello.img".into()),
+            ..Wiring::default()
+        };
+        let a = qemu_args(
+            &qemu((7, 2, 22)),
+            &Machine::DEFAULT,
+            Path::new("k"),
+            "guest=hello:16M",
+            &wiring,
+            &[],
+        )
+        .unwrap()
+        .join(" ");
+        assert!(
+            a.ends_with("-kernel k -append guest=hello:16M -initrd target/guests/guest-hello.img"),
+            "{a}"
+        );
     }
 
     #[test]
@@ -653,6 +680,7 @@ mod tests {
             qmp_socket: Some("/tmp/x,y/qmp.sock".into()),
             acpi_tables: vec!["/t/mcfg.aml".into()],
             gdb: true,
+            initrd: None,
         };
         let a = qemu_args(
             &qemu((10, 0, 2)),

@@ -8,6 +8,7 @@ mod cargo;
 mod compare;
 mod dmatest;
 mod groups;
+mod guests;
 mod machine;
 mod model;
 mod oracle;
@@ -20,6 +21,7 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use guests::GuestSpec;
 use machine::{Iommu, Machine, Qemu, Topology, Wiring};
 use scenarios::SCENARIOS;
 
@@ -48,6 +50,12 @@ TOPOLOGIES
   --log LEVEL              kernel log level: error|warn|info|debug|trace (log=LEVEL)
   --append \"WORDS\"         extra kernel command line (e.g. \"selftest=panic\" or \"hold\")
   --kernel PATH            boot this ELF instead of building sluice-kernel
+  --guest NAME[:SIZE]      run the guest program NAME (guest/src/bin, built with
+                           `cargo build --release -p sluice-guest`) with SIZE of RAM
+                           (default 16M; 2M..256M, a multiple of 2M); repeatable. The
+                           guests are packed into target/guests/run.img (-initrd) and
+                           started with kernel words guest=NAME:SIZE; a guest that must be
+                           stopped needs --append expect=NAME:terminated
   --print                  print the QEMU command line and exit
   --qemu PATH              QEMU binary (default $QEMU, else qemu-system-x86_64)
   -- ARGS...               extra QEMU arguments, appended last
@@ -79,6 +87,8 @@ CAPTURE (regenerate the parser fixtures from QEMU's firmware):
 
 KERNEL EXIT (QEMU exit status): 33 boot completed, 35 boot stopped (feature missing),
 37 panic, 39 CPU exception, 0 triple fault. `run` exits 0 for 33, else QEMU's status.
+With guests: 33 if every guest exited with status 0 or was terminated as an
+expect=NAME:terminated word said, else 35.
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +128,8 @@ struct Options {
     /// capture: compare only.
     check: bool,
     timeout_set: bool,
+    /// `--guest NAME[:SIZE]` (run).
+    guests: Vec<GuestSpec>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -138,6 +150,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         also_qemu: None,
         check: false,
         timeout_set: false,
+        guests: Vec::new(),
     };
     let mut it = args.iter();
     let mut first = true;
@@ -201,6 +214,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 .append
                 .extend(value("--append")?.split_whitespace().map(String::from)),
             "--kernel" => o.kernel = Some(PathBuf::from(value("--kernel")?)),
+            "--guest" => o.guests.push(GuestSpec::parse(&value("--guest")?)?),
             "--print" | "--dry-run" => o.print_only = true,
             "--filter" => o.filter = Some(value("--filter")?),
             "--timeout" => {
@@ -233,6 +247,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     match o.mode {
         Mode::Test if o.machine_set || o.gdb || o.print_only => {
             Err("--iommu/--aw-bits/--intremap/--device-iotlb/--amd-pt/--topology/--gdb/--print apply to run; scenarios define their machines".into())
+        }
+        Mode::Test | Mode::Capture if !o.guests.is_empty() => {
+            Err("--guest applies to run; scenarios define their guests".into())
         }
         Mode::Run if o.filter.is_some() || !o.unit || o.also_qemu.is_some() => {
             Err("--filter/--no-unit/--also-qemu apply to test".into())
@@ -309,6 +326,23 @@ fn kernel_cmdline(o: &Options) -> Vec<String> {
         .collect()
 }
 
+/// `run`'s kernel command line: `log=`, the `guest=` words, then `--append`.
+fn run_cmdline(o: &Options) -> Vec<String> {
+    o.log
+        .iter()
+        .map(|l| format!("log={l}"))
+        .chain(o.guests.iter().map(GuestSpec::word))
+        .chain(o.append.iter().cloned())
+        .collect()
+}
+
+/// Builds the guest programs and packs those `--guest` names into `path`.
+fn pack_run_guests(o: &Options, root: &Path, path: &Path) -> Result<(), String> {
+    let bins = cargo::build_guests(root)?;
+    let names = guests::distinct_names(o.guests.iter().map(|g| g.name.as_str()));
+    guests::write_archive(path, &names, &bins)
+}
+
 fn resolve_kernel(o: &Options, root: &Path) -> Result<PathBuf, String> {
     match &o.kernel {
         Some(k) if k.is_file() => Ok(k.clone()),
@@ -361,11 +395,18 @@ fn cmd_run(o: &Options) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(e),
     };
-    let wiring = Wiring {
+    let mut wiring = Wiring {
         gdb: o.gdb,
         ..Wiring::default()
     };
-    let cmdline = kernel_cmdline(o).join(" ");
+    if !o.guests.is_empty() {
+        let img = target_dir(&root).join("guests").join("run.img");
+        if let Err(e) = pack_run_guests(o, &root, &img) {
+            return fail(e);
+        }
+        wiring.initrd = Some(img);
+    }
+    let cmdline = run_cmdline(o).join(" ");
     let args =
         match machine::qemu_args(&qemu, &o.machine, &kernel, &cmdline, &wiring, &o.qemu_extra) {
             Ok(a) => a,
@@ -519,10 +560,22 @@ fn run_all_qemus(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) ->
         }
     };
     let out_dir = target_dir(root).join("scenarios");
+    let guest_dir = target_dir(root).join("guests");
+    let guest_bins = selected
+        .iter()
+        .any(|s| !s.guests().is_empty())
+        .then(|| cargo::build_guests(root));
+    if let Some(Err(e)) = &guest_bins {
+        eprintln!("sluice-harness: {e}");
+    }
+    let guests = guest_bins.as_ref().map(|bins| scenarios::GuestBins {
+        dir: &guest_dir,
+        bins,
+    });
 
     println!("== QEMU scenarios");
     let (mut passed, mut failed) = match &main_qemu {
-        Ok(q) => run_scenarios(o, q, &kernel, &out_dir, "", selected),
+        Ok(q) => run_scenarios(o, q, &kernel, guests, &out_dir, "", selected),
         Err(e) => {
             eprintln!("sluice-harness: {e}");
             fail_all("", "QEMU not available")
@@ -556,6 +609,7 @@ fn run_all_qemus(o: &Options, root: &Path, selected: &[&scenarios::Scenario]) ->
                 o,
                 &q,
                 &kernel,
+                guests,
                 &out_dir.join(&tag),
                 &format!(" [{tag}]"),
                 selected,
@@ -573,6 +627,7 @@ fn run_scenarios(
     o: &Options,
     qemu: &Qemu,
     kernel: &Path,
+    guests: Option<scenarios::GuestBins<'_>>,
     out_dir: &Path,
     suffix: &str,
     selected: &[&scenarios::Scenario],
@@ -606,6 +661,7 @@ fn run_scenarios(
         timeout: o.timeout,
         cmdline_extra: &cmdline_extra,
         qemu_extra: &o.qemu_extra,
+        guests,
     };
     let (mut passed, mut failed) = (0, 0);
     for s in selected {
@@ -697,6 +753,48 @@ mod tests {
             (o.machine.topology, o.machine.aw_bits, o.gdb, o.print_only),
             (Topology::Bridges, Some(48), true, true)
         );
+    }
+
+    #[test]
+    fn guest_options() {
+        let o = parse("--guest hello --guest sse:32M --log debug --append expect=x:terminated")
+            .unwrap();
+        assert_eq!(o.mode, Mode::Run);
+        assert_eq!(
+            o.guests,
+            [
+                GuestSpec {
+                    name: "hello".into(),
+                    ram: 16 << 20
+                },
+                GuestSpec {
+                    name: "sse".into(),
+                    ram: 32 << 20
+                }
+            ]
+        );
+        assert_eq!(
+            run_cmdline(&o),
+            [
+                "log=debug",
+                "guest=hello:16M",
+                "guest=sse:32M",
+                "expect=x:terminated"
+            ]
+        );
+        assert_eq!(kernel_cmdline(&o), ["log=debug", "expect=x:terminated"]);
+        assert!(parse("run").unwrap().guests.is_empty());
+        for (args, needle) in [
+            ("--guest", "needs a value"),
+            ("--guest a:3M", "multiple of 2M"),
+            ("--guest a:b:c", "bad size"),
+            ("test --guest hello", "--guest applies to run"),
+            ("capture --guest hello", "--guest applies to run"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(needle), "{args}: {e}");
+        }
+        assert!(help_text().contains("--guest NAME[:SIZE]"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! tables, the expected kernel exit and the checks. `hold` (and the QMP oracle)
 //! is added automatically when a check needs QEMU's view of the PCI bus.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::acpi::ExtraTable;
 use crate::compare;
 use crate::dmatest;
 use crate::groups::{self, GroupReport, Rid};
+use crate::guests::{self, GuestRun, Termination};
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
 use crate::runner::{self, Exit, MonitorPlan, Outcome};
 use crate::serial::{HOLDING_MARKER, KernelLog};
@@ -114,6 +116,12 @@ pub enum Check {
     /// machine's IOMMU — decoded here, requester ids of `e1`/`e2` from `query-pci`),
     /// the buffers they name read back with the monitor's `xp` while the kernel holds.
     DmaTest,
+    /// The kernel runs these guests (packed into the `-initrd` archive, started with
+    /// `guest=NAME:SIZE` words, `expect=NAME:terminated` for those that must be
+    /// stopped) and reports each as expected: start line, end line (exit status or
+    /// termination reason), the guest's own `check ...: ok` lines, and the summary
+    /// `guests: N ran, N passed, 0 failed`. See `guests.rs`.
+    Guests(&'static [GuestRun]),
 }
 
 impl Check {
@@ -144,6 +152,19 @@ pub struct Scenario {
 impl Scenario {
     pub fn needs_oracle(&self) -> bool {
         self.checks.iter().any(|c| c.needs_oracle())
+    }
+
+    /// The guests the scenario runs (from its `Check::Guests`).
+    pub fn guests(&self) -> Vec<GuestRun> {
+        self.checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::Guests(runs) => Some(*runs),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// Monitor commands (beyond `query-pci`) the checks want while the kernel holds.
@@ -200,6 +221,9 @@ const PCIBRIDGE_RIDS: &[(&str, &[Rid])] = &[
     ("pb1", &[Rid::Own]),
     ("cb1", &[Rid::Own]),
 ];
+
+/// The address `bad-memory` writes (guest/src/bin/bad_memory.rs): 16 GiB.
+pub const BAD_MEMORY_GPA: u64 = 0x4_0000_0000;
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -573,6 +597,46 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: KernelExit::BootCompleted,
         checks: &[Check::DmaTest],
     },
+    // ---- Guests (guest/: built with `cargo build --release -p sluice-guest`, packed
+    // into target/guests/NAME.img, the -initrd; see guests.rs) ----
+    Scenario {
+        name: "guest-hello",
+        about: "guest hello (16M): greets, checks VERSION, CPUID signature, CONSOLE_WRITE, errnos, NULL; exits 0",
+        machine: Machine::DEFAULT,
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[GuestRun::exits("hello", 0)])],
+    },
+    Scenario {
+        name: "guest-isolation",
+        about: "guests bad-memory, bad-port, bad-msr, triple-fault are terminated with the right reason; hello then exits 0",
+        machine: Machine::DEFAULT,
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[
+            GuestRun::terminated(
+                "bad-memory",
+                Termination::OutsideMemory {
+                    gpa: BAD_MEMORY_GPA,
+                },
+            ),
+            GuestRun::terminated("bad-port", Termination::Port(0x80)),
+            GuestRun::terminated("bad-msr", Termination::Msr(0x10)),
+            GuestRun::terminated("triple-fault", Termination::TripleFault),
+            GuestRun::exits("hello", 0),
+        ])],
+    },
+    Scenario {
+        name: "guest-sse",
+        about: "guest sse: xmm0-15 and MXCSR survive 1000 NULL hypercalls and CONSOLE_WRITEs; exits 0",
+        machine: Machine::DEFAULT,
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[GuestRun::exits("sse", 0)])],
+    },
 ];
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
@@ -646,6 +710,7 @@ fn oracle_full(o: &Outcome) -> Result<&crate::runner::OracleView, String> {
 
 fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &mut Vec<String>) {
     match check {
+        Check::Guests(runs) => fails.extend(guests::check_guests(runs, &log.lines)),
         Check::Groups(expected) => match oracle_full(o) {
             Err(e) => fails.push(e),
             Ok(view) => fails.extend(groups::check_groups(
@@ -774,6 +839,17 @@ pub struct Context<'a> {
     pub cmdline_extra: &'a [String],
     /// Extra QEMU arguments (after `--`).
     pub qemu_extra: &'a [String],
+    /// The guest programs, for scenarios with guests (`None`: not built).
+    pub guests: Option<GuestBins<'a>>,
+}
+
+/// The built guest programs and where their archives go.
+#[derive(Clone, Copy)]
+pub struct GuestBins<'a> {
+    /// `target/guests`: one `SCENARIO.img` per scenario with guests.
+    pub dir: &'a Path,
+    /// Guest name → ELF, or why `cargo build -p sluice-guest` failed.
+    pub bins: &'a Result<BTreeMap<String, PathBuf>, String>,
 }
 
 pub struct Report {
@@ -787,6 +863,8 @@ pub struct Report {
 pub fn kernel_cmdline(s: &Scenario, extra: &[String]) -> String {
     let mut words: Vec<&str> = extra.iter().map(String::as_str).collect();
     words.extend(s.cmdline.split_whitespace());
+    let guest_words = guests::cmdline_words(&s.guests());
+    words.extend(guest_words.iter().map(String::as_str));
     if s.needs_oracle() {
         words.push("hold");
     }
@@ -808,6 +886,22 @@ pub fn run_scenario(s: &Scenario, ctx: &Context<'_>) -> Report {
             return fail(format!("cannot write {}: {e}", path.display()));
         }
         wiring.acpi_tables.push(path);
+    }
+    let runs = s.guests();
+    if !runs.is_empty() {
+        let Some(g) = ctx.guests else {
+            return fail("the guest programs were not built".into());
+        };
+        let bins = match g.bins {
+            Ok(b) => b,
+            Err(e) => return fail(format!("the guests did not build: {e}")),
+        };
+        let path = g.dir.join(format!("{}.img", s.name));
+        let names = guests::distinct_names(runs.iter().map(|r| r.name));
+        if let Err(e) = guests::write_archive(&path, &names, bins) {
+            return fail(format!("cannot write the guest archive: {e}"));
+        }
+        wiring.initrd = Some(path);
     }
     if s.needs_oracle() {
         let sock = ctx.sock_dir.join(format!("{}.qmp", s.name));
@@ -1360,6 +1454,96 @@ mod tests {
         assert!(
             f.iter().any(|l| l.starts_with("DMA bypassed translation")),
             "{f:?}"
+        );
+    }
+
+    #[test]
+    fn guest_scenarios() {
+        assert_eq!(
+            kernel_cmdline(scenario("guest-hello"), &["log=debug".into()]),
+            "log=debug guest=hello:16M"
+        );
+        assert_eq!(
+            kernel_cmdline(scenario("guest-isolation"), &[]),
+            "guest=bad-memory:16M guest=bad-port:16M guest=bad-msr:16M guest=triple-fault:16M \
+             guest=hello:16M expect=bad-memory:terminated expect=bad-port:terminated \
+             expect=bad-msr:terminated expect=triple-fault:terminated"
+        );
+        assert_eq!(kernel_cmdline(scenario("guest-sse"), &[]), "guest=sse:16M");
+        assert!(scenario("boot-vtd").guests().is_empty());
+        assert!(!SCENARIOS.iter().any(|s| s.name.contains("spinner")));
+
+        // Every guest a scenario runs is a [[bin]] of guest/Cargo.toml, once per scenario.
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/Cargo.toml"),
+        )
+        .unwrap();
+        for s in SCENARIOS {
+            let runs = s.guests();
+            let names = guests::distinct_names(runs.iter().map(|r| r.name));
+            assert_eq!(names.len(), runs.len(), "{}", s.name);
+            for r in &runs {
+                assert!(
+                    manifest.contains(&format!("name = \"{}\"", r.name)),
+                    "{}: no guest bin {}",
+                    s.name,
+                    r.name
+                );
+                assert!(r.ram().is_some(), "{}: {}", s.name, r.size);
+            }
+        }
+    }
+
+    #[test]
+    fn guest_scenario_judging() {
+        let s = scenario("guest-hello");
+        // Today's kernel: boots, runs no guest.
+        let f = evaluate(s, &outcome(33, "[INFO  main] boot completed\n", None));
+        assert_eq!(
+            f,
+            [
+                "hello: no `hello: started, RAM .., entry ..` line (the kernel did not run it)",
+                "no `guests: N ran, N passed, N failed` line",
+            ]
+        );
+        let good = "\
+[INFO  guest] hello: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [hello] Hello from the Sluice guest `hello`
+[INFO  guest] [hello] check version: ok
+[INFO  guest] [hello] check null: ok
+[INFO  guest] hello: exited with status 0
+[INFO  guest] guests: 1 ran, 1 passed, 0 failed
+";
+        assert_eq!(evaluate(s, &outcome(33, good, None)), Vec::<String>::new());
+        // A failed guest check fails the scenario even when the status is right.
+        let bad = good.replace(
+            "check null: ok",
+            "check null: FAILED: NULL: got 1, expected 0",
+        );
+        assert_eq!(
+            evaluate(s, &outcome(33, &bad, None)),
+            ["hello: check null: FAILED: NULL: got 1, expected 0"]
+        );
+        // A guest panic is a fault line; the kernel's 35 is reported too.
+        let panicked = good
+            .replace(
+                "check null: ok",
+                "PANIC at guest/src/bin/hello.rs:1:1: boom",
+            )
+            .replace("exited with status 0", "exited with status 101")
+            .replace("1 passed, 0 failed", "0 passed, 1 failed");
+        let f = evaluate(s, &outcome(35, &panicked, None));
+        assert!(f[0].starts_with("exit status 35"), "{f:?}");
+        assert!(
+            f[1].starts_with("unexpected fault report on line 4"),
+            "{f:?}"
+        );
+        assert_eq!(
+            f[2..],
+            [
+                "hello: exited with status 101 (line 5), expected exited with status 0",
+                "`guests: 1 ran, 0 passed, 1 failed`, expected 1 ran, 1 passed, 0 failed",
+            ]
         );
     }
 

@@ -253,7 +253,7 @@ fn hex_prefixed(s: &str, what: &str) -> Result<u64, String> {
 }
 
 /// The hex number after `key` (with or without `0x`), e.g. `CR2=0x4000`.
-fn hex_after(msg: &str, key: &str) -> Option<u64> {
+pub(crate) fn hex_after(msg: &str, key: &str) -> Option<u64> {
     let pos = msg.find(key)?;
     let rest = &msg[pos + key.len()..];
     let rest = rest.strip_prefix("0x").unwrap_or(rest);

@@ -34,6 +34,9 @@ pub struct Options<'a> {
     pub acpi_dump: bool,
     /// Run the IOMMU DMA experiments with the `edu` device (`dmatest N NAME: ...` lines).
     pub dma_test: bool,
+    /// `guest=NAME:SIZE[:groups=..]` words were given (parsed by `guest_image`), and
+    /// `expect=NAME:terminated` words say which guests must be stopped by the hypervisor.
+    pub guests: bool,
     unknown: [&'a str; MAX_UNKNOWN],
     unknown_count: usize,
     /// Unknown words beyond [`MAX_UNKNOWN`].
@@ -48,6 +51,7 @@ impl<'a> Options<'a> {
             hold: false,
             acpi_dump: false,
             dma_test: false,
+            guests: false,
             unknown: [""; MAX_UNKNOWN],
             unknown_count: 0,
             unknown_dropped: 0,
@@ -89,6 +93,11 @@ impl<'a> Options<'a> {
                     opts.dma_test = true;
                     true
                 }
+                ("guest", Some(_)) => {
+                    opts.guests = true;
+                    true
+                }
+                ("expect", Some(v)) => v.ends_with(":terminated"),
                 _ => false,
             };
             if !understood {

@@ -226,6 +226,13 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         None => {}
     }
 
+    if opts.guests {
+        let cmdline = start_info.cmdline();
+        if !run_guests(&start_info, cmdline, &phys) {
+            exit_qemu(ExitCode::BootFailed);
+        }
+    }
+
     if opts.hold {
         info!(target: "boot", "holding: send one byte on the serial port to finish");
         if serial::read_byte_blocking().is_none() {
@@ -804,6 +811,190 @@ fn run_dmatest(
         Driver::AmdVi(driver) => {
             let mut platform = AmdViDmaTest { driver };
             dmatest::run(&mut platform, &e1, &e1_dma, &e2, e2_rid)
+        }
+    }
+}
+
+/// Start the guests the command line names (`guest=NAME:SIZE`), one after another, from
+/// the archive handed over as the PVH boot module. Returns whether every guest ended as
+/// expected (exit status 0, or terminated where `expect=NAME:terminated` says so).
+fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
+    use sluice_kernel::guest_image::{self, Archive};
+    use sluice_kernel::svm::{
+        self, Action, Exit, Guest, GuestStatus, handle_common_exit, vcpu::VMMCALL_LEN,
+    };
+
+    let specs = match guest_image::parse_guests(cmdline) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(target: "guest", "guest command line: {e}");
+            return false;
+        }
+    };
+    let expect_terminated: Vec<&str> = cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix("expect=")?.strip_suffix(":terminated"))
+        .collect();
+    let Some(module) = si.modules().first() else {
+        error!(target: "guest", "guests requested but no boot module (-initrd) holds their archive");
+        return false;
+    };
+    const MAX_ARCHIVE: u64 = 64 << 20;
+    if module.size == 0 || module.size > MAX_ARCHIVE {
+        error!(target: "guest", "boot module of {} bytes is not a plausible guest archive", module.size);
+        return false;
+    }
+    let mut bytes = vec![0u8; module.size as usize];
+    if !sluice_boot::phys::PhysRead::read(phys, module.paddr, &mut bytes) {
+        error!(target: "guest", "boot module at {:#x} is not readable", module.paddr);
+        return false;
+    }
+    let archive = match Archive::parse(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            error!(target: "guest", "{e}");
+            return false;
+        }
+    };
+    if let Err(e) = svm::cpu::enable() {
+        error!(target: "guest", "SVM unavailable: {e}");
+        return false;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for spec in &specs {
+        let expect_terminate = expect_terminated.contains(&spec.name.as_str());
+        let ok = match run_one_guest(&archive, spec) {
+            Some(GuestStatus::Exited(status)) => {
+                info!(target: "guest", "{}: exited with status {status}", spec.name);
+                status == 0 && !expect_terminate
+            }
+            Some(GuestStatus::Terminated(reason)) => {
+                warn!(target: "guest", "{}: terminated: {reason}", spec.name);
+                expect_terminate
+            }
+            Some(GuestStatus::Ready | GuestStatus::Running) | None => false,
+        };
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    info!(target: "guest", "guests: {} ran, {passed} passed, {failed} failed", specs.len());
+    return failed == 0;
+
+    /// Load one guest from the archive and run it to its end.
+    fn run_one_guest(archive: &Archive<'_>, spec: &guest_image::GuestSpec) -> Option<GuestStatus> {
+        let Some(image) = archive.get(&spec.name) else {
+            error!(target: "guest", "{}: not in the guest archive", spec.name);
+            return None;
+        };
+        let ram_size = spec.ram_size;
+        let top = ram_size - (2 << 20);
+        let forbidden = [0..sluice_abi::GUEST_RESERVED_END, top..ram_size];
+        let plan = match guest_image::plan(image, 0, ram_size, &forbidden) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(target: "guest", "{}: {e}", spec.name);
+                return None;
+            }
+        };
+        let name = spec.name.clone();
+        let created = Guest::create(&spec.name, ram_size, |mem| {
+            // Both callbacks write guest memory; the first failure is kept.
+            let state = core::cell::RefCell::new((&mut *mem, None::<alloc::string::String>));
+            let loaded = guest_image::load(
+                &plan,
+                image,
+                &mut |gpa, data| {
+                    let (mem, failure) = &mut *state.borrow_mut();
+                    if let Err(e) = mem.write(gpa, data) {
+                        failure.get_or_insert(alloc::format!("{e:?}"));
+                    }
+                },
+                &mut |gpa, len| {
+                    let (mem, failure) = &mut *state.borrow_mut();
+                    if let Err(e) = mem.fill(gpa, len, 0) {
+                        failure.get_or_insert(alloc::format!("{e:?}"));
+                    }
+                },
+            );
+            loaded.map_err(|e| alloc::format!("{e}"))?;
+            if let (_, Some(f)) = state.into_inner() {
+                return Err(f);
+            }
+            let info = sluice_abi::GuestStartInfo::new(&name, 0, ram_size, 0, 0);
+            mem.write(sluice_abi::GUEST_START_INFO_GPA, &info.to_bytes())
+                .map_err(|e| alloc::format!("{e:?}"))?;
+            Ok(plan.entry)
+        });
+        let mut guest = match created {
+            Ok(g) => g,
+            Err(e) => {
+                error!(target: "guest", "{}: {e}", spec.name);
+                return None;
+            }
+        };
+        guest.vcpu.regs_mut().rdi = sluice_abi::GUEST_START_INFO_GPA;
+        info!(target: "guest", "{}: started, RAM {} MiB, entry {:#x}", spec.name, ram_size >> 20, plan.entry);
+        // Console bytes are collected into whole lines (a guest may write a line in pieces).
+        let mut line = alloc::string::String::new();
+        let status = svm::run_guest(&mut guest, &mut |g: &mut Guest, exit: Exit| match exit {
+            Exit::Vmmcall => {
+                let r = *g.vcpu.regs_mut();
+                let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+                let result = match sluice_abi::decode(g.vcpu.rax(), args) {
+                    Ok(sluice_abi::Hypercall::Exit { status }) => return Action::Exited(status),
+                    Ok(call) => hypercall(g, call, &mut line),
+                    Err(e) => Err(e),
+                };
+                g.vcpu.set_rax(sluice_abi::encode_result(result));
+                g.vcpu.advance_rip(VMMCALL_LEN);
+                Action::Resume
+            }
+            other => handle_common_exit(g, other),
+        });
+        if !line.is_empty() {
+            info!(target: "guest", "[{}] {line}", spec.name);
+        }
+        Some(status)
+    }
+
+    /// The hypercalls of the ABI transport (VFIO calls come with later issues).
+    fn hypercall(
+        g: &mut Guest,
+        call: sluice_abi::Hypercall,
+        line: &mut alloc::string::String,
+    ) -> Result<u64, sluice_abi::Errno> {
+        use sluice_abi::{CONSOLE_WRITE_MAX, Errno, Hypercall};
+        match call {
+            Hypercall::Version => Ok(sluice_abi::ABI_VERSION as u64),
+            Hypercall::Null => Ok(0),
+            Hypercall::ConsoleWrite { gpa, len } => {
+                let (base, end) = g.memory.loadable();
+                let ram = end - base;
+                sluice_abi::validate_guest_range(gpa, len, base, ram, CONSOLE_WRITE_MAX)?;
+                let mut buf = vec![0u8; len as usize];
+                g.memory.read(gpa, &mut buf).map_err(|_| Errno::EFAULT)?;
+                for c in alloc::string::String::from_utf8_lossy(&buf).chars() {
+                    match c {
+                        '\n' => {
+                            info!(target: "guest", "[{}] {line}", g.name);
+                            line.clear();
+                        }
+                        '\r' => {}
+                        // Bounded: a guest that never ends a line still gets printed.
+                        c if line.len() >= 512 => {
+                            info!(target: "guest", "[{}] {line}", g.name);
+                            line.clear();
+                            line.push(c);
+                        }
+                        c => line.push(c),
+                    }
+                }
+                Ok(len)
+            }
+            Hypercall::Exit { .. } => Err(Errno::EINVAL),
         }
     }
 }
