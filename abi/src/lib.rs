@@ -101,6 +101,11 @@ pub mod nr {
     pub const EXIT: u64 = 2;
     /// Returns 0. For measuring the hypercall round trip.
     pub const NULL: u64 = 3;
+    /// RDI = vector (32..=255): the hypervisor delivers that vector to the calling guest
+    /// as a virtual interrupt once the guest can take it (RFLAGS.IF = 1). Returns 0.
+    /// Exists so guests can test their interrupt path; device interrupts use the same
+    /// injection later.
+    pub const SELF_INTERRUPT: u64 = 4;
     /// The first VFIO hypercall number (reserved; `-ENOSYS` in ABI version 1).
     /// Numbers `4..VFIO_BASE` are reserved for future core calls.
     pub const VFIO_BASE: u64 = 0x100;
