@@ -50,6 +50,7 @@
 //! | 1      | [`nr::CONSOLE_WRITE`]  | RDI = GPA, RSI = length     | bytes written          |
 //! | 2      | [`nr::EXIT`]           | RDI = status                | never returns          |
 //! | 3      | [`nr::NULL`]           | —                           | 0                      |
+//! | 4      | [`nr::SELF_INTERRUPT`] | RDI = vector (32..=255)     | 0 (`-EINVAL`: vector)  |
 //! | 0x100… | VFIO calls (reserved, [`nr::VFIO_BASE`]) | —         | `-ENOSYS` today        |
 //!
 //! `CONSOLE_WRITE` accepts at most [`CONSOLE_WRITE_MAX`] bytes per call (longer:
@@ -434,6 +435,8 @@ pub enum Hypercall {
     Exit { status: u64 },
     /// [`nr::NULL`].
     Null,
+    /// [`nr::SELF_INTERRUPT`]: `vector` is 32..=255 (checked by [`decode`]).
+    SelfInterrupt { vector: u8 },
 }
 
 impl Hypercall {
@@ -444,6 +447,7 @@ impl Hypercall {
             Hypercall::ConsoleWrite { .. } => nr::CONSOLE_WRITE,
             Hypercall::Exit { .. } => nr::EXIT,
             Hypercall::Null => nr::NULL,
+            Hypercall::SelfInterrupt { .. } => nr::SELF_INTERRUPT,
         }
     }
 
@@ -453,6 +457,7 @@ impl Hypercall {
             Hypercall::Version | Hypercall::Null => [0; 6],
             Hypercall::ConsoleWrite { gpa, len } => [gpa, len, 0, 0, 0, 0],
             Hypercall::Exit { status } => [status, 0, 0, 0, 0, 0],
+            Hypercall::SelfInterrupt { vector } => [vector as u64, 0, 0, 0, 0, 0],
         };
         (self.nr(), args)
     }
@@ -461,7 +466,8 @@ impl Hypercall {
 /// Decode a hypercall from RAX (`nr`) and `args` = `[rdi, rsi, rdx, r10, r8, r9]`.
 ///
 /// Unknown numbers (including the reserved VFIO range) give [`Errno::ENOSYS`]; a
-/// `CONSOLE_WRITE` longer than [`CONSOLE_WRITE_MAX`] gives [`Errno::E2BIG`]. Guest
+/// `CONSOLE_WRITE` longer than [`CONSOLE_WRITE_MAX`] gives [`Errno::E2BIG`]; a
+/// `SELF_INTERRUPT` vector outside 32..=255 gives [`Errno::EINVAL`]. Guest
 /// memory ranges are *not* checked here: that needs the guest's RAM
 /// ([`validate_guest_range`]).
 pub const fn decode(nr: u64, args: [u64; 6]) -> Result<Hypercall, Errno> {
@@ -477,6 +483,10 @@ pub const fn decode(nr: u64, args: [u64; 6]) -> Result<Hypercall, Errno> {
         }
         nr::EXIT => Ok(Hypercall::Exit { status: args[0] }),
         nr::NULL => Ok(Hypercall::Null),
+        nr::SELF_INTERRUPT => match args[0] {
+            v @ 32..=255 => Ok(Hypercall::SelfInterrupt { vector: v as u8 }),
+            _ => Err(Errno::EINVAL),
+        },
         _ => Err(Errno::ENOSYS),
     }
 }
@@ -714,13 +724,15 @@ mod tests {
         );
         assert_eq!(decode(1, [0x20_0000, 4097, 0, 0, 0, 0]), Err(Errno::E2BIG));
         assert_eq!(decode(1, [0, u64::MAX, 0, 0, 0, 0]), Err(Errno::E2BIG));
-        for unknown in [4, 0xff, nr::VFIO_BASE, nr::VFIO_BASE + 1, u64::MAX] {
+        for unknown in [5, 0xff, nr::VFIO_BASE, nr::VFIO_BASE + 1, u64::MAX] {
             assert_eq!(decode(unknown, [0; 6]), Err(Errno::ENOSYS));
         }
         for call in [
             Hypercall::Version,
             Hypercall::Null,
             Hypercall::Exit { status: u64::MAX },
+            Hypercall::SelfInterrupt { vector: 32 },
+            Hypercall::SelfInterrupt { vector: 255 },
             Hypercall::ConsoleWrite {
                 gpa: 0x12345,
                 len: 17,
@@ -728,6 +740,26 @@ mod tests {
         ] {
             let (n, a) = call.encode();
             assert_eq!(decode(n, a), Ok(call));
+        }
+    }
+
+    #[test]
+    fn decode_self_interrupt() {
+        assert_eq!(nr::SELF_INTERRUPT, 4);
+        assert_eq!(
+            decode(4, [0x40, 9, 9, 9, 9, 9]),
+            Ok(Hypercall::SelfInterrupt { vector: 0x40 })
+        );
+        assert_eq!(
+            decode(4, [32, 0, 0, 0, 0, 0]),
+            Ok(Hypercall::SelfInterrupt { vector: 32 })
+        );
+        assert_eq!(
+            decode(4, [255, 0, 0, 0, 0, 0]),
+            Ok(Hypercall::SelfInterrupt { vector: 255 })
+        );
+        for bad in [0, 8, 14, 31, 256, 0x1_0000_0040, u64::MAX] {
+            assert_eq!(decode(4, [bad, 0, 0, 0, 0, 0]), Err(Errno::EINVAL), "{bad}");
         }
     }
 

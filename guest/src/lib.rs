@@ -26,6 +26,12 @@
 //! A panic prints `PANIC at file:line:col: message` and exits with status
 //! [`rt::PANIC_STATUS`] (101).
 //!
+//! A program that wants interrupts calls [`interrupts::init`] first: it loads the
+//! guest's own GDT (code 0x08, data 0x10, TSS 0x18), a TSS with IST1 and a 256-gate IDT
+//! (every gate on IST1, so the red zone of interrupted code is safe); exceptions then
+//! print `PANIC: exception N at RIP` and exit with status
+//! [`interrupts::EXCEPTION_STATUS`] (102). Without it, a guest has no GDT and no IDT.
+//!
 //! # What a program writes
 //!
 //! ```ignore
@@ -50,6 +56,7 @@ pub mod check;
 pub mod com1;
 pub mod console;
 pub mod heap;
+pub mod interrupts;
 pub mod rt;
 pub mod x86;
 

@@ -194,6 +194,54 @@ pub fn write_archive(
 }
 
 // ---------------------------------------------------------------------------------------
+// The `bench` guest's report (`./qemu-run.sh bench`)
+// ---------------------------------------------------------------------------------------
+
+/// `N cycles/call`.
+pub fn parse_cycles_per_call(s: &str) -> Option<u64> {
+    let n = s.trim().strip_suffix("cycles/call")?.trim();
+    n.parse().ok()
+}
+
+/// What the `bench` guest printed: `bench null-hypercall: N cycles/call`,
+/// `bench cpuid-exit: N cycles/call`, `bench ratio: X.XX`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BenchResult {
+    pub null_cycles: Option<u64>,
+    pub cpuid_cycles: Option<u64>,
+    pub ratio: Option<String>,
+    /// Every `bench ...` line the guest wrote, in order.
+    pub lines: Vec<String>,
+}
+
+impl BenchResult {
+    pub fn from_report(report: &GuestReport, guest: &str) -> BenchResult {
+        let mut b = BenchResult::default();
+        for line in report.console.get(guest).into_iter().flatten() {
+            let Some(rest) = line.strip_prefix("bench ") else {
+                continue;
+            };
+            b.lines.push(line.clone());
+            if let Some(v) = rest.strip_prefix("null-hypercall:") {
+                b.null_cycles = parse_cycles_per_call(v);
+            } else if let Some(v) = rest.strip_prefix("cpuid-exit:") {
+                b.cpuid_cycles = parse_cycles_per_call(v);
+            } else if let Some(v) = rest.strip_prefix("ratio:") {
+                b.ratio = Some(v.trim().to_string());
+            }
+        }
+        b
+    }
+
+    /// cpuid / null recomputed from the two cycle counts (`X.XX`), as a cross-check of
+    /// the guest's own ratio.
+    pub fn host_ratio(&self) -> Option<String> {
+        let (c, n) = (self.cpuid_cycles?, self.null_cycles?);
+        (n != 0).then(|| format!("{:.2}", c as f64 / n as f64))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Expectations and the judge
 // ---------------------------------------------------------------------------------------
 
@@ -208,6 +256,9 @@ pub enum Termination {
     Msr(u32),
     /// `triple fault`.
     TripleFault,
+    /// The scheduler stopped a guest that exceeded its time budget: `ran out of time`
+    /// (any further text, e.g. the budget, is allowed).
+    OutOfTime,
 }
 
 impl fmt::Display for Termination {
@@ -219,6 +270,7 @@ impl fmt::Display for Termination {
             Termination::Port(p) => write!(f, "port I/O to {p:#x} not allowed"),
             Termination::Msr(m) => write!(f, "MSR {m:#x} access not allowed"),
             Termination::TripleFault => f.write_str("triple fault"),
+            Termination::OutOfTime => f.write_str("ran out of time"),
         }
     }
 }
@@ -234,6 +286,7 @@ impl Termination {
             Termination::Port(p) => hex_after(reason, "port I/O to ") == Some(u64::from(*p)),
             Termination::Msr(m) => hex_after(reason, "MSR ") == Some(u64::from(*m)),
             Termination::TripleFault => lower.contains("triple fault"),
+            Termination::OutOfTime => lower.contains("ran out of time"),
         };
         (!ok).then(|| format!("terminated: {reason}, expected terminated: {self}"))
     }
@@ -784,5 +837,69 @@ mod tests {
                 "hello: printed no `check NAME: ok` line",
             ]
         );
+    }
+
+    #[test]
+    fn judges_out_of_time() {
+        let runs = [
+            GuestRun::terminated("spinner", Termination::OutOfTime),
+            GuestRun::exits("hello", 0),
+        ];
+        assert_eq!(
+            cmdline_words(&runs),
+            [
+                "guest=spinner:16M",
+                "guest=hello:16M",
+                "expect=spinner:terminated"
+            ]
+        );
+        let log = "\
+[INFO  guest] spinner: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] hello: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [spinner] spinner: spinning forever
+[INFO  guest] [hello] check null: ok
+[INFO  guest] hello: exited with status 0
+[WARN  guest] spinner: terminated: ran out of time (budget 2000 ms)
+[INFO  guest] guests: 2 ran, 2 passed, 0 failed
+";
+        assert_eq!(check_guests(&runs, &lines(log)), Vec::<String>::new());
+        let other = log.replace("ran out of time (budget 2000 ms)", "triple fault");
+        assert_eq!(
+            check_guests(&runs, &lines(&other)),
+            ["spinner: terminated: triple fault, expected terminated: ran out of time (line 6)"]
+        );
+    }
+
+    #[test]
+    fn parses_bench_lines() {
+        let log = "\
+[INFO  guest] bench: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [bench] bench null-hypercall: 2103 cycles/call
+[INFO  guest] [bench] bench cpuid-exit: 1988 cycles/call
+[INFO  guest] [bench] bench ratio: 0.95
+[INFO  guest] bench: exited with status 0
+";
+        let r = GuestReport::parse(&lines(log));
+        let b = BenchResult::from_report(&r, "bench");
+        assert_eq!(
+            b,
+            BenchResult {
+                null_cycles: Some(2103),
+                cpuid_cycles: Some(1988),
+                ratio: Some("0.95".into()),
+                lines: vec![
+                    "bench null-hypercall: 2103 cycles/call".into(),
+                    "bench cpuid-exit: 1988 cycles/call".into(),
+                    "bench ratio: 0.95".into(),
+                ],
+            }
+        );
+        assert_eq!(b.host_ratio().as_deref(), Some("0.95"));
+        let empty = BenchResult::from_report(&GuestReport::default(), "bench");
+        assert_eq!(empty.null_cycles, None);
+        assert_eq!(empty.host_ratio(), None);
+        assert_eq!(parse_cycles_per_call("12 cycles/call"), Some(12));
+        assert_eq!(parse_cycles_per_call("x cycles/call"), None);
+        assert_eq!(parse_cycles_per_call("12 cycles"), None);
     }
 }

@@ -33,6 +33,7 @@ USAGE (via ./qemu-run.sh, which installs QEMU if needed and builds this tool):
   qemu-run.sh test [OPTIONS] [-- QEMU-ARGS...]    host unit tests + every QEMU scenario
   qemu-run.sh list                                list the QEMU scenarios
   qemu-run.sh capture [--qemu PATH] [--check]     regenerate the DMAR/IVRS fixtures from QEMU
+  qemu-run.sh bench [OPTIONS] [-- QEMU-ARGS...]   boot the `bench` guest, print its numbers
   qemu-run.sh help                                this text
 
 RUN OPTIONS:
@@ -85,6 +86,15 @@ CAPTURE (regenerate the parser fixtures from QEMU's firmware):
   --check                  compare only, write nothing; exit 1 if a file differs or is new
   --kernel, --timeout, -- ARGS   as for test
 
+BENCH (a benchmark, not a test: no PASS/FAIL, not part of `test`):
+  Boots the kernel with the guest `bench` alone (target/guests/bench.img, serial log
+  target/bench.log) and prints its lines `bench null-hypercall: N cycles/call`,
+  `bench cpuid-exit: N cycles/call`, `bench ratio: X.XX` (guest RDTSC, 10,000 calls
+  each), then the host side: QEMU, machine, wall time, the ratio recomputed from the
+  two counts, and how the kernel exited. Exit status 1 only if the numbers are missing.
+  Takes the run options (machine, --qemu, --kernel, --log, --append, -- ARGS) and
+  --timeout (default 60).
+
 KERNEL EXIT (QEMU exit status): 33 boot completed, 35 boot stopped (feature missing),
 37 panic, 39 CPU exception, 0 triple fault. `run` exits 0 for 33, else QEMU's status.
 With guests: 33 if every guest exited with status 0 or was terminated as an
@@ -98,6 +108,7 @@ enum Mode {
     List,
     Help,
     Capture,
+    Bench,
 }
 
 /// `--also-qemu`: a second QEMU for `test`.
@@ -161,9 +172,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match arg.as_str() {
-            "run" | "test" | "list" | "help" | "capture" if first => {
+            "run" | "test" | "list" | "help" | "capture" | "bench" if first => {
                 o.mode = match arg.as_str() {
                     "run" => Mode::Run,
+                    "bench" => Mode::Bench,
                     "test" => Mode::Test,
                     "list" => Mode::List,
                     "capture" => Mode::Capture,
@@ -266,7 +278,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         {
             Err("capture takes only --qemu, --kernel, --timeout, --check and -- ARGS: its machines are fixed".into())
         }
-        Mode::Run | Mode::Test | Mode::List | Mode::Help if o.check => {
+        Mode::Bench
+            if o.gdb
+                || o.print_only
+                || o.filter.is_some()
+                || !o.unit
+                || o.also_qemu.is_some()
+                || !o.guests.is_empty() =>
+        {
+            Err("bench takes the machine options, --qemu, --kernel, --log, --append, --timeout and -- ARGS: its guest is `bench`".into())
+        }
+        Mode::Run | Mode::Test | Mode::List | Mode::Help | Mode::Bench if o.check => {
             Err("--check applies to capture".into())
         }
         _ => Ok(o),
@@ -374,6 +396,7 @@ fn main() -> ExitCode {
         Mode::Run => cmd_run(&opts),
         Mode::Test => cmd_test(&opts),
         Mode::Capture => cmd_capture(&opts),
+        Mode::Bench => cmd_bench(&opts),
     }
 }
 
@@ -457,6 +480,101 @@ fn cmd_run(o: &Options) -> ExitCode {
         runner::Exit::Signal(s) => ExitCode::from(u8::try_from(128 + s).unwrap_or(1)),
         runner::Exit::TimedOut => ExitCode::FAILURE,
     }
+}
+
+/// The guest `bench` measures (guest/src/bin/bench.rs).
+const BENCH_GUEST: &str = "bench";
+
+/// `bench`'s kernel command line: `log=`, `guest=bench:16M`, then `--append`.
+fn bench_cmdline(o: &Options) -> Vec<String> {
+    o.log
+        .iter()
+        .map(|l| format!("log={l}"))
+        .chain(std::iter::once(format!(
+            "guest={BENCH_GUEST}:{}",
+            guests::DEFAULT_SIZE
+        )))
+        .chain(o.append.iter().cloned())
+        .collect()
+}
+
+fn cmd_bench(o: &Options) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("sluice-harness: {msg}");
+        ExitCode::FAILURE
+    };
+    let qemu = match Qemu::probe(o.qemu.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = o.machine.device_args() {
+        return fail(e);
+    }
+    let root = workspace_root();
+    let kernel = match resolve_kernel(o, &root) {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let img = target_dir(&root).join("guests").join("bench.img");
+    let packed = cargo::build_guests(&root)
+        .and_then(|bins| guests::write_archive(&img, &[BENCH_GUEST], &bins));
+    if let Err(e) = packed {
+        return fail(e);
+    }
+    let wiring = Wiring {
+        initrd: Some(img),
+        ..Wiring::default()
+    };
+    let cmdline = bench_cmdline(o).join(" ");
+    let args =
+        match machine::qemu_args(&qemu, &o.machine, &kernel, &cmdline, &wiring, &o.qemu_extra) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+    eprintln!("sluice: {}", machine::shell_quote(&qemu.program, &args));
+    let outcome = match runner::run(&runner::RunRequest {
+        program: &qemu.program,
+        args: &args,
+        timeout: o.timeout,
+        qmp_socket: None,
+        monitor: None,
+    }) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let log_path = target_dir(&root).join("bench.log");
+    let _ = std::fs::write(&log_path, &outcome.serial);
+    let lines: Vec<String> = outcome.serial.lines().map(String::from).collect();
+    let report = guests::GuestReport::parse(&lines);
+    let bench = guests::BenchResult::from_report(&report, BENCH_GUEST);
+    for l in &bench.lines {
+        println!("{l}");
+    }
+    println!(
+        "host: QEMU {} ({}), {}",
+        qemu.version_string(),
+        qemu.program.display(),
+        o.machine
+    );
+    println!(
+        "host: wall time {:.2}s for the whole boot; {}",
+        outcome.elapsed.as_secs_f64(),
+        scenarios::describe_exit(outcome.exit)
+    );
+    if let Some(r) = bench.host_ratio() {
+        println!("host: ratio recomputed from the cycle counts: {r}");
+    }
+    for (line, end) in report.ends.get(BENCH_GUEST).into_iter().flatten() {
+        println!("host: kernel says {BENCH_GUEST}: {end} (log line {line})");
+    }
+    println!("host: serial log {}", display_rel(&log_path, &root));
+    if bench.null_cycles.is_none() || bench.cpuid_cycles.is_none() {
+        return fail(format!(
+            "the bench guest printed no numbers (see {})",
+            log_path.display()
+        ));
+    }
+    ExitCode::SUCCESS
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -843,6 +961,17 @@ mod tests {
         ] {
             assert!(h.contains(opt), "{opt}");
         }
+    }
+
+    #[test]
+    fn bench_options() {
+        let o = parse("bench --timeout 30 --log debug --append hold").unwrap();
+        assert_eq!(o.mode, Mode::Bench);
+        assert_eq!(bench_cmdline(&o), ["log=debug", "guest=bench:16M", "hold"]);
+        assert!(parse("bench --guest hello").is_err());
+        assert!(parse("bench --filter x").is_err());
+        assert!(parse("bench --check").is_err());
+        assert!(parse("test bench").is_err());
     }
 
     #[test]

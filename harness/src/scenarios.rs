@@ -637,6 +637,42 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: KernelExit::BootCompleted,
         checks: &[Check::Guests(&[GuestRun::exits("sse", 0)])],
     },
+    // Preemption and virtual interrupts (kernel: host-timer round-robin, a time budget
+    // per guest, SELF_INTERRUPT). The spinner never ends by itself: the scheduler must
+    // stop it (`terminated: ran out of time`) while the other guest still gets the CPU.
+    Scenario {
+        name: "guest-preemption",
+        about: "guests spinner then hello in one run: the spinner is preempted and terminated (ran out of time), hello exits 0",
+        machine: Machine::DEFAULT,
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[
+            GuestRun::terminated("spinner", Termination::OutOfTime),
+            GuestRun::exits("hello", 0),
+        ])],
+    },
+    Scenario {
+        name: "guest-preempt-sse",
+        about: "guest preempt-sse next to a spinner: xmm0-15 survive >= 20 preemptions; exits 0; the spinner runs out of time",
+        machine: Machine::DEFAULT,
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[
+            GuestRun::terminated("spinner", Termination::OutOfTime),
+            GuestRun::exits("preempt-sse", 0),
+        ])],
+    },
+    Scenario {
+        name: "guest-vint",
+        about: "guest vint: own GDT/TSS/IDT, SELF_INTERRUPT(0x40) delivered exactly once, 10 times; exits 0",
+        machine: Machine::DEFAULT,
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[GuestRun::exits("vint", 0)])],
+    },
 ];
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
@@ -1470,6 +1506,24 @@ mod tests {
              expect=bad-msr:terminated expect=triple-fault:terminated"
         );
         assert_eq!(kernel_cmdline(scenario("guest-sse"), &[]), "guest=sse:16M");
+        assert_eq!(
+            kernel_cmdline(scenario("guest-preemption"), &[]),
+            "guest=spinner:16M guest=hello:16M expect=spinner:terminated"
+        );
+        assert_eq!(
+            kernel_cmdline(scenario("guest-preempt-sse"), &[]),
+            "guest=spinner:16M guest=preempt-sse:16M expect=spinner:terminated"
+        );
+        assert_eq!(
+            kernel_cmdline(scenario("guest-vint"), &[]),
+            "guest=vint:16M"
+        );
+        // `bench` is a benchmark (`qemu-run.sh bench`), never a scenario.
+        assert!(
+            !SCENARIOS
+                .iter()
+                .any(|s| s.guests().iter().any(|g| g.name == "bench"))
+        );
         assert!(scenario("boot-vtd").guests().is_empty());
         assert!(!SCENARIOS.iter().any(|s| s.name.contains("spinner")));
 

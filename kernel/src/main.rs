@@ -54,7 +54,7 @@ const HEAP_BYTES: u64 = 16 << 20;
 const LOW_MEMORY_END: u64 = 1 << 20;
 
 #[unsafe(no_mangle)]
-extern "C" fn sluice_trap_entry(frame: &traps::TrapFrame) -> ! {
+extern "C" fn sluice_trap_entry(frame: &traps::TrapFrame) {
     traps::handle_trap(frame)
 }
 
@@ -113,6 +113,15 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         uncached
     );
 
+    match sluice_kernel::arch::lapic::init(
+        sluice_kernel::arch::lapic::DEFAULT_BASE,
+        start_info.memory_map(),
+    ) {
+        Ok(l) => {
+            info!(target: "arch", "local APIC {} enabled (version {:#x}), timer vector {:#x}", l.id(), l.version(), sluice_kernel::arch::lapic::TIMER_VECTOR)
+        }
+        Err(e) => warn!(target: "arch", "{e}"),
+    }
     let tables = discover_acpi(&phys, &start_info, opts.acpi_dump);
 
     let kernel_start = &raw const __kernel_start as u64;
@@ -860,19 +869,51 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
         error!(target: "guest", "SVM unavailable: {e}");
         return false;
     }
-    let (mut passed, mut failed) = (0, 0);
+    let mut guests = Vec::new();
     for spec in &specs {
-        let expect_terminate = expect_terminated.contains(&spec.name.as_str());
-        let ok = match run_one_guest(&archive, spec) {
-            Some(GuestStatus::Exited(status)) => {
-                info!(target: "guest", "{}: exited with status {status}", spec.name);
+        match create_guest(&archive, spec) {
+            Some(g) => guests.push(g),
+            None => return false,
+        }
+    }
+    let mut lines: alloc::collections::BTreeMap<alloc::string::String, alloc::string::String> =
+        Default::default();
+    let mut handler = |g: &mut Guest, exit: Exit| match exit {
+        Exit::Vmmcall => {
+            let r = *g.vcpu.regs_mut();
+            let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+            let line = lines.entry(g.name.clone()).or_default();
+            let result = match sluice_abi::decode(g.vcpu.rax(), args) {
+                Ok(sluice_abi::Hypercall::Exit { status }) => return Action::Exited(status),
+                Ok(call) => hypercall(g, call, line),
+                Err(e) => Err(e),
+            };
+            g.vcpu.set_rax(sluice_abi::encode_result(result));
+            g.vcpu.advance_rip(VMMCALL_LEN);
+            Action::Resume
+        }
+        other => handle_common_exit(g, other),
+    };
+    let ticks0 = sluice_kernel::arch::lapic::ticks();
+    let quantum = svm::scheduler::Quantum {
+        max_quanta_per_guest: 200,
+        ..Default::default()
+    };
+    let results = svm::scheduler::run_all(guests, &mut handler, quantum);
+    info!(target: "sched", "{} timer ticks, {} spurious", sluice_kernel::arch::lapic::ticks() - ticks0, sluice_kernel::arch::lapic::spurious_count());
+    let (mut passed, mut failed) = (0, 0);
+    for (name, status) in results {
+        let expect_terminate = expect_terminated.contains(&name.as_str());
+        let ok = match status {
+            GuestStatus::Exited(status) => {
+                info!(target: "guest", "{}: exited with status {status}", name);
                 status == 0 && !expect_terminate
             }
-            Some(GuestStatus::Terminated(reason)) => {
-                warn!(target: "guest", "{}: terminated: {reason}", spec.name);
+            GuestStatus::Terminated(reason) => {
+                warn!(target: "guest", "{}: terminated: {reason}", name);
                 expect_terminate
             }
-            Some(GuestStatus::Ready | GuestStatus::Running) | None => false,
+            GuestStatus::Ready | GuestStatus::Running => false,
         };
         if ok {
             passed += 1;
@@ -884,7 +925,7 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
     return failed == 0;
 
     /// Load one guest from the archive and run it to its end.
-    fn run_one_guest(archive: &Archive<'_>, spec: &guest_image::GuestSpec) -> Option<GuestStatus> {
+    fn create_guest(archive: &Archive<'_>, spec: &guest_image::GuestSpec) -> Option<Guest> {
         let Some(image) = archive.get(&spec.name) else {
             error!(target: "guest", "{}: not in the guest archive", spec.name);
             return None;
@@ -937,27 +978,7 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
         };
         guest.vcpu.regs_mut().rdi = sluice_abi::GUEST_START_INFO_GPA;
         info!(target: "guest", "{}: started, RAM {} MiB, entry {:#x}", spec.name, ram_size >> 20, plan.entry);
-        // Console bytes are collected into whole lines (a guest may write a line in pieces).
-        let mut line = alloc::string::String::new();
-        let status = svm::run_guest(&mut guest, &mut |g: &mut Guest, exit: Exit| match exit {
-            Exit::Vmmcall => {
-                let r = *g.vcpu.regs_mut();
-                let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
-                let result = match sluice_abi::decode(g.vcpu.rax(), args) {
-                    Ok(sluice_abi::Hypercall::Exit { status }) => return Action::Exited(status),
-                    Ok(call) => hypercall(g, call, &mut line),
-                    Err(e) => Err(e),
-                };
-                g.vcpu.set_rax(sluice_abi::encode_result(result));
-                g.vcpu.advance_rip(VMMCALL_LEN);
-                Action::Resume
-            }
-            other => handle_common_exit(g, other),
-        });
-        if !line.is_empty() {
-            info!(target: "guest", "[{}] {line}", spec.name);
-        }
-        Some(status)
+        Some(guest)
     }
 
     /// The hypercalls of the ABI transport (VFIO calls come with later issues).
@@ -995,6 +1016,10 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
                 Ok(len)
             }
             Hypercall::Exit { .. } => Err(Errno::EINVAL),
+            Hypercall::SelfInterrupt { vector } => {
+                g.queue_interrupt(vector);
+                Ok(0)
+            }
         }
     }
 }

@@ -141,5 +141,14 @@ mod tests {
         assert_eq!(idt.0[8].ist, gdt::IST_DOUBLE_FAULT);
         assert_eq!(idt.0[14].ist, gdt::IST_EXCEPTION);
         assert_eq!(idt.0[200].ist, gdt::IST_INTERRUPT);
+        // The LAPIC vectors taken in the host's interrupt windows (lapic.rs).
+        assert_eq!(
+            idt.0[super::super::lapic::TIMER_VECTOR as usize].ist,
+            gdt::IST_INTERRUPT
+        );
+        assert_eq!(
+            idt.0[super::super::lapic::SPURIOUS_VECTOR as usize].ist,
+            gdt::IST_INTERRUPT
+        );
     }
 }

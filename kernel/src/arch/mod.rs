@@ -2,6 +2,7 @@
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
+pub mod lapic;
 pub mod paging;
 pub mod pic;
 pub mod traps;

@@ -1,5 +1,7 @@
-//! Fatal traps and panics: report everything the CPU told us, then end the QEMU run with
-//! a failure status. A fault must never look like success.
+//! Traps and panics. Every exception (and every unexpected vector) is fatal: report
+//! everything the CPU told us, then end the QEMU run with a failure status (a fault must
+//! never look like success). The local APIC's timer and spurious vectors are ordinary
+//! interrupts ([`super::lapic`]): counted, EOIed, and returned from.
 
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;
@@ -149,9 +151,19 @@ pub fn write_report(w: &mut dyn Write, f: &TrapFrame, cr2: u64, cr3: u64) -> fmt
 static IN_TRAP: AtomicU32 = AtomicU32::new(0);
 static PANICKING: AtomicBool = AtomicBool::new(false);
 
-/// Called by the assembly stubs for every vector. Nothing is recoverable yet: report and
-/// exit with [`ExitCode::Exception`].
-pub fn handle_trap(frame: &TrapFrame) -> ! {
+/// Called by the assembly stubs for every vector. The LAPIC timer and spurious vectors
+/// are handled and return (the stub then IRETs); anything else is fatal
+/// ([`fatal_trap`]).
+pub fn handle_trap(frame: &TrapFrame) {
+    if super::lapic::is_host_interrupt(frame.vector) {
+        super::lapic::handle_interrupt(frame.vector);
+        return;
+    }
+    fatal_trap(frame)
+}
+
+/// Report the trap and exit with [`ExitCode::Exception`].
+pub fn fatal_trap(frame: &TrapFrame) -> ! {
     if IN_TRAP.fetch_add(1, Ordering::SeqCst) > 0 {
         // A fault while reporting a fault: say the least possible and leave.
         let _ = writeln!(

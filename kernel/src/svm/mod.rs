@@ -5,6 +5,8 @@
 //! - [`npt`]: nested page tables (the IOMMU crate's page-table engine, x86-64 entries);
 //! - [`guest_memory`]: a guest's RAM, its NPT, and the guest's own first page tables;
 //! - [`vcpu`]: VMCB + registers + x87/SSE state, the VMRUN routine, exit decoding;
+//! - [`scheduler`]: several guests round-robin, preempted by the local APIC timer
+//!   ([`scheduler::run_all`]);
 //! - here: a [`Guest`] (name, memory, vCPU, console, status), the run loop
 //!   [`run_guest`] driven by a handler, and [`handle_common_exit`] for everything but
 //!   hypercalls (CPUID, HLT, COM1, and refusing the rest).
@@ -26,6 +28,7 @@
 pub mod cpu;
 pub mod guest_memory;
 pub mod npt;
+pub mod scheduler;
 pub mod vcpu;
 pub mod vmcb;
 
@@ -38,7 +41,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 pub use self::guest_memory::{GuestMemory, GuestMemoryError};
 pub use self::vcpu::{BootState, Exit, GuestRegs, IoAccess, Vcpu};
-use self::vcpu::{CPUID_LEN, exit_name};
+use self::vcpu::{CPUID_LEN, HLT_LEN, exit_name};
 
 /// Guest RAM starts at guest-physical 0.
 pub const GUEST_RAM_BASE: u64 = 0;
@@ -297,6 +300,18 @@ impl Guest {
         self.asid
     }
 
+    /// Queue virtual interrupt `vector` (32..=255) for this guest: delivered through its
+    /// IDT once its RFLAGS.IF is 1 (V_IRQ). `false` for vectors below 32.
+    pub fn queue_interrupt(&mut self, vector: u8) -> bool {
+        self.vcpu.queue_interrupt(vector)
+    }
+
+    /// Would a HLT be woken right away: a virtual interrupt is pending and the guest's
+    /// RFLAGS.IF is 1?
+    pub fn can_wake(&self) -> bool {
+        self.vcpu.interrupt_pending() && self.vcpu.interrupts_enabled()
+    }
+
     /// Log the console's unfinished line, if any.
     pub fn flush_console(&mut self) {
         if self.console.pending() {
@@ -338,6 +353,9 @@ pub fn run_guest(
         }
         let exit = guest.vcpu.run();
         guest.exits += 1;
+        if exit == Exit::Interrupt {
+            continue; // a host interrupt, already taken by the host
+        }
         match handler(guest, exit) {
             Action::Resume => continue,
             Action::Terminate(why) => break GuestStatus::Terminated(why),
@@ -352,7 +370,10 @@ pub fn run_guest(
 /// The default handling of every exit but VMMCALL (which is the caller's: hypercalls):
 ///
 /// - CPUID: [`emulate_cpuid`], RIP + 2;
-/// - HLT: terminate ("halted with nothing to wake it": no interrupts are delivered yet);
+/// - physical interrupt (already taken by the host): resume;
+/// - HLT: with a virtual interrupt pending and the guest's IF = 1, RIP + 1 and resume
+///   (the interrupt is delivered); otherwise terminate ("halted with nothing to wake
+///   it": a lone guest has nobody else to wake it; [`scheduler::run_all`] blocks instead);
 /// - port I/O to COM1 (0x3F8-0x3FF): emulated, lines logged as `[guest NAME] ...`
 ///   (target "guest"); any other port, and string I/O, terminates;
 /// - MSR access, nested page fault, shutdown, VMEXIT_INVALID, anything else: terminate
@@ -373,6 +394,11 @@ pub fn handle_common_exit(guest: &mut Guest, exit: Exit) -> Action {
             regs.rcx = r.ecx.into();
             regs.rdx = r.edx.into();
             guest.vcpu.advance_rip(CPUID_LEN);
+            Action::Resume
+        }
+        Exit::Interrupt => Action::Resume,
+        Exit::Hlt if guest.can_wake() => {
+            guest.vcpu.advance_rip(HLT_LEN);
             Action::Resume
         }
         Exit::Hlt => Action::Terminate(format!(

@@ -13,9 +13,23 @@
 //!    segment/MSR state, VMLOAD the host's, FXSAVE guest / FXRSTOR host, STGI.
 //!
 //! Host callee-saved registers are pushed and popped around it; the caller-saved ones
-//! are declared clobbered by the `extern "C"` call. The host runs with RFLAGS.IF clear
-//! during the run (V_INTR_MASKING is set, so the guest's IF never governs host
-//! interrupts; with INTR not intercepted yet, a pending host interrupt waits for STGI).
+//! are declared clobbered by the `extern "C"` call.
+//!
+//! # Physical interrupts (preemption)
+//! INTR is intercepted and V_INTR_MASKING is set, so physical interrupts are governed by
+//! the host's RFLAGS.IF *as saved by VMRUN* (the guest's IF masks only virtual ones).
+//! The routine therefore sets IF right after CLGI (GIF = 0 still holds every interrupt
+//! off in the host) and clears it right after #VMEXIT, before STGI: a host interrupt
+//! (the LAPIC quantum timer) that arrives while the guest runs causes #VMEXIT(INTR), and
+//! host Rust code never runs with IF = 1. After an INTR exit, [`Vcpu::run`] opens a short
+//! window ([`crate::arch::lapic::take_pending_interrupts`]) so the host's IDT handler
+//! takes the interrupt (IST stack), and returns [`Exit::Interrupt`].
+//!
+//! # Virtual interrupts
+//! [`Vcpu::queue_interrupt`] records vectors; before each VMRUN, if the VMCB holds no
+//! undelivered V_IRQ, the highest queued vector is put there (V_IRQ, priority 0xF,
+//! V_IGN_TPR). The CPU delivers it through the guest's IDT once the guest's RFLAGS.IF is
+//! 1 and clears V_IRQ at the next #VMEXIT when it was taken.
 
 use alloc::boxed::Box;
 use core::fmt;
@@ -90,6 +104,9 @@ pub enum Exit {
     },
     /// Triple fault (or similar): the guest is dead.
     Shutdown,
+    /// A physical interrupt (#VMEXIT INTR) arrived while the guest ran; the host has
+    /// already taken it. Nothing to emulate: resume, or treat as a scheduling point.
+    Interrupt,
     /// VMEXIT_INVALID: VMRUN refused the VMCB state; the save area is junk afterwards,
     /// so [`Vcpu::reset`] before running again.
     Invalid,
@@ -129,6 +146,7 @@ impl Exit {
                 error_code: info1,
             },
             exit_code::SHUTDOWN => Self::Shutdown,
+            exit_code::INTR => Self::Interrupt,
             // QEMU stores -1 as a 32-bit value; the APM says 64-bit -1.
             0xffff_ffff | exit_code::INVALID => Self::Invalid,
             code => Self::Other { code, info1, info2 },
@@ -240,6 +258,9 @@ core::arch::global_asm!(
     "push r15",
     "push rsi",
     "clgi",
+    // IF = 1 for VMRUN to save (V_INTR_MASKING: it governs physical interrupts in the
+    // guest); GIF = 0 keeps them off in the host until after the exit.
+    "sti",
     "fxsave64 [rsi + 640]",
     "fxrstor64 [rsi + 128]",
     "mov rax, [rsi + 112]",
@@ -261,7 +282,9 @@ core::arch::global_asm!(
     "mov r15, [rsi + 104]",
     "mov rsi, [rsi + 24]",
     "vmrun rax",
-    // #VMEXIT: host RAX (the VMCB address), RSP and RIP are back; GIF is 0.
+    // #VMEXIT: host RAX (the VMCB address), RSP and RIP are back; GIF is 0; RFLAGS is
+    // the host's as saved by VMRUN (IF = 1): clear IF before STGI.
+    "cli",
     "push rsi",
     "mov rsi, [rsp + 8]",
     "mov [rsi + 0], rbx",
@@ -322,6 +345,42 @@ pub const GUEST_EFER: u64 = EFER_LME | EFER_LMA | EFER_SVME;
 pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
 
+/// RFLAGS.IF.
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+/// The V_INTR word (VMCB 0x060) with a virtual interrupt requested: V_IRQ, priority 0xF,
+/// V_IGN_TPR; V_TPR and V_INTR_MASKING as in `current`.
+pub const fn v_intr_with_irq(current: u32) -> u32 {
+    current | vintr::V_IRQ | (0xF << vintr::V_INTR_PRIO_SHIFT) | vintr::V_IGN_TPR
+}
+
+/// A set of interrupt vectors (bit n: vector n).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingVectors([u64; 4]);
+
+impl PendingVectors {
+    pub fn set(&mut self, vector: u8) {
+        self.0[vector as usize / 64] |= 1 << (vector % 64);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// Remove and return the highest vector (the highest priority).
+    pub fn take_highest(&mut self) -> Option<u8> {
+        for i in (0..4).rev() {
+            let w = self.0[i];
+            if w != 0 {
+                let bit = 63 - w.leading_zeros();
+                self.0[i] &= !(1 << bit);
+                return Some((i as u32 * 64 + bit) as u8);
+            }
+        }
+        None
+    }
+}
+
 /// Pages of the permission maps: IOPM 12 KiB, MSRPM 8 KiB.
 const IOPM_PAGES: usize = 3;
 const MSRPM_PAGES: usize = 2;
@@ -335,6 +394,8 @@ pub struct Vcpu {
     boot: BootState,
     first_run: bool,
     runs: u64,
+    /// Virtual interrupts queued and not yet put into the VMCB (bit n: vector n).
+    pending: PendingVectors,
 }
 
 impl fmt::Debug for Vcpu {
@@ -390,6 +451,7 @@ impl Vcpu {
             boot,
             first_run: true,
             runs: 0,
+            pending: PendingVectors::default(),
         };
         vcpu.reset();
         Some(vcpu)
@@ -399,11 +461,13 @@ impl Vcpu {
     /// `platform-facts.md` (64-bit mode, paging on with the guest's first tables, nested
     /// paging on), registers zeroed, fresh x87/SSE state, TLB flushed on the next run.
     ///
-    /// Intercepts: CPUID, HLT, port I/O (every port), MSRs (every MSR), SHUTDOWN,
+    /// Intercepts: INTR (physical interrupts: preemption), CPUID, HLT, port I/O (every
+    /// port), MSRs (every MSR), SHUTDOWN,
     /// INVLPGA, VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, XSETBV, and CR0
     /// writes: QEMU 7.2 bypasses nested paging when the guest clears CR0.PG, so a guest
     /// must not be able to turn paging off. Exceptions and physical interrupts are not
     /// intercepted (the guest's own IDT handles exceptions; a triple fault is SHUTDOWN).
+    /// Queued virtual interrupts are dropped.
     pub fn reset(&mut self) {
         let boot = self.boot;
         let (iopm, msrpm) = (self.iopm_pa, self.msrpm_pa);
@@ -412,7 +476,8 @@ impl Vcpu {
         v.set_intercept_cr(1 << 16); // CR0 writes
         v.set_intercept_exceptions(0);
         v.set_intercept_misc1(
-            misc1::CPUID
+            misc1::INTR
+                | misc1::CPUID
                 | misc1::HLT
                 | misc1::INVLPGA
                 | misc1::IOIO_PROT
@@ -485,6 +550,42 @@ impl Vcpu {
         self.ctx.regs = GuestRegs::default();
         self.ctx.guest_fx = FxArea::initial();
         self.first_run = true;
+        self.pending = PendingVectors::default();
+    }
+
+    /// Queue virtual interrupt `vector` (32..=255; others are ignored and give `false`).
+    /// It is delivered through the guest's IDT once its RFLAGS.IF is 1. A vector already
+    /// queued is not queued twice.
+    pub fn queue_interrupt(&mut self, vector: u8) -> bool {
+        if vector < 32 {
+            return false;
+        }
+        self.pending.set(vector);
+        true
+    }
+
+    /// A virtual interrupt is queued or waiting in the VMCB for the guest to take it.
+    pub fn interrupt_pending(&self) -> bool {
+        !self.pending.is_empty() || self.vmcb().v_intr() & vintr::V_IRQ != 0
+    }
+
+    /// The guest's RFLAGS.IF as of the last exit.
+    pub fn interrupts_enabled(&self) -> bool {
+        self.vmcb().rflags() & RFLAGS_IF != 0
+    }
+
+    /// Move the highest queued vector into the VMCB if no V_IRQ is outstanding there.
+    fn inject_pending(&mut self) {
+        if self.vmcb().v_intr() & vintr::V_IRQ != 0 {
+            return; // not taken yet: it stays (QEMU clears V_IRQ once delivered)
+        }
+        let Some(vector) = self.pending.take_highest() else {
+            return;
+        };
+        let v = self.vmcb_mut();
+        let word = v_intr_with_irq(v.v_intr());
+        v.set_v_intr(word);
+        v.set_v_intr_vector(vector);
     }
 
     pub fn boot_state(&self) -> BootState {
@@ -576,6 +677,7 @@ impl Vcpu {
         );
         self.ctx.host_state_pa = super::cpu::host_state_pa();
         let vmcb_pa = self.vmcb_pa;
+        self.inject_pending();
         let ctx: *mut RunContext = &mut *self.ctx;
         x86_64::instructions::interrupts::without_interrupts(|| {
             // SAFETY: SVM is enabled with a host save area; `vmcb_pa` is this vCPU's
@@ -590,6 +692,10 @@ impl Vcpu {
         if self.first_run {
             self.first_run = false;
             self.vmcb_mut().set_tlb_control(tlb::NOTHING);
+        }
+        if self.vmcb().exit_code() == exit_code::INTR {
+            // The interrupt is pending in the local APIC: take it now (IST stack).
+            crate::arch::lapic::take_pending_interrupts();
         }
         self.exit()
     }
@@ -629,7 +735,8 @@ mod tests {
         assert_ne!(u32_at(0x00C) & (1 << 24), 0, "HLT");
         assert_ne!(u32_at(0x00C) & (1 << 18), 0, "CPUID");
         assert_ne!(u32_at(0x00C) & (1 << 31), 0, "SHUTDOWN");
-        assert_eq!(u32_at(0x00C) & 1, 0, "INTR not intercepted yet");
+        assert_eq!(u32_at(0x00C) & 1, 1, "INTR (preemption)");
+        assert_eq!(u32_at(0x060), 1 << 24, "V_INTR_MASKING, no V_IRQ");
         assert_eq!(u32_at(0x000), 1 << 16, "CR0 writes");
         assert_eq!(u32_at(0x058), 3);
         assert_eq!(b[0x05C], 1);
@@ -682,6 +789,57 @@ mod tests {
         vcpu.reset();
         assert_eq!(vcpu.vmcb().as_bytes(), &before);
         assert_eq!(vcpu.regs(), &GuestRegs::default());
+    }
+
+    #[test]
+    fn v_irq_encoding() {
+        let w = v_intr_with_irq(vintr::V_INTR_MASKING);
+        assert_eq!(w, (1 << 24) | (1 << 20) | (0xF << 16) | (1 << 8));
+        assert_eq!(w & 0xFF, 0, "V_TPR untouched");
+        assert_eq!(v_intr_with_irq(0x05) & 0xFF, 0x05);
+    }
+
+    #[test]
+    fn pending_vectors_highest_first() {
+        let mut p = PendingVectors::default();
+        assert!(p.is_empty());
+        assert_eq!(p.take_highest(), None);
+        for v in [32, 255, 64, 63, 200, 64] {
+            p.set(v);
+        }
+        let order: Vec<u8> = core::iter::from_fn(|| p.take_highest()).collect();
+        assert_eq!(order, [255, 200, 64, 63, 32]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn queue_interrupt_puts_one_vector_into_the_vmcb() {
+        let mut vcpu = Vcpu::with_backing(boot(), Box::new(Arena::new(1 << 20))).unwrap();
+        assert!(!vcpu.interrupt_pending());
+        assert!(!vcpu.queue_interrupt(14), "exceptions are not interrupts");
+        assert!(vcpu.queue_interrupt(0x40) && vcpu.queue_interrupt(0x41));
+        assert!(vcpu.interrupt_pending());
+        vcpu.inject_pending();
+        let b = *vcpu.vmcb().as_bytes();
+        assert_eq!(
+            u32::from_le_bytes(b[0x60..0x64].try_into().unwrap()),
+            (1 << 24) | (1 << 20) | (0xF << 16) | (1 << 8)
+        );
+        assert_eq!(b[0x64], 0x41);
+        // Not taken yet (V_IRQ still set): the second vector waits.
+        vcpu.inject_pending();
+        assert_eq!(vcpu.vmcb().v_intr_vector(), 0x41);
+        // The CPU took it (cleared V_IRQ): the next one goes in.
+        let w = vcpu.vmcb().v_intr() & !vintr::V_IRQ;
+        vcpu.vmcb_mut().set_v_intr(w);
+        assert!(vcpu.interrupt_pending(), "0x40 still queued");
+        vcpu.inject_pending();
+        assert_eq!(vcpu.vmcb().v_intr_vector(), 0x40);
+        vcpu.vmcb_mut().set_v_intr(w);
+        assert!(!vcpu.interrupt_pending());
+        assert!(!vcpu.interrupts_enabled());
+        vcpu.vmcb_mut().set_rflags(0x202);
+        assert!(vcpu.interrupts_enabled());
     }
 
     #[test]
@@ -752,6 +910,7 @@ mod tests {
                 info2: 2
             }
         );
+        assert_eq!(Exit::decode(0x60, 0, 0, 0), Exit::Interrupt);
         assert_eq!(exit_name(0x10), "CR write");
         assert_eq!(exit_name(0x4E), "exception");
     }
