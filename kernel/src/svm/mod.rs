@@ -50,14 +50,10 @@ pub const GUEST_RAM_BASE: u64 = 0;
 /// every exit and can stop earlier; this only bounds a handler that never does).
 pub const DEFAULT_EXIT_LIMIT: u64 = 50_000_000;
 
-/// Version of the hypercall ABI reported in CPUID 0x4000_0001 EAX.
-pub const ABI_VERSION: u32 = 1;
-/// CPUID 0x4000_0000 EBX, ECX, EDX: "SluiceSluice".
-pub const CPUID_SIGNATURE: [u32; 3] = [
-    u32::from_le_bytes(*b"Slui"),
-    u32::from_le_bytes(*b"ceSl"),
-    u32::from_le_bytes(*b"uice"),
-];
+/// Version of the hypercall ABI reported in CPUID 0x4000_0001 EAX (the ABI crate's).
+pub use sluice_abi::ABI_VERSION;
+/// CPUID 0x4000_0000 EBX, ECX, EDX: "SluiceSluice" (the ABI crate's signature).
+pub const CPUID_SIGNATURE: [u32; 3] = sluice_abi::signature();
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestStatus {
