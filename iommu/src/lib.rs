@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+pub mod domains;
 pub mod hw;
 pub mod pagetable;
 pub mod range;

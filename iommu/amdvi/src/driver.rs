@@ -106,13 +106,16 @@ pub mod events;
 mod ids;
 pub mod registers;
 
-use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use sluice_iommu::domains::{
+    DomainSet, FirmwareRegion, IdPool, RouteTable, iova_ranges, regions_of, requester_ids,
+};
+#[cfg(test)]
+use sluice_iommu::domains::{PendingRange as Pending, merge_pending};
 use sluice_iommu::hw::{DmaMemory, RegisterBlock};
-use sluice_iommu::pagetable::{PageSizes, PageTableConfig, Translation};
-use sluice_iommu::range::{check_map_args, subtract};
+use sluice_iommu::range::subtract;
 use sluice_iommu::{
     Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
 };
@@ -125,7 +128,7 @@ use self::ids::DomainIds;
 use self::registers::{control, offset, status};
 use crate::devmap::DeviceIdMap;
 use crate::ivrs::{DteSetting, IvmdFlags};
-use crate::pagetable::{AmdV1, IoPageTableV1};
+use crate::pagetable::AmdV1;
 use crate::regs::{ExtendedFeatures, IvhdFlags};
 use crate::topology::{AmdViUnit, IvrsTopology, MemoryDefinition};
 
@@ -134,10 +137,7 @@ pub use self::dte::{DeviceTranslation, Leaf, WalkFault};
 pub use self::events::RawEvent;
 
 /// The interrupt window: never DMA-translated, never in an IOVA range.
-pub const INTERRUPT_WINDOW: IovaRange = IovaRange {
-    start: 0xFEE0_0000,
-    last: 0xFEEF_FFFF,
-};
+pub use sluice_iommu::domains::INTERRUPT_WINDOW;
 
 /// The HyperTransport reserved range, which AMD platforms decode specially; Linux keeps
 /// it out of every AMD domain.
@@ -195,18 +195,9 @@ impl Default for DriverConfig {
     }
 }
 
-/// The table format of every domain (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DomainFormat {
-    /// Page-table levels (the DTE Mode).
-    pub levels: u8,
-    /// Aperture width in bits.
-    pub address_width: u8,
-    /// Leaf sizes used.
-    pub page_sizes: PageSizes,
-    /// Every unit is coherent (IVHD flag): table writes need no cache flush.
-    pub coherent: bool,
-}
+/// The table format of every domain (see the module docs): levels are the DTE Mode,
+/// coherent means every unit's IVHD says so.
+pub use sluice_iommu::domains::DomainFormat;
 
 /// A range devices must reach at its own address (an IVMD with the unity or exclusion
 /// flag), with the functions it applies to.
@@ -252,9 +243,20 @@ impl IdentityRegion {
             devices: definition.devices.iter().map(|d| d.address).collect(),
         })
     }
+}
 
-    fn size(&self) -> u64 {
-        self.limit - self.base + 1
+impl FirmwareRegion for IdentityRegion {
+    fn segment(&self) -> u16 {
+        self.segment
+    }
+
+    fn devices(&self) -> &[PciAddress] {
+        &self.devices
+    }
+
+    /// IVMD access as declared (empty for a range that is only reserved).
+    fn identity(&self) -> (u64, u64, Access) {
+        (self.base, self.limit - self.base + 1, self.access)
     }
 }
 
@@ -323,50 +325,10 @@ struct Unit<R> {
     blocking_root: u64,
     ring: CommandRing,
     event_log: EventLog,
-    ids: DomainIds,
+    ids: IdPool,
     failure: Option<UnitFailure>,
     events: EventStats,
     recent: RecentEvents,
-}
-
-/// A requester id's route: its domain and how many attached devices use it.
-#[derive(Clone, Copy, Debug)]
-struct Route {
-    domain: DomainHandle,
-    users: u32,
-}
-
-#[derive(Debug)]
-struct IdentityMapping {
-    base: u64,
-    size: u64,
-    users: u32,
-}
-
-/// A device as attached: its unit and every requester id written for it.
-#[derive(Clone, Debug)]
-struct Attached {
-    dma: DeviceDma,
-    rids: Vec<u16>,
-}
-
-/// A range whose translations changed since the last commit: `[start, end)`, and whether
-/// tables were unlinked in it.
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    start: u64,
-    end: u64,
-    pde: bool,
-}
-
-struct Domain {
-    table: IoPageTableV1,
-    /// Domain id per unit it was ever attached on (until destroyed).
-    dids: BTreeMap<UnitId, u16>,
-    devices: BTreeMap<PciAddress, Attached>,
-    /// Unmapped (and, with NpCache, mapped) since the last commit.
-    pending: Vec<Pending>,
-    identity: Vec<IdentityMapping>,
 }
 
 /// AMD-Vi behind the vendor-neutral [`Iommu`] interface. See the module docs.
@@ -378,9 +340,8 @@ pub struct AmdViIommu<R: RegisterBlock, M: DmaMemory> {
     identity_regions: Vec<IdentityRegion>,
     /// Sorted `[start, end)` ranges no domain may map: interrupt window, HT range, IVMDs.
     reserved: Vec<(u64, u64)>,
-    domains: BTreeMap<DomainHandle, Domain>,
-    next_domain: u32,
-    routes: BTreeMap<(UnitId, u16), Route>,
+    domains: DomainSet<AmdV1>,
+    routes: RouteTable,
 }
 
 impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
@@ -476,9 +437,8 @@ impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
             format,
             identity_regions,
             reserved,
-            domains: BTreeMap::new(),
-            next_domain: 1,
-            routes: BTreeMap::new(),
+            domains: DomainSet::new(format),
+            routes: RouteTable::new(),
         })
     }
 
@@ -552,54 +512,14 @@ impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
         Some(dte::walk(&self.mem, unit.device_table, requester_id, iova))
     }
 
-    /// What `iova` translates to in `domain`'s table (the engine's view).
-    pub fn translate(
-        &self,
-        domain: DomainHandle,
-        iova: u64,
-    ) -> Result<Option<Translation>, IommuError> {
-        let domain = self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
-        Ok(domain.table.translate(&self.mem, iova))
-    }
-
     /// The leaf entry translating `iova` in `domain`, read from memory: raw entry, level
     /// and page size (for the kernel's DMA proofs).
     pub fn leaf(&self, domain: DomainHandle, iova: u64) -> Result<Option<Leaf>, IommuError> {
-        let domain = self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
+        let domain = self.domains.get(domain)?;
         Ok(dte::walk_table(&self.mem, domain.table.root(), domain.table.levels(), iova).ok())
     }
 
-    /// `domain`'s id on `unit`, once a device on that unit was attached.
-    pub fn domain_id(&self, domain: DomainHandle, unit: UnitId) -> Option<u16> {
-        self.domains.get(&domain)?.dids.get(&unit).copied()
-    }
-
-    /// The domain `requester_id` of `unit` is routed to.
-    pub fn domain_of(&self, unit: UnitId, requester_id: u16) -> Option<DomainHandle> {
-        self.routes
-            .get(&(unit, requester_id))
-            .map(|route| route.domain)
-    }
-
-    /// Page-table pages `domain` holds (root and retired tables included).
-    pub fn table_pages(&self, domain: DomainHandle) -> Option<usize> {
-        Some(self.domains.get(&domain)?.table.table_pages())
-    }
-
-    /// Physical address of `domain`'s root table (the DTEs' page-table root pointer).
-    pub fn table_root(&self, domain: DomainHandle) -> Option<u64> {
-        Some(self.domains.get(&domain)?.table.root())
-    }
-
-    /// The memory the tables live in.
-    pub fn memory(&self) -> &M {
-        &self.mem
-    }
-
-    /// The memory the tables live in, mutably.
-    pub fn memory_mut(&mut self) -> &mut M {
-        &mut self.mem
-    }
+    sluice_iommu::domain_accessors!(M);
 
     /// Reads every unit's event log (at most [`DriverConfig::max_events_per_call`]
     /// entries per unit), counts the entries, remembers the last ones per unit, clears
@@ -630,7 +550,7 @@ impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
     pub fn event_requester_candidates(&self, unit: UnitId, device_id: u16) -> Vec<u16> {
         let mut candidates = vec![device_id];
         if device_id >> 8 == 0 {
-            for &(u, rid) in self.routes.keys() {
+            for (u, rid) in self.routes.keys() {
                 if u == unit && rid & 0xff == device_id && rid != device_id {
                     candidates.push(rid);
                 }
@@ -643,163 +563,40 @@ impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
         self.units.iter().find(|u| u.id == unit)
     }
 
-    fn unit_index(&self, unit: UnitId) -> Option<usize> {
-        self.units.iter().position(|u| u.id == unit)
-    }
-
     /// The aperture minus the reserved ranges, as sorted `[start, end)` pieces.
     fn usable(&self) -> Vec<(u64, u64)> {
         subtract((0, self.aperture_end()), &self.reserved)
     }
 
     fn aperture_end(&self) -> u64 {
-        1u64 << self.format.address_width
+        self.format.aperture_end()
     }
 
     /// Makes `handle`'s pending edits visible on every unit it has a domain id on, then
     /// frees the tables its unmaps retired. See [`Iommu::commit`].
     fn commit_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
-        let Self {
-            mem,
-            config,
-            units,
-            domains,
-            ..
-        } = self;
-        let domain = domains.get_mut(&handle).ok_or(IommuError::UnknownDomain)?;
-        let pending = merge_pending(core::mem::take(&mut domain.pending));
-        let mut result = Ok(());
-        for (&unit_id, &did) in &domain.dids {
-            let Some(unit) = units.iter_mut().find(|u| u.id == unit_id) else {
-                continue;
-            };
-            let commands: Vec<Command> = if pending.len() > config.max_page_selective {
-                vec![Command::all_pages(did)]
-            } else {
-                pending
-                    .iter()
-                    .map(|p| Command::pages(did, p.start, p.end, p.pde))
-                    .collect()
-            };
-            if commands.is_empty() && unit.failure.is_none() {
-                continue;
-            }
-            if let Err(error) = unit.run(mem, config, &commands) {
-                result = result.and(Err(error));
-            }
-        }
-        if result.is_ok() {
-            domain.table.reclaim(mem);
-        }
-        result
-    }
-
-    /// Identity-maps `regions` (`(base, size, access)`) in `handle`, reference counted.
-    /// Either all are added or none.
-    fn add_identity(
-        &mut self,
-        handle: DomainHandle,
-        regions: &[(u64, u64, Access)],
-    ) -> Result<(), IommuError> {
-        let aperture_end = self.aperture_end();
-        let np_cache = self.config.not_present_cached;
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let mut done: Vec<(u64, u64, Access)> = Vec::new();
-        let mut failure = None;
-        for &(base, size, access) in regions {
-            if let Some(mapping) = domain
-                .identity
-                .iter_mut()
-                .find(|m| m.base == base && m.size == size)
-            {
-                mapping.users += 1;
-                done.push((base, size, access));
-                continue;
-            }
-            let end = base + size;
-            let outcome = if access.is_empty() {
-                Ok(())
-            } else if end > aperture_end
-                || overlaps(
-                    (base, end),
-                    (INTERRUPT_WINDOW.start, INTERRUPT_WINDOW.last + 1),
-                )
-            {
-                Err(IommuError::OutOfRange)
-            } else {
-                domain.table.map(&mut self.mem, base, base, size, access)
-            };
-            match outcome {
-                Ok(()) => {
-                    domain.identity.push(IdentityMapping {
-                        base,
-                        size,
-                        users: 1,
-                    });
-                    if np_cache && !access.is_empty() {
-                        domain.pending.push(Pending {
-                            start: base,
-                            end,
-                            pde: false,
-                        });
-                    }
-                    done.push((base, size, access));
+        let config = &self.config;
+        let units = &mut self.units;
+        self.domains
+            .commit(&mut self.mem, handle, units, |unit, mem, did, pending| {
+                let pending = pending.merged();
+                let commands: Vec<Command> = if pending.len() > config.max_page_selective {
+                    vec![Command::all_pages(did)]
+                } else {
+                    pending
+                        .iter()
+                        .map(|p| Command::pages(did, p.start, p.end, p.pde))
+                        .collect()
+                };
+                if commands.is_empty() && unit.failure.is_none() {
+                    return Ok(());
                 }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        if let Some(error) = failure {
-            self.remove_identity(handle, &done);
-            return Err(error);
-        }
-        Ok(())
-    }
-
-    /// Drops one reference to each of `regions`; unmaps those nobody uses any more (the
-    /// invalidation is left pending for the next commit).
-    fn remove_identity(&mut self, handle: DomainHandle, regions: &[(u64, u64, Access)]) {
-        let Some(domain) = self.domains.get_mut(&handle) else {
-            return;
-        };
-        for &(base, size, _) in regions {
-            let Some(position) = domain
-                .identity
-                .iter()
-                .position(|m| m.base == base && m.size == size)
-            else {
-                continue;
-            };
-            domain.identity[position].users -= 1;
-            if domain.identity[position].users == 0 {
-                domain.identity.remove(position);
-                if let Ok(unmapped) = domain.table.unmap(&mut self.mem, base, size) {
-                    if let Some(flush) = unmapped.flush {
-                        domain.pending.push(Pending {
-                            start: flush.iova,
-                            end: flush.iova + flush.size,
-                            pde: unmapped.freed_tables > 0,
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    /// The identity regions of `device` on a unit of `segment`, as `(base, size, access)`.
-    fn regions_of(&self, segment: u16, device: PciAddress) -> Vec<(u64, u64, Access)> {
-        self.identity_regions
-            .iter()
-            .filter(|region| region.segment == segment && region.devices.contains(&device))
-            .map(|region| (region.base, region.size(), region.access))
-            .collect()
+                unit.run(mem, config, &commands)
+            })
     }
 }
+
+sluice_iommu::domain_unit!(Unit<R>, id, ids);
 
 impl<R: RegisterBlock> Unit<R> {
     fn new(
@@ -1159,56 +956,11 @@ fn merge_regions(mut regions: Vec<IdentityRegion>) -> Vec<IdentityRegion> {
 }
 
 /// Sorts pending ranges and merges those that overlap or touch.
-fn merge_pending(mut pending: Vec<Pending>) -> Vec<Pending> {
-    pending.sort_unstable_by_key(|p| p.start);
-    let mut merged: Vec<Pending> = Vec::new();
-    for p in pending {
-        match merged.last_mut() {
-            Some(last) if p.start <= last.end => {
-                last.end = last.end.max(p.end);
-                last.pde |= p.pde;
-            }
-            _ => merged.push(p),
-        }
-    }
-    merged
-}
-
-fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.1 && b.0 < a.1
-}
-
 impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
+    sluice_iommu::domain_methods!();
+
     fn vendor(&self) -> Vendor {
         Vendor::AmdVi
-    }
-
-    fn create_domain(&mut self) -> Result<DomainHandle, IommuError> {
-        let handle = DomainHandle(self.next_domain);
-        let next = self
-            .next_domain
-            .checked_add(1)
-            .ok_or(IommuError::NoDomainId)?;
-        let table = IoPageTableV1::new(
-            &mut self.mem,
-            PageTableConfig {
-                levels: self.format.levels,
-                superpages: self.format.page_sizes,
-                coherent: self.format.coherent,
-            },
-        )?;
-        self.next_domain = next;
-        self.domains.insert(
-            handle,
-            Domain {
-                table,
-                dids: BTreeMap::new(),
-                devices: BTreeMap::new(),
-                pending: Vec::new(),
-                identity: Vec::new(),
-            },
-        );
-        Ok(handle)
     }
 
     /// Requires no device attached (`Busy`). On every unit the domain had an id on: an
@@ -1216,47 +968,18 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
     /// pool. When a unit fails to confirm, the domain is gone all the same but its id and
     /// tables are leaked (that unit may still use them) and the error returned.
     fn destroy_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
-        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        if !domain.devices.is_empty() {
-            return Err(IommuError::Busy);
-        }
-        let mut domain = self
-            .domains
-            .remove(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let mut result = Ok(());
-        for (&unit_id, &did) in &domain.dids {
-            let Some(unit) = self.units.iter_mut().find(|u| u.id == unit_id) else {
-                continue;
-            };
-            match unit.run(&mut self.mem, &self.config, &[Command::all_pages(did)]) {
-                Ok(()) => unit.ids.release(did),
-                Err(error) => result = result.and(Err(error)),
-            }
-        }
-        if result.is_ok() {
-            domain.table.reclaim(&mut self.mem);
-            domain.table.destroy(&mut self.mem);
-        }
-        result
-    }
-
-    fn page_sizes(&self, domain: DomainHandle) -> Result<u64, IommuError> {
-        self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
-        Ok(self.format.page_sizes.bitmap())
+        let config = &self.config;
+        let units = &mut self.units;
+        self.domains
+            .destroy(&mut self.mem, handle, units, |unit, mem, did| {
+                unit.run(mem, config, &[Command::all_pages(did)])
+            })
     }
 
     /// `[0, 2^48)` minus the interrupt window, the HyperTransport range and the IVMDs.
     fn iova_ranges(&self, domain: DomainHandle) -> Result<Vec<IovaRange>, IommuError> {
-        self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
-        Ok(self
-            .usable()
-            .into_iter()
-            .map(|(start, end)| IovaRange {
-                start,
-                last: end - 1,
-            })
-            .collect())
+        self.domains.get(domain)?;
+        Ok(iova_ranges(self.usable()))
     }
 
     /// Errors in order: `UnknownDomain`, `Misaligned`, `Wraps`, `OutOfRange` (not inside
@@ -1269,62 +992,10 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
         size: u64,
         access: Access,
     ) -> Result<(), IommuError> {
-        self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        let end = check_map_args(iova, paddr, size)?;
-        if !self
-            .usable()
-            .iter()
-            .any(|&(start, stop)| start <= iova && end <= stop)
-        {
-            return Err(IommuError::OutOfRange);
-        }
-        let np_cache = self.config.not_present_cached;
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        domain.table.map(&mut self.mem, iova, paddr, size, access)?;
-        if np_cache {
-            domain.pending.push(Pending {
-                start: iova,
-                end,
-                pde: false,
-            });
-        }
-        Ok(())
-    }
-
-    /// Removes every page mapped in `[iova, iova + size)` (clamped to the aperture),
-    /// except identity regions, which stay. Superpages sticking out of the range are
-    /// split by the table. `Misaligned`/`Wraps` on bad arguments.
-    fn unmap(&mut self, handle: DomainHandle, iova: u64, size: u64) -> Result<u64, IommuError> {
-        let aperture_end = self.aperture_end();
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let end = check_map_args(iova, 0, size)?.min(aperture_end);
-        if iova >= end {
-            return Ok(0);
-        }
-        let kept: Vec<(u64, u64)> = domain
-            .identity
-            .iter()
-            .map(|m| (m.base, m.base + m.size))
-            .collect();
-        let mut bytes = 0;
-        for (start, stop) in subtract((iova, end), &kept) {
-            let unmapped = domain.table.unmap(&mut self.mem, start, stop - start)?;
-            bytes += unmapped.bytes;
-            if let Some(flush) = unmapped.flush {
-                domain.pending.push(Pending {
-                    start: flush.iova,
-                    end: flush.iova + flush.size,
-                    pde: unmapped.freed_tables > 0,
-                });
-            }
-        }
-        Ok(bytes)
+        let usable = subtract((0, self.aperture_end()), &self.reserved);
+        let (args, record) = ((iova, paddr, size), self.config.not_present_cached);
+        self.domains
+            .map_checked(&mut self.mem, handle, args, access, |_| usable, record)
     }
 
     /// One batch per unit the domain has an id on: the ranges unmapped since the last
@@ -1348,100 +1019,45 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
     /// `NoMemory`; IVMD mapping errors; `InvalidationTimeout` (the entries were written but
     /// are unconfirmed: the device counts as attached and the unit is failed).
     fn attach(&mut self, handle: DomainHandle, device: &DeviceDma) -> Result<(), IommuError> {
-        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        let index = self
-            .unit_index(device.unit)
-            .ok_or(IommuError::UnknownDevice)?;
+        let index = self.domains.attach_unit(handle, device.unit, &self.units)?;
         let unit = &self.units[index];
         if device.device.segment != unit.segment {
             return Err(IommuError::UnknownDevice);
         }
-        let mut rids = device.requester_ids.clone();
-        for &rid in &device.requester_ids {
-            rids.extend(unit.ivrs_alias(rid));
-        }
-        rids.sort_unstable();
-        rids.dedup();
-        if rids.is_empty() {
-            return Err(IommuError::UnknownDevice);
-        }
-        if let Some(existing) = domain.devices.get(&device.device) {
-            if existing.dma.unit == device.unit
-                && existing.dma.requester_ids == device.requester_ids
-            {
-                return self.commit_domain(handle);
-            }
-            return Err(IommuError::Busy);
-        }
+        let aliases = device
+            .requester_ids
+            .iter()
+            .filter_map(|&rid| unit.ivrs_alias(rid));
+        let rids = requester_ids(device, aliases)?;
         if self
             .domains
-            .iter()
-            .any(|(&other, d)| other != handle && d.devices.contains_key(&device.device))
+            .check_attach(handle, device, &rids, &self.routes)?
         {
-            return Err(IommuError::Busy);
-        }
-        if rids.iter().any(|&rid| {
-            self.routes
-                .get(&(device.unit, rid))
-                .is_some_and(|route| route.domain != handle)
-        }) {
-            return Err(IommuError::Busy);
+            return self.commit_domain(handle);
         }
         if unit.failure.is_some() {
             return Err(IommuError::InvalidationTimeout { unit: unit.id });
         }
 
-        // IVMD identity maps first (nothing points at them yet if they are new).
-        let regions = self.regions_of(unit.segment, device.device);
-        self.add_identity(handle, &regions)?;
-
-        // A domain id on this unit.
+        // IVMD identity maps first (nothing points at them yet if they are new), then a
+        // domain id on this unit.
+        let regions = regions_of(&self.identity_regions, unit.segment, device.device);
+        let record = self.config.not_present_cached;
         let unit = &mut self.units[index];
-        let domain = self
+        let did = self
             .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let did = match domain.dids.get(&unit.id) {
-            Some(&did) => did,
-            None => match unit.ids.allocate() {
-                Some(did) => {
-                    domain.dids.insert(unit.id, did);
-                    did
-                }
-                None => {
-                    self.remove_identity(handle, &regions);
-                    return Err(IommuError::NoDomainId);
-                }
-            },
-        };
+            .prepare_attach(&mut self.mem, handle, unit, &regions, record)?;
+        let domain = self.domains.get(handle)?;
 
         // Entries for requester ids not yet routed.
         let (root, levels) = (domain.table.root(), domain.table.levels());
-        let mut fresh = Vec::new();
-        for &rid in &rids {
-            if self.routes.contains_key(&(unit.id, rid)) {
-                continue;
-            }
+        let fresh = self.routes.unrouted(unit.id, &rids);
+        for &rid in &fresh {
             let entry = DeviceTableEntry::translated(root, levels, did, unit.settings(rid));
             unit.write_dte(&mut self.mem, rid, entry);
-            fresh.push(rid);
         }
-        for &rid in &rids {
-            self.routes
-                .entry((unit.id, rid))
-                .and_modify(|route| route.users += 1)
-                .or_insert(Route {
-                    domain: handle,
-                    users: 1,
-                });
-        }
-        domain.devices.insert(
-            device.device,
-            Attached {
-                dma: device.clone(),
-                rids,
-            },
-        );
+        self.domains
+            .finish_attach(handle, device, rids, &mut self.routes)?;
 
         let mut commands: Vec<Command> = fresh
             .iter()
@@ -1463,38 +1079,14 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
     /// Errors: `UnknownDomain`; `UnknownDevice` (not attached to this domain);
     /// `InvalidationTimeout` (entries blocked in memory, unconfirmed: the unit is failed).
     fn detach(&mut self, handle: DomainHandle, device: &DeviceDma) -> Result<(), IommuError> {
-        let attached = self
+        let detached = self
             .domains
-            .get(&handle)
-            .ok_or(IommuError::UnknownDomain)?
-            .devices
-            .get(&device.device)
-            .cloned()
-            .ok_or(IommuError::UnknownDevice)?;
-        let index = self
-            .unit_index(attached.dma.unit)
-            .ok_or(IommuError::UnknownDevice)?;
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        domain.devices.remove(&device.device);
-        let unit = &mut self.units[index];
-        let did = domain.dids.get(&unit.id).copied().unwrap_or(0);
-
-        let mut cleared = Vec::new();
-        for &rid in &attached.rids {
-            let key = (unit.id, rid);
-            let Some(route) = self.routes.get_mut(&key) else {
-                continue;
-            };
-            route.users -= 1;
-            if route.users == 0 {
-                self.routes.remove(&key);
-                let entry = unit.blocked(rid);
-                unit.write_dte(&mut self.mem, rid, entry);
-                cleared.push(rid);
-            }
+            .detach(handle, device.device, &mut self.routes, &self.units)?;
+        let (did, cleared) = (detached.did, &detached.cleared);
+        let unit = &mut self.units[detached.index];
+        for &rid in cleared {
+            let entry = unit.blocked(rid);
+            unit.write_dte(&mut self.mem, rid, entry);
         }
         let mut commands: Vec<Command> = cleared
             .iter()
@@ -1502,9 +1094,10 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
             .collect();
         commands.push(Command::all_pages(did));
         let result = unit.run(&mut self.mem, &self.config, &commands);
-        let segment = unit.segment;
-        let regions = self.regions_of(segment, attached.dma.device);
-        self.remove_identity(handle, &regions);
+        let regions = regions_of(&self.identity_regions, unit.segment, device.device);
+        self.domains
+            .get_mut(handle)?
+            .remove_identity(&mut self.mem, &regions);
         let committed = self.commit_domain(handle);
         result.and(committed)
     }

@@ -65,7 +65,11 @@ pub mod registers;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use sluice_iommu::range::{check_map_args, subtract};
+use sluice_iommu::domains::{
+    Domain, DomainSet, FirmwareRegion, IdPool, RouteTable, iova_ranges, regions_of, requester_ids,
+    unit_index,
+};
+use sluice_iommu::range::subtract;
 use sluice_iommu::{
     Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
 };
@@ -75,7 +79,7 @@ use self::ids::DomainIds;
 use self::invalidation::{Invalidator, Queue, Target};
 use self::registers::{fsts, gcmd};
 use crate::hw::{DmaMemory, RegisterBlock};
-use crate::pagetable::{PageSizes, PageTableConfig, SecondLevelTable, Translation};
+use crate::pagetable::{PageSizes, VtdSecondLevel};
 use crate::regs::{self, Capability, ExtendedCapability, TableFormat, Version};
 use crate::topology::{DmarTopology, ResolvedRmrr};
 
@@ -87,10 +91,7 @@ pub use self::faults::{FaultStats, reason_text};
 pub use self::invalidation::{Invalidation, UnitFailure, covering_block};
 
 /// The interrupt window: never DMA-translated, never in an IOVA range.
-pub const INTERRUPT_WINDOW: IovaRange = IovaRange {
-    start: 0xFEE0_0000,
-    last: 0xFEEF_FFFF,
-};
+pub use sluice_iommu::domains::INTERRUPT_WINDOW;
 
 const PAGE: u64 = 4096;
 
@@ -152,22 +153,26 @@ impl IdentityRegion {
             devices: rmrr.devices.clone(),
         })
     }
+}
 
-    fn size(&self) -> u64 {
-        self.limit - self.base + 1
+/// RMRRs are mapped read/write.
+impl FirmwareRegion for IdentityRegion {
+    fn segment(&self) -> u16 {
+        self.segment
+    }
+
+    fn devices(&self) -> &[PciAddress] {
+        &self.devices
+    }
+
+    fn identity(&self) -> (u64, u64, Access) {
+        let size = self.limit - self.base + 1;
+        (self.base, size, Access::READ | Access::WRITE)
     }
 }
 
 /// The table format of every domain (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DomainFormat {
-    pub levels: u8,
-    /// Aperture width in bits: min(table width, smallest MGAW).
-    pub address_width: u8,
-    pub page_sizes: PageSizes,
-    /// Every unit snoops (ECAP.C): table writes need no cache flush.
-    pub coherent: bool,
-}
+pub use sluice_iommu::domains::DomainFormat;
 
 /// What the driver knows about one unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,41 +203,13 @@ struct Unit<R> {
     cap: Capability,
     ecap: ExtendedCapability,
     format: TableFormat,
-    ids: DomainIds,
+    ids: IdPool,
     root: u64,
     /// Context table per bus, allocated on first use, never freed.
     context_tables: BTreeMap<u8, u64>,
     invalidator: Invalidator,
     failure: Option<UnitFailure>,
     faults: FaultStats,
-}
-
-/// A requester id's route: its domain and how many attached devices use it.
-#[derive(Clone, Copy, Debug)]
-struct Route {
-    domain: DomainHandle,
-    users: u32,
-}
-
-#[derive(Debug)]
-struct IdentityMapping {
-    base: u64,
-    size: u64,
-    users: u32,
-}
-
-struct Domain {
-    table: SecondLevelTable,
-    /// Domain id per unit it was ever attached on (until destroyed).
-    dids: BTreeMap<UnitId, u16>,
-    devices: BTreeMap<PciAddress, DeviceDma>,
-    /// `[start, end)` ranges whose translations changed since the last commit.
-    unmapped: Vec<(u64, u64)>,
-    /// Ranges mapped since the last commit (kept only when a unit has caching mode).
-    mapped: Vec<(u64, u64)>,
-    /// Any table edit since the last commit (write-buffer flushing needs to know).
-    dirty: bool,
-    identity: Vec<IdentityMapping>,
 }
 
 /// Intel VT-d behind the vendor-neutral [`Iommu`] interface. See the module docs.
@@ -242,9 +219,8 @@ pub struct VtdIommu<R: RegisterBlock, M: DmaMemory> {
     units: Vec<Unit<R>>,
     format: DomainFormat,
     identity_regions: Vec<IdentityRegion>,
-    domains: BTreeMap<DomainHandle, Domain>,
-    next_domain: u32,
-    routes: BTreeMap<(UnitId, u16), Route>,
+    domains: DomainSet<VtdSecondLevel>,
+    routes: RouteTable,
     caching_mode: bool,
 }
 
@@ -333,9 +309,8 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
             units,
             format,
             identity_regions,
-            domains: BTreeMap::new(),
-            next_domain: 1,
-            routes: BTreeMap::new(),
+            domains: DomainSet::new(format),
+            routes: RouteTable::new(),
             caching_mode,
         })
     }
@@ -404,45 +379,7 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
         ))
     }
 
-    /// What `iova` translates to in `domain`'s table.
-    pub fn translate(
-        &self,
-        domain: DomainHandle,
-        iova: u64,
-    ) -> Result<Option<Translation>, IommuError> {
-        let domain = self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
-        Ok(domain.table.translate(&self.mem, iova))
-    }
-
-    /// `domain`'s id on `unit`, once a device on that unit was attached.
-    pub fn domain_id(&self, domain: DomainHandle, unit: UnitId) -> Option<u16> {
-        self.domains.get(&domain)?.dids.get(&unit).copied()
-    }
-
-    /// The domain `requester_id` of `unit` is routed to.
-    pub fn domain_of(&self, unit: UnitId, requester_id: u16) -> Option<DomainHandle> {
-        self.routes
-            .get(&(unit, requester_id))
-            .map(|route| route.domain)
-    }
-
-    /// Page-table pages `domain` holds (root and retired tables included).
-    pub fn table_pages(&self, domain: DomainHandle) -> Option<usize> {
-        Some(self.domains.get(&domain)?.table.table_pages())
-    }
-
-    /// Physical address of `domain`'s top-level table (the context entries' SLPTPTR).
-    pub fn table_root(&self, domain: DomainHandle) -> Option<u64> {
-        Some(self.domains.get(&domain)?.table.root())
-    }
-
-    pub fn memory(&self) -> &M {
-        &self.mem
-    }
-
-    pub fn memory_mut(&mut self) -> &mut M {
-        &mut self.mem
-    }
+    sluice_iommu::domain_accessors!(M);
 
     /// Invalidates `unit`'s interrupt-entry cache: all of it (`None`) or the
     /// `2^mask` entries from `index`, and waits. For interrupt remapping, which shares
@@ -452,7 +389,7 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
         unit: UnitId,
         entries: Option<(u16, u8)>,
     ) -> Result<(), IommuError> {
-        let index = self.unit_index(unit).ok_or(IommuError::UnknownDevice)?;
+        let index = unit_index(&self.units, unit).ok_or(IommuError::UnknownDevice)?;
         let unit = &mut self.units[index];
         if !matches!(unit.invalidator, Invalidator::Queue(_)) {
             return Err(IommuError::Unsupported { unit: unit.id });
@@ -464,62 +401,26 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
         unit.run(&mut self.mem, &self.config, &[command], false)
     }
 
-    fn unit_index(&self, unit: UnitId) -> Option<usize> {
-        self.units.iter().position(|u| u.id == unit)
-    }
-
-    /// The aperture minus the interrupt window and `domain`'s identity regions, as
-    /// sorted `[start, end)` pieces.
-    fn usable(&self, domain: &Domain) -> Vec<(u64, u64)> {
-        let mut reserved: Vec<(u64, u64)> = domain
-            .identity
-            .iter()
-            .map(|m| (m.base, m.base + m.size))
-            .collect();
-        reserved.push((INTERRUPT_WINDOW.start, INTERRUPT_WINDOW.last + 1));
-        subtract((0, self.aperture_end()), &reserved)
-    }
-
     fn aperture_end(&self) -> u64 {
-        1u64 << self.format.address_width
+        self.format.aperture_end()
     }
 
     /// Makes `handle`'s pending edits visible on every unit it has a domain id on, then
     /// frees the tables its unmaps retired. See [`Iommu::commit`].
     fn commit_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
-        let Self {
-            mem,
-            config,
-            units,
-            domains,
-            ..
-        } = self;
-        let domain = domains.get_mut(&handle).ok_or(IommuError::UnknownDomain)?;
-        let unmapped = core::mem::take(&mut domain.unmapped);
-        let mapped = core::mem::take(&mut domain.mapped);
-        let dirty = core::mem::replace(&mut domain.dirty, false);
-        let mut result = Ok(());
-        for (&unit_id, &did) in &domain.dids {
-            let Some(unit) = units.iter_mut().find(|u| u.id == unit_id) else {
-                continue;
-            };
-            let mut ranges = unmapped.clone();
-            if unit.cap.cm {
-                ranges.extend_from_slice(&mapped);
-            }
-            let commands =
-                invalidation::iotlb_for_ranges(&unit.cap, did, &ranges, config.max_page_selective);
-            if commands.is_empty() && !(dirty && unit.cap.rwbf) && unit.failure.is_none() {
-                continue;
-            }
-            if let Err(error) = unit.run(mem, config, &commands, true) {
-                result = result.and(Err(error));
-            }
-        }
-        if result.is_ok() {
-            domain.table.reclaim(mem);
-        }
-        result
+        let config = &self.config;
+        let units = &mut self.units;
+        self.domains
+            .commit(&mut self.mem, handle, units, |unit, mem, did, pending| {
+                let ranges = pending.ranges(unit.cap.cm);
+                let max = config.max_page_selective;
+                let commands = invalidation::iotlb_for_ranges(&unit.cap, did, &ranges, max);
+                let flush = pending.dirty && unit.cap.rwbf;
+                if commands.is_empty() && !flush && unit.failure.is_none() {
+                    return Ok(());
+                }
+                unit.run(mem, config, &commands, true)
+            })
     }
 }
 
@@ -743,6 +644,16 @@ impl<R: RegisterBlock> Unit<R> {
     }
 }
 
+sluice_iommu::domain_unit!(Unit<R>, id, ids);
+
+/// The aperture (`[0, aperture_end)`) minus the interrupt window and `domain`'s identity
+/// regions, as sorted `[start, end)` pieces.
+fn usable(domain: &Domain<VtdSecondLevel>, aperture_end: u64) -> Vec<(u64, u64)> {
+    let mut reserved = domain.identity_ranges();
+    reserved.push((INTERRUPT_WINDOW.start, INTERRUPT_WINDOW.last + 1));
+    subtract((0, aperture_end), &reserved)
+}
+
 /// Table formats a unit can use: SAGAW's 3-, 4- and 5-level formats (2- and 6-level
 /// are reserved), shallowest first.
 fn usable_formats(cap: &Capability) -> Vec<TableFormat> {
@@ -793,38 +704,10 @@ fn domain_format<R>(units: &[Unit<R>]) -> DomainFormat {
 }
 
 impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
+    sluice_iommu::domain_methods!();
+
     fn vendor(&self) -> Vendor {
         Vendor::IntelVtd
-    }
-
-    fn create_domain(&mut self) -> Result<DomainHandle, IommuError> {
-        let handle = DomainHandle(self.next_domain);
-        let next = self
-            .next_domain
-            .checked_add(1)
-            .ok_or(IommuError::NoDomainId)?;
-        let table = SecondLevelTable::new(
-            &mut self.mem,
-            PageTableConfig {
-                levels: self.format.levels,
-                superpages: self.format.page_sizes,
-                coherent: self.format.coherent,
-            },
-        )?;
-        self.next_domain = next;
-        self.domains.insert(
-            handle,
-            Domain {
-                table,
-                dids: BTreeMap::new(),
-                devices: BTreeMap::new(),
-                unmapped: Vec::new(),
-                mapped: Vec::new(),
-                dirty: false,
-                identity: Vec::new(),
-            },
-        );
-        Ok(handle)
     }
 
     /// Requires no device attached (`Busy`). On every unit the domain had an id on: a
@@ -832,50 +715,21 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
     /// the pool. When a unit fails to confirm, the domain is gone all the same but its
     /// id and tables are leaked (that unit may still use them) and the error returned.
     fn destroy_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
-        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        if !domain.devices.is_empty() {
-            return Err(IommuError::Busy);
-        }
-        let mut domain = self
-            .domains
-            .remove(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let mut result = Ok(());
-        for (&unit_id, &did) in &domain.dids {
-            let Some(unit) = self.units.iter_mut().find(|u| u.id == unit_id) else {
-                continue;
-            };
-            let commands = [
-                Invalidation::ContextDomain { did },
-                Invalidation::IotlbDomain { did },
-            ];
-            match unit.run(&mut self.mem, &self.config, &commands, true) {
-                Ok(()) => unit.ids.release(did),
-                Err(error) => result = result.and(Err(error)),
-            }
-        }
-        if result.is_ok() {
-            domain.table.reclaim(&mut self.mem);
-            domain.table.destroy(&mut self.mem);
-        }
-        result
-    }
-
-    fn page_sizes(&self, domain: DomainHandle) -> Result<u64, IommuError> {
-        self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
-        Ok(self.format.page_sizes.bitmap())
+        let config = &self.config;
+        let units = &mut self.units;
+        self.domains
+            .destroy(&mut self.mem, handle, units, |unit, mem, did| {
+                let commands = [
+                    Invalidation::ContextDomain { did },
+                    Invalidation::IotlbDomain { did },
+                ];
+                unit.run(mem, config, &commands, true)
+            })
     }
 
     fn iova_ranges(&self, domain: DomainHandle) -> Result<Vec<IovaRange>, IommuError> {
-        let domain = self.domains.get(&domain).ok_or(IommuError::UnknownDomain)?;
-        Ok(self
-            .usable(domain)
-            .into_iter()
-            .map(|(start, end)| IovaRange {
-                start,
-                last: end - 1,
-            })
-            .collect())
+        let domain = self.domains.get(domain)?;
+        Ok(iova_ranges(usable(domain, self.aperture_end())))
     }
 
     /// Errors in order: `UnknownDomain`, `Misaligned`, `Wraps`, `OutOfRange` (not inside
@@ -889,57 +743,11 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
         size: u64,
         access: Access,
     ) -> Result<(), IommuError> {
-        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        let end = check_map_args(iova, paddr, size)?;
-        if !self
-            .usable(domain)
-            .iter()
-            .any(|&(start, stop)| start <= iova && end <= stop)
-        {
-            return Err(IommuError::OutOfRange);
-        }
-        let caching_mode = self.caching_mode;
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        domain.table.map(&mut self.mem, iova, paddr, size, access)?;
-        domain.dirty = true;
-        if caching_mode {
-            domain.mapped.push((iova, end));
-        }
-        Ok(())
-    }
-
-    /// Removes every page mapped in `[iova, iova + size)` (clamped to the aperture),
-    /// except RMRR identity regions, which stay. Superpages sticking out of the range are
-    /// split by the table (so `PartialUnmap` never happens here; whole-mapping rules are
-    /// the caller's, e.g. the VFIO layer's). `Misaligned`/`Wraps` on bad arguments.
-    fn unmap(&mut self, handle: DomainHandle, iova: u64, size: u64) -> Result<u64, IommuError> {
         let aperture_end = self.aperture_end();
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let end = check_map_args(iova, 0, size)?.min(aperture_end);
-        if iova >= end {
-            return Ok(0);
-        }
-        let kept: Vec<(u64, u64)> = domain
-            .identity
-            .iter()
-            .map(|m| (m.base, m.base + m.size))
-            .collect();
-        let mut bytes = 0;
-        for (start, stop) in subtract((iova, end), &kept) {
-            let unmapped = domain.table.unmap(&mut self.mem, start, stop - start)?;
-            bytes += unmapped.bytes;
-            if let Some(flush) = unmapped.flush {
-                domain.unmapped.push((flush.iova, flush.iova + flush.size));
-                domain.dirty = true;
-            }
-        }
-        Ok(bytes)
+        let usable = |domain: &Domain<VtdSecondLevel>| usable(domain, aperture_end);
+        let (args, record) = ((iova, paddr, size), self.caching_mode);
+        self.domains
+            .map_checked(&mut self.mem, handle, args, access, usable, record)
     }
 
     /// One batch per unit the domain has an id on: the union of ranges unmapped since
@@ -966,35 +774,13 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
     /// `InvalidationTimeout` (the entries were written but are unconfirmed: the device
     /// counts as attached and must be detached or the unit abandoned).
     fn attach(&mut self, handle: DomainHandle, device: &DeviceDma) -> Result<(), IommuError> {
-        let domain = self.domains.get(&handle).ok_or(IommuError::UnknownDomain)?;
-        let index = self
-            .unit_index(device.unit)
-            .ok_or(IommuError::UnknownDevice)?;
-        let mut rids = device.requester_ids.clone();
-        rids.sort_unstable();
-        rids.dedup();
-        if rids.is_empty() {
-            return Err(IommuError::UnknownDevice);
-        }
-        if let Some(existing) = domain.devices.get(&device.device) {
-            if existing.unit == device.unit && existing.requester_ids == device.requester_ids {
-                return self.commit_domain(handle);
-            }
-            return Err(IommuError::Busy);
-        }
+        let index = self.domains.attach_unit(handle, device.unit, &self.units)?;
+        let rids = requester_ids(device, [])?;
         if self
             .domains
-            .iter()
-            .any(|(&other, d)| other != handle && d.devices.contains_key(&device.device))
+            .check_attach(handle, device, &rids, &self.routes)?
         {
-            return Err(IommuError::Busy);
-        }
-        if rids.iter().any(|&rid| {
-            self.routes
-                .get(&(device.unit, rid))
-                .is_some_and(|route| route.domain != handle)
-        }) {
-            return Err(IommuError::Busy);
+            return self.commit_domain(handle);
         }
         let unit = &self.units[index];
         if unit.failure.is_some() {
@@ -1004,67 +790,30 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
             return Err(IommuError::Unsupported { unit: unit.id });
         }
 
-        // RMRR identity maps first (nothing points at them yet if they are new).
-        let regions: Vec<(u64, u64)> = self
-            .identity_regions
-            .iter()
-            .filter(|region| {
-                region.segment == unit.segment && region.devices.contains(&device.device)
-            })
-            .map(|region| (region.base, region.size()))
-            .collect();
-        self.add_identity(handle, &regions)?;
-
-        // A domain id on this unit.
+        // RMRR identity maps first (nothing points at them yet if they are new), then a
+        // domain id on this unit.
+        let regions = regions_of(&self.identity_regions, unit.segment, device.device);
+        let record = self.caching_mode;
         let unit = &mut self.units[index];
-        let domain = self
+        let did = self
             .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let did = match domain.dids.get(&unit.id) {
-            Some(&did) => did,
-            None => match unit.ids.allocate() {
-                Some(did) => {
-                    domain.dids.insert(unit.id, did);
-                    did
-                }
-                None => {
-                    self.remove_identity(handle, &regions);
-                    return Err(IommuError::NoDomainId);
-                }
-            },
-        };
+            .prepare_attach(&mut self.mem, handle, unit, &regions, record)?;
+        let domain = self.domains.get_mut(handle)?;
 
         // Context entries for requester ids not yet routed.
         let entry = ContextEntry::new(domain.table.root(), domain.table.levels(), did);
-        let mut fresh = Vec::new();
-        for &rid in &rids {
-            if self.routes.contains_key(&(unit.id, rid)) {
-                continue;
-            }
+        let fresh = self.routes.unrouted(unit.id, &rids);
+        for (written, &rid) in fresh.iter().enumerate() {
             if let Err(error) = unit.write_context(&mut self.mem, rid, entry) {
-                for &written in &fresh {
-                    unit.clear_context(&mut self.mem, written);
+                for &undo in &fresh[..written] {
+                    unit.clear_context(&mut self.mem, undo);
                 }
-                self.remove_identity(handle, &regions);
+                domain.remove_identity(&mut self.mem, &regions);
                 return Err(error);
             }
-            fresh.push(rid);
         }
-        for &rid in &rids {
-            self.routes
-                .entry((unit.id, rid))
-                .and_modify(|route| route.users += 1)
-                .or_insert(Route {
-                    domain: handle,
-                    users: 1,
-                });
-        }
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        domain.devices.insert(device.device, device.clone());
+        self.domains
+            .finish_attach(handle, device, rids, &mut self.routes)?;
 
         let context_did = if unit.cap.cm { 0 } else { did };
         let mut commands: Vec<Invalidation> = fresh
@@ -1091,58 +840,25 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
     /// Errors: `UnknownDomain`; `UnknownDevice` (not attached to this domain);
     /// `InvalidationTimeout` (entries cleared in memory, unconfirmed: the unit is failed).
     fn detach(&mut self, handle: DomainHandle, device: &DeviceDma) -> Result<(), IommuError> {
-        let attached = self
+        let detached = self
             .domains
-            .get(&handle)
-            .ok_or(IommuError::UnknownDomain)?
-            .devices
-            .get(&device.device)
-            .cloned()
-            .ok_or(IommuError::UnknownDevice)?;
-        let index = self
-            .unit_index(attached.unit)
-            .ok_or(IommuError::UnknownDevice)?;
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        domain.devices.remove(&device.device);
-        let unit = &mut self.units[index];
-        let did = domain.dids.get(&unit.id).copied().unwrap_or(0);
-
-        let mut rids = attached.requester_ids.clone();
-        rids.sort_unstable();
-        rids.dedup();
-        let mut cleared = Vec::new();
-        for rid in rids {
-            let key = (unit.id, rid);
-            let Some(route) = self.routes.get_mut(&key) else {
-                continue;
-            };
-            route.users -= 1;
-            if route.users == 0 {
-                self.routes.remove(&key);
-                unit.clear_context(&mut self.mem, rid);
-                cleared.push(rid);
-            }
+            .detach(handle, device.device, &mut self.routes, &self.units)?;
+        let (did, cleared) = (detached.did, &detached.cleared);
+        let unit = &mut self.units[detached.index];
+        for &rid in cleared {
+            unit.clear_context(&mut self.mem, rid);
         }
 
-        let regions: Vec<(u64, u64)> = self
-            .identity_regions
-            .iter()
-            .filter(|region| {
-                region.segment == unit.segment && region.devices.contains(&attached.device)
-            })
-            .map(|region| (region.base, region.size()))
-            .collect();
-
+        let regions = regions_of(&self.identity_regions, unit.segment, device.device);
         let mut commands: Vec<Invalidation> = cleared
             .iter()
             .map(|&sid| Invalidation::ContextDevice { did, sid, fm: 0 })
             .collect();
         commands.push(Invalidation::IotlbDomain { did });
         let result = unit.run(&mut self.mem, &self.config, &commands, true);
-        self.remove_identity(handle, &regions);
+        self.domains
+            .get_mut(handle)?
+            .remove_identity(&mut self.mem, &regions);
         let committed = self.commit_domain(handle);
         result.and(committed)
     }
@@ -1156,99 +872,6 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
             unit.take_faults(&mut records);
         }
         records
-    }
-}
-
-impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
-    /// Identity-maps `regions` (`(base, size)`) in `handle`, reference counted. Either
-    /// all are added or none.
-    fn add_identity(
-        &mut self,
-        handle: DomainHandle,
-        regions: &[(u64, u64)],
-    ) -> Result<(), IommuError> {
-        let aperture_end = self.aperture_end();
-        let caching_mode = self.caching_mode;
-        let domain = self
-            .domains
-            .get_mut(&handle)
-            .ok_or(IommuError::UnknownDomain)?;
-        let mut done: Vec<(u64, u64)> = Vec::new();
-        let mut failure = None;
-        for &(base, size) in regions {
-            if let Some(mapping) = domain
-                .identity
-                .iter_mut()
-                .find(|m| m.base == base && m.size == size)
-            {
-                mapping.users += 1;
-                done.push((base, size));
-                continue;
-            }
-            let end = base + size;
-            let window = (INTERRUPT_WINDOW.start, INTERRUPT_WINDOW.last + 1);
-            let outcome = if end > aperture_end || (base < window.1 && window.0 < end) {
-                Err(IommuError::OutOfRange)
-            } else {
-                domain.table.map(
-                    &mut self.mem,
-                    base,
-                    base,
-                    size,
-                    Access::READ | Access::WRITE,
-                )
-            };
-            match outcome {
-                Ok(()) => {
-                    domain.identity.push(IdentityMapping {
-                        base,
-                        size,
-                        users: 1,
-                    });
-                    domain.dirty = true;
-                    if caching_mode {
-                        domain.mapped.push((base, end));
-                    }
-                    done.push((base, size));
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        if let Some(error) = failure {
-            self.remove_identity(handle, &done);
-            return Err(error);
-        }
-        Ok(())
-    }
-
-    /// Drops one reference to each of `regions`; unmaps those nobody uses any more (the
-    /// flush is left pending for the next commit).
-    fn remove_identity(&mut self, handle: DomainHandle, regions: &[(u64, u64)]) {
-        let Some(domain) = self.domains.get_mut(&handle) else {
-            return;
-        };
-        for &(base, size) in regions {
-            let Some(position) = domain
-                .identity
-                .iter()
-                .position(|m| m.base == base && m.size == size)
-            else {
-                continue;
-            };
-            domain.identity[position].users -= 1;
-            if domain.identity[position].users == 0 {
-                domain.identity.remove(position);
-                if let Ok(unmapped) = domain.table.unmap(&mut self.mem, base, size) {
-                    if let Some(flush) = unmapped.flush {
-                        domain.unmapped.push((flush.iova, flush.iova + flush.size));
-                    }
-                    domain.dirty = true;
-                }
-            }
-        }
     }
 }
 

@@ -3,66 +3,24 @@
 //! Ids come from `1..=0xFFFF`: 0 is the tag of every blocked device table entry and is
 //! never a domain's. Allocation is round-robin, so a freed id is the last to come back,
 //! and an id is only freed after the caller has invalidated everything the unit cached
-//! under it.
+//! under it. The pool itself is the vendor-neutral [`IdPool`].
 //!
 //! With `skip_bit8` the ids whose bit 8 is set are never used: QEMU up to 10.0 validates
 //! device table entries against a reserved-bit mask that wrongly includes DomainID bit 8
 //! (`AMDVI_DTE_MIDDLE_QUAD_RESERVED = 0x100` applied to quadword 1), and fails every
 //! translation through such an entry with ILLEGAL_DEV_TABLE_ENTRY. That leaves 32767 ids.
 
-use alloc::collections::BTreeSet;
+use sluice_iommu::domains::IdPool;
 
-/// The id pool of one unit.
+/// The id pool of one unit, as the driver makes it.
 #[derive(Debug)]
-pub struct DomainIds {
-    next: u32,
-    used: BTreeSet<u16>,
-    skip_bit8: bool,
-}
+pub struct DomainIds;
 
 impl DomainIds {
     /// All ids but 0 (and, with `skip_bit8`, those with bit 8 set).
-    pub fn new(skip_bit8: bool) -> Self {
-        Self {
-            next: 1,
-            used: BTreeSet::new(),
-            skip_bit8,
-        }
-    }
-
-    fn usable(&self, id: u32) -> bool {
-        id != 0 && !(self.skip_bit8 && id & 0x100 != 0)
-    }
-
-    /// The next free id after the last one handed out, or `None` when all are in use.
-    pub fn allocate(&mut self) -> Option<u16> {
-        for step in 0..0xffff_u32 {
-            let candidate = 1 + (self.next - 1 + step) % 0xffff;
-            if !self.usable(candidate) {
-                continue;
-            }
-            let id = candidate as u16;
-            if self.used.insert(id) {
-                self.next = 1 + candidate % 0xffff;
-                return Some(id);
-            }
-        }
-        None
-    }
-
-    /// Returns `id` to the pool. Only after its cached state was invalidated.
-    pub fn release(&mut self, id: u16) {
-        self.used.remove(&id);
-    }
-
-    /// Ids in use.
-    pub fn in_use(&self) -> usize {
-        self.used.len()
-    }
-
-    /// Ids available in total.
-    pub fn capacity(&self) -> u32 {
-        if self.skip_bit8 { 0x7fff } else { 0xffff }
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(skip_bit8: bool) -> IdPool {
+        IdPool::new(1 << 16, skip_bit8)
     }
 }
 

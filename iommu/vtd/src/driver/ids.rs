@@ -4,54 +4,19 @@
 //! unit tags cached not-present entries with it; never used at all here, which is
 //! simpler and costs one id). Allocation is round-robin, so a freed id is the last to
 //! come back, and an id is only freed after the caller has invalidated everything the
-//! unit cached under it.
+//! unit cached under it. The pool itself is the vendor-neutral [`IdPool`].
 
-use alloc::collections::BTreeSet;
+use sluice_iommu::domains::IdPool;
 
+/// Makes the id pool of a VT-d unit.
 #[derive(Debug)]
-pub struct DomainIds {
-    /// One past the largest id.
-    limit: u32,
-    next: u32,
-    used: BTreeSet<u16>,
-}
+pub struct DomainIds;
 
 impl DomainIds {
     /// Ids `1 .. domains` (`domains` from CAP.ND, at most 65536).
-    pub fn new(domains: u32) -> Self {
-        Self {
-            limit: domains.min(1 << 16),
-            next: 1,
-            used: BTreeSet::new(),
-        }
-    }
-
-    pub fn allocate(&mut self) -> Option<u16> {
-        let span = self.limit.checked_sub(1)?;
-        for step in 0..span {
-            let candidate = 1 + (self.next - 1 + step) % span;
-            let id = candidate as u16;
-            if !self.used.contains(&id) {
-                self.used.insert(id);
-                self.next = 1 + candidate % span;
-                return Some(id);
-            }
-        }
-        None
-    }
-
-    /// Returns `id` to the pool. Only after its cached state was invalidated.
-    pub fn release(&mut self, id: u16) {
-        self.used.remove(&id);
-    }
-
-    pub fn in_use(&self) -> usize {
-        self.used.len()
-    }
-
-    /// Ids available in total (excluding 0).
-    pub fn capacity(&self) -> u32 {
-        self.limit.saturating_sub(1)
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(domains: u32) -> IdPool {
+        IdPool::new(domains, false)
     }
 }
 

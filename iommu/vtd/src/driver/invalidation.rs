@@ -398,18 +398,7 @@ pub fn iotlb_for_ranges(
 }
 
 /// Sorts and merges overlapping or touching `[start, end)` ranges.
-pub fn merge_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|r| r.1 > r.0).collect();
-    sorted.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
-    for (start, end) in sorted {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
-        }
-    }
-    merged
-}
+pub use sluice_iommu::domains::merge_ranges;
 
 #[cfg(test)]
 mod tests {
