@@ -21,3 +21,4 @@ pub mod mmio;
 pub mod phys;
 pub mod serial;
 pub mod svm;
+pub mod virt;

@@ -829,9 +829,10 @@ fn run_dmatest(
 /// expected (exit status 0, or terminated where `expect=NAME:terminated` says so).
 fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
     use sluice_kernel::guest_image::{self, Archive};
-    use sluice_kernel::svm::{
-        self, Action, Exit, Guest, GuestStatus, handle_common_exit, vcpu::VMMCALL_LEN,
-    };
+    use sluice_kernel::virt::{self, Action, Exit, GuestStatus, VirtualCpu, handle_common_exit};
+    /// The hardware backend: the only place that names it.
+    type Backend = sluice_kernel::svm::Vcpu;
+    type Guest = virt::Guest<Backend>;
 
     let specs = match guest_image::parse_guests(cmdline) {
         Ok(s) => s,
@@ -865,8 +866,8 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
             return false;
         }
     };
-    if let Err(e) = svm::cpu::enable() {
-        error!(target: "guest", "SVM unavailable: {e}");
+    if let Err(e) = Backend::enable() {
+        error!(target: "guest", "hardware virtualisation unavailable: {e}");
         return false;
     }
     let mut guests = Vec::new();
@@ -879,7 +880,7 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
     let mut lines: alloc::collections::BTreeMap<alloc::string::String, alloc::string::String> =
         Default::default();
     let mut handler = |g: &mut Guest, exit: Exit| match exit {
-        Exit::Vmmcall => {
+        Exit::Hypercall => {
             let r = *g.vcpu.regs_mut();
             let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
             let line = lines.entry(g.name.clone()).or_default();
@@ -889,17 +890,17 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
                 Err(e) => Err(e),
             };
             g.vcpu.set_rax(sluice_abi::encode_result(result));
-            g.vcpu.advance_rip(VMMCALL_LEN);
+            g.vcpu.skip_instruction();
             Action::Resume
         }
         other => handle_common_exit(g, other),
     };
     let ticks0 = sluice_kernel::arch::lapic::ticks();
-    let quantum = svm::scheduler::Quantum {
+    let quantum = virt::scheduler::Quantum {
         max_quanta_per_guest: 200,
         ..Default::default()
     };
-    let results = svm::scheduler::run_all(guests, &mut handler, quantum);
+    let results = virt::scheduler::run_all(guests, &mut handler, quantum);
     info!(target: "sched", "{} timer ticks, {} spurious", sluice_kernel::arch::lapic::ticks() - ticks0, sluice_kernel::arch::lapic::spurious_count());
     let (mut passed, mut failed) = (0, 0);
     for (name, status) in results {

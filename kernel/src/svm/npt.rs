@@ -28,6 +28,8 @@ use core::ops::RangeInclusive;
 use sluice_iommu::Access;
 use sluice_iommu::pagetable::{Decoded, EntryFormat, IoPageTable, PageSizes, PageTableConfig};
 
+use crate::virt::NestedFormat;
+
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
@@ -44,10 +46,10 @@ pub type NestedPageTable = IoPageTable<NptFormat>;
 /// NPT depth: 4 levels, like the host's paging (N_CR3 is walked in the host's mode).
 pub const NPT_LEVELS: u8 = 4;
 
-impl NptFormat {
+impl NestedFormat for NptFormat {
     /// The configuration Sluice uses: 4 levels, 2 MiB and 1 GiB leaves, coherent (the
     /// CPU walks its own caches, nothing to flush).
-    pub fn config() -> PageTableConfig {
+    fn config() -> PageTableConfig {
         PageTableConfig {
             levels: NPT_LEVELS,
             superpages: PageSizes::all(),

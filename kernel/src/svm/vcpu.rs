@@ -36,8 +36,9 @@ use core::fmt;
 use core::mem::offset_of;
 
 use super::cpu::{EFER_LMA, EFER_LME, EFER_SVME};
-use super::guest_memory::HostMemory;
 use super::vmcb::{Segment, Vmcb, misc1, misc2, off, tlb, vintr};
+use crate::virt::guest_memory::HostMemory;
+use crate::virt::{Exit, GuestRegs, IoAccess};
 
 /// #VMEXIT codes Sluice decodes (APM vol. 2, appendix C).
 pub mod exit_code {
@@ -64,93 +65,50 @@ pub const VMMCALL_LEN: u64 = 3;
 pub const CPUID_LEN: u64 = 2;
 pub const HLT_LEN: u64 = 1;
 
-/// A port access (IOIO exit).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IoAccess {
-    pub port: u16,
-    /// Operand size in bytes: 1, 2 or 4.
-    pub size: u8,
-    /// IN (true) or OUT.
-    pub is_in: bool,
-    /// INS/OUTS.
-    pub string: bool,
-    /// With a REP prefix.
-    pub rep: bool,
-    /// RIP of the next instruction (EXITINFO2): where to resume once emulated.
-    pub next_rip: u64,
-}
-
-/// Why the guest stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// VMMCALL: a hypercall (3 bytes: advance RIP by [`VMMCALL_LEN`]).
-    Vmmcall,
-    /// CPUID (2 bytes); leaf in guest RAX, subleaf in RCX.
-    Cpuid,
-    /// HLT (1 byte).
-    Hlt,
-    Ioio(IoAccess),
-    /// RDMSR / WRMSR of `msr` (guest ECX at the exit).
-    Msr {
-        msr: u32,
-        write: bool,
-    },
-    /// A guest-physical access the nested page tables do not allow. `error_code` is
-    /// EXITINFO1 (bit 0 present, bit 1 write, bit 2 user, bit 4 fetch, bit 32 final
-    /// translation, bit 33 during the guest's own table walk).
-    NestedPageFault {
-        gpa: u64,
-        error_code: u64,
-    },
-    /// Triple fault (or similar): the guest is dead.
-    Shutdown,
-    /// A physical interrupt (#VMEXIT INTR) arrived while the guest ran; the host has
-    /// already taken it. Nothing to emulate: resume, or treat as a scheduling point.
-    Interrupt,
-    /// VMEXIT_INVALID: VMRUN refused the VMCB state; the save area is junk afterwards,
-    /// so [`Vcpu::reset`] before running again.
-    Invalid,
-    /// Anything else, raw.
-    Other {
-        code: u64,
-        info1: u64,
-        info2: u64,
-    },
-}
-
-impl Exit {
-    /// Decode the VMCB's exit fields. `rcx`: guest RCX at the exit (the MSR number).
-    pub fn decode(code: u64, info1: u64, info2: u64, rcx: u64) -> Self {
-        match code {
-            exit_code::VMMCALL => Self::Vmmcall,
-            exit_code::CPUID => Self::Cpuid,
-            exit_code::HLT => Self::Hlt,
-            exit_code::IOIO => Self::Ioio(IoAccess {
-                port: (info1 >> 16) as u16,
-                size: match (info1 >> 4) & 0b111 {
-                    0b001 => 1,
-                    0b010 => 2,
-                    _ => 4,
-                },
-                is_in: info1 & 1 != 0,
-                string: info1 & (1 << 2) != 0,
-                rep: info1 & (1 << 3) != 0,
-                next_rip: info2,
-            }),
-            exit_code::MSR => Self::Msr {
-                msr: rcx as u32,
-                write: info1 & 1 != 0,
+/// Decode the VMCB's exit fields into the neutral [`Exit`]. `rcx`: guest RCX at the exit
+/// (the MSR number).
+pub fn decode_exit(code: u64, info1: u64, info2: u64, rcx: u64) -> Exit {
+    match code {
+        exit_code::VMMCALL => Exit::Hypercall,
+        exit_code::CPUID => Exit::Cpuid,
+        exit_code::HLT => Exit::Hlt,
+        exit_code::IOIO => Exit::Io(IoAccess {
+            port: (info1 >> 16) as u16,
+            size: match (info1 >> 4) & 0b111 {
+                0b001 => 1,
+                0b010 => 2,
+                _ => 4,
             },
-            exit_code::NPF => Self::NestedPageFault {
-                gpa: info2,
-                error_code: info1,
-            },
-            exit_code::SHUTDOWN => Self::Shutdown,
-            exit_code::INTR => Self::Interrupt,
-            // QEMU stores -1 as a 32-bit value; the APM says 64-bit -1.
-            0xffff_ffff | exit_code::INVALID => Self::Invalid,
-            code => Self::Other { code, info1, info2 },
+            is_in: info1 & 1 != 0,
+            string: info1 & (1 << 2) != 0,
+            rep: info1 & (1 << 3) != 0,
+        }),
+        exit_code::MSR => Exit::Msr {
+            msr: rcx as u32,
+            write: info1 & 1 != 0,
+        },
+        // EXITINFO1: bit 0 present, bit 1 write, bit 2 user, bit 4 fetch, bit 32 final
+        // translation, bit 33 during the guest's own table walk.
+        exit_code::NPF => Exit::GuestPhysicalFault {
+            gpa: info2,
+            write: info1 & 2 != 0,
+            fetch: info1 & (1 << 4) != 0,
+            during_walk: info1 & (1 << 33) != 0,
+            error_code: info1,
+        },
+        exit_code::SHUTDOWN => Exit::Shutdown,
+        exit_code::INTR => Exit::Interrupt,
+        // QEMU stores -1 as a 32-bit value; the APM says 64-bit -1.
+        0xffff_ffff | exit_code::INVALID => {
+            Exit::Invalid("VMRUN refused the guest state (VMEXIT_INVALID)")
         }
+        exit_code::CR0_WRITE => Exit::Cr0Write,
+        code => Exit::Other {
+            name: exit_name(code),
+            code,
+            info1,
+            info2,
+        },
     }
 }
 
@@ -180,26 +138,6 @@ pub fn exit_name(code: u64) -> &'static str {
         0xffff_ffff | exit_code::INVALID => "VMEXIT_INVALID",
         _ => "unexpected exit",
     }
-}
-
-/// Guest general-purpose registers VMRUN does not switch (RAX and RSP live in the VMCB).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuestRegs {
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
 }
 
 /// FXSAVE area: 512 bytes, 16-byte aligned.
@@ -396,6 +334,8 @@ pub struct Vcpu {
     runs: u64,
     /// Virtual interrupts queued and not yet put into the VMCB (bit n: vector n).
     pending: PendingVectors,
+    /// The ASID [`crate::virt::VirtualCpu::create`] took from the pool, given back on drop.
+    pub(super) pooled_asid: Option<u32>,
 }
 
 impl fmt::Debug for Vcpu {
@@ -452,6 +392,7 @@ impl Vcpu {
             first_run: true,
             runs: 0,
             pending: PendingVectors::default(),
+            pooled_asid: None,
         };
         vcpu.reset();
         Some(vcpu)
@@ -658,7 +599,7 @@ impl Vcpu {
     /// The current exit, decoded from the VMCB.
     pub fn exit(&self) -> Exit {
         let v = self.vmcb();
-        Exit::decode(
+        decode_exit(
             v.exit_code(),
             v.exit_info1(),
             v.exit_info2(),
@@ -706,13 +647,17 @@ impl Drop for Vcpu {
         self.backing.free(self.vmcb_pa, 1);
         self.backing.free(self.iopm_pa, IOPM_PAGES);
         self.backing.free(self.msrpm_pa, MSRPM_PAGES);
+        if let Some(asid) = self.pooled_asid {
+            // A later guest reusing the ASID starts with TLB_CONTROL = flush all.
+            super::release_asid(&super::ASIDS_IN_USE, asid);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::guest_memory::test_support::Arena;
     use super::*;
+    use crate::virt::guest_memory::test_support::Arena;
 
     fn boot() -> BootState {
         BootState {
@@ -844,73 +789,77 @@ mod tests {
 
     #[test]
     fn exit_decoding() {
-        assert_eq!(Exit::decode(0x81, 0, 0, 0), Exit::Vmmcall);
-        assert_eq!(Exit::decode(0x72, 0, 0, 0), Exit::Cpuid);
-        assert_eq!(Exit::decode(0x78, 0, 0, 0), Exit::Hlt);
-        assert_eq!(Exit::decode(0x7F, 0, 0, 0), Exit::Shutdown);
-        assert_eq!(Exit::decode(0xffff_ffff, 0, 0, 0), Exit::Invalid);
-        assert_eq!(Exit::decode(u64::MAX, 0, 0, 0), Exit::Invalid);
+        const INVALID: Exit = Exit::Invalid("VMRUN refused the guest state (VMEXIT_INVALID)");
+        assert_eq!(decode_exit(0x81, 0, 0, 0), Exit::Hypercall);
+        assert_eq!(decode_exit(0x72, 0, 0, 0), Exit::Cpuid);
+        assert_eq!(decode_exit(0x78, 0, 0, 0), Exit::Hlt);
+        assert_eq!(decode_exit(0x7F, 0, 0, 0), Exit::Shutdown);
+        assert_eq!(decode_exit(0xffff_ffff, 0, 0, 0), INVALID);
+        assert_eq!(decode_exit(u64::MAX, 0, 0, 0), INVALID);
         // OUT dx, al to 0x3F8: port 0x3F8, SZ8, address size 64 (bit 9), type OUT.
         let info1 = (0x3F8 << 16) | (1 << 9) | (1 << 4);
         assert_eq!(
-            Exit::decode(0x7B, info1, 0x1234, 0),
-            Exit::Ioio(IoAccess {
+            decode_exit(0x7B, info1, 0x1234, 0),
+            Exit::Io(IoAccess {
                 port: 0x3F8,
                 size: 1,
                 is_in: false,
                 string: false,
                 rep: false,
-                next_rip: 0x1234
             })
         );
         // REP INSD from 0x3FD.
         let info1 = (0x3FD << 16) | (1 << 6) | (1 << 3) | (1 << 2) | 1;
         assert_eq!(
-            Exit::decode(0x7B, info1, 9, 0),
-            Exit::Ioio(IoAccess {
+            decode_exit(0x7B, info1, 9, 0),
+            Exit::Io(IoAccess {
                 port: 0x3FD,
                 size: 4,
                 is_in: true,
                 string: true,
                 rep: true,
-                next_rip: 9
             })
         );
         // IN ax, dx.
-        let Exit::Ioio(io) = Exit::decode(0x7B, (0x60 << 16) | (1 << 5) | 1, 0, 0) else {
+        let Exit::Io(io) = decode_exit(0x7B, (0x60 << 16) | (1 << 5) | 1, 0, 0) else {
             panic!()
         };
         assert_eq!((io.port, io.size, io.is_in), (0x60, 2, true));
         assert_eq!(
-            Exit::decode(0x7C, 1, 0, 0xFFFF_FFFF_C000_0080),
+            decode_exit(0x7C, 1, 0, 0xFFFF_FFFF_C000_0080),
             Exit::Msr {
                 msr: 0xC000_0080,
                 write: true
             }
         );
         assert_eq!(
-            Exit::decode(0x7C, 0, 0, 0x1B),
+            decode_exit(0x7C, 0, 0, 0x1B),
             Exit::Msr {
                 msr: 0x1B,
                 write: false
             }
         );
         assert_eq!(
-            Exit::decode(0x400, (1 << 32) | 0b110, 0x4000_0000, 0),
-            Exit::NestedPageFault {
+            decode_exit(0x400, (1 << 32) | 0b110, 0x4000_0000, 0),
+            Exit::GuestPhysicalFault {
                 gpa: 0x4000_0000,
+                write: true,
+                fetch: false,
+                during_walk: false,
                 error_code: (1 << 32) | 0b110
             }
         );
+        assert_eq!(decode_exit(0x10, 1, 2, 3), Exit::Cr0Write);
         assert_eq!(
-            Exit::decode(0x10, 1, 2, 3),
+            decode_exit(0x12, 1, 2, 3),
             Exit::Other {
-                code: 0x10,
+                name: "CR write",
+                code: 0x12,
                 info1: 1,
                 info2: 2
             }
         );
-        assert_eq!(Exit::decode(0x60, 0, 0, 0), Exit::Interrupt);
+        assert_eq!(decode_exit(0x60, 0, 0, 0), Exit::Interrupt);
         assert_eq!(exit_name(0x10), "CR write");
         assert_eq!(exit_name(0x4E), "exception");
     }

@@ -1,11 +1,11 @@
 //! Several guests on one CPU, round-robin, preempted by the local APIC's one-shot timer.
 //!
 //! Each turn ("slice") of a guest arms the timer for [`Quantum::timer_count`] counts and
-//! runs the guest until #VMEXIT(INTR) with a new timer tick (the quantum is over), or it
+//! runs the guest until an interrupt exit ([`Exit::Interrupt`]) with a new timer tick (the quantum is over), or it
 //! stops, or it halts. Exits inside a slice go to the handler as with
-//! [`super::run_guest`]; the timer is *not* re-armed per VMRUN, so a guest that exits
+//! [`super::run_guest`]; the timer is *not* re-armed per guest entry, so a guest that exits
 //! constantly still ends its slice when the quantum runs out (a tick that arrives while
-//! the host handles an exit makes the next VMRUN exit at once).
+//! the host handles an exit makes the next guest entry exit at once).
 //!
 //! - HLT (the scheduler handles it, not the handler): RIP moves past the HLT; if a
 //!   virtual interrupt is pending and the guest's IF is 1, it resumes at once (the
@@ -25,8 +25,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::vcpu::HLT_LEN;
-use super::{Action, Exit, Guest, GuestStatus};
+use super::{Action, Exit, Guest, GuestStatus, VirtualCpu};
 use crate::arch::lapic;
 
 /// How long a slice is and how many a guest gets.
@@ -119,14 +118,14 @@ pub fn schedule<T>(
 }
 
 /// Run `guests` round-robin until all have ended (see the module docs); every exit but
-/// INTR and HLT goes to `handler` (VMMCALL: hypercalls; the rest: typically
+/// INTR and HLT goes to `handler` ([`Exit::Hypercall`]: hypercalls; the rest: typically
 /// [`super::handle_common_exit`]). Needs [`lapic::init`] for preemption; without a local
 /// APIC a slice ends only after [`Quantum::max_exits_per_slice`] exits, so a guest
 /// spinning without exits would never yield. Returns `(name, final status)` in the order
 /// of `guests` (each status also left in `guest.status`); the guests are dropped.
-pub fn run_all(
-    mut guests: Vec<Guest>,
-    handler: &mut dyn FnMut(&mut Guest, Exit) -> Action,
+pub fn run_all<V: VirtualCpu>(
+    mut guests: Vec<Guest<V>>,
+    handler: &mut dyn FnMut(&mut Guest<V>, Exit) -> Action,
     quantum: Quantum,
 ) -> Vec<(String, GuestStatus)> {
     if lapic::get().is_none() {
@@ -135,8 +134,8 @@ pub fn run_all(
     let statuses = schedule(
         &mut guests,
         quantum.max_quanta_per_guest,
-        &mut |g: &mut Guest| run_slice(g, handler, &quantum),
-        &|g: &Guest| g.can_wake(),
+        &mut |g: &mut Guest<V>| run_slice(g, handler, &quantum),
+        &|g: &Guest<V>| g.can_wake(),
     );
     guests
         .iter_mut()
@@ -150,9 +149,9 @@ pub fn run_all(
 }
 
 /// One slice of `guest` (see the module docs).
-pub fn run_slice(
-    guest: &mut Guest,
-    handler: &mut dyn FnMut(&mut Guest, Exit) -> Action,
+pub fn run_slice<V: VirtualCpu>(
+    guest: &mut Guest<V>,
+    handler: &mut dyn FnMut(&mut Guest<V>, Exit) -> Action,
     quantum: &Quantum,
 ) -> SliceEnd {
     if matches!(
@@ -185,7 +184,7 @@ pub fn run_slice(
                 }
             }
             Exit::Hlt => {
-                guest.vcpu.advance_rip(HLT_LEN);
+                guest.vcpu.skip_instruction();
                 if !guest.can_wake() {
                     break SliceEnd::Blocked;
                 }

@@ -33,7 +33,9 @@ use sluice_iommu::Access;
 use sluice_iommu::hw::DmaMemory;
 use sluice_iommu::pagetable::Translation;
 
-use super::npt::{NestedPageTable, NptFormat};
+use sluice_iommu::pagetable::IoPageTable;
+
+use super::NestedFormat;
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
@@ -118,27 +120,29 @@ impl fmt::Display for GuestMemoryError {
     }
 }
 
-pub struct GuestMemory {
+/// Guest RAM behind nested page tables in the backend's entry format `F` (AMD NPT,
+/// Intel EPT: see [`NestedFormat`]).
+pub struct GuestMemory<F: NestedFormat> {
     ram_base: u64,
     size: u64,
     host_base: u64,
     /// `None` only while being torn down.
-    npt: Option<NestedPageTable>,
+    npt: Option<IoPageTable<F>>,
     backing: Box<dyn HostMemory>,
 }
 
-impl fmt::Debug for GuestMemory {
+impl<F: NestedFormat> fmt::Debug for GuestMemory<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuestMemory")
             .field("ram_base", &format_args!("{:#x}", self.ram_base))
             .field("size", &format_args!("{:#x}", self.size))
             .field("host_base", &format_args!("{:#x}", self.host_base))
-            .field("n_cr3", &format_args!("{:#x}", self.n_cr3()))
+            .field("nested_root", &format_args!("{:#x}", self.nested_root()))
             .finish()
     }
 }
 
-impl GuestMemory {
+impl<F: NestedFormat> GuestMemory<F> {
     /// Guest RAM from the kernel's frame allocator.
     pub fn new(ram_base: u64, size: u64) -> Result<Self, GuestMemoryError> {
         Self::with_backing(ram_base, size, Box::new(crate::memory::dma::FrameDmaMemory))
@@ -164,7 +168,7 @@ impl GuestMemory {
         let host_base = backing
             .alloc_zeroed(pages, LARGE_PAGE)
             .ok_or(GuestMemoryError::NoMemory { size })?;
-        let mut npt = match NestedPageTable::new(backing.as_dma(), NptFormat::config()) {
+        let mut npt = match IoPageTable::<F>::new(backing.as_dma(), F::config()) {
             Ok(npt) => npt,
             Err(_) => {
                 backing.free(host_base, pages);
@@ -213,19 +217,21 @@ impl GuestMemory {
         self.host_base
     }
 
-    /// Host-physical address of the nested PML4 (the VMCB's N_CR3).
-    pub fn n_cr3(&self) -> u64 {
+    /// Host-physical address of the nested root table (the VMCB's N_CR3 on AMD, the EPT
+    /// pointer's address on Intel).
+    pub fn nested_root(&self) -> u64 {
         self.npt.as_ref().map_or(0, |n| n.root())
     }
 
-    pub fn npt(&self) -> &NestedPageTable {
-        self.npt.as_ref().expect("NPT present until drop")
+    pub fn nested_tables(&self) -> &IoPageTable<F> {
+        self.npt.as_ref().expect("nested tables present until drop")
     }
 
     /// What the nested page tables map `gpa` to (read from the tables, as the CPU walks
     /// them): for diagnostics and tests.
-    pub fn npt_translate(&self, gpa: u64) -> Option<Translation> {
-        self.npt().translate(self.backing.as_dma_ref(), gpa)
+    pub fn nested_translate(&self, gpa: u64) -> Option<Translation> {
+        self.nested_tables()
+            .translate(self.backing.as_dma_ref(), gpa)
     }
 
     /// Guest-physical address of the guest's PML4 (its initial CR3).
@@ -329,7 +335,7 @@ impl GuestMemory {
     }
 }
 
-impl GuestMemory {
+impl<F: NestedFormat> GuestMemory<F> {
     /// Are the guest's first page tables still exactly what
     /// [`Self::build_guest_page_tables`] wrote (nothing loaded over them)?
     pub fn guest_page_tables_intact(&self) -> bool {
@@ -354,7 +360,7 @@ impl GuestMemory {
     }
 }
 
-impl Drop for GuestMemory {
+impl<F: NestedFormat> Drop for GuestMemory<F> {
     fn drop(&mut self) {
         // The caller (Guest) guarantees no vCPU runs on these tables any more; TLB entries
         // tagged with the guest's ASID are flushed on the ASID's next use (TLB_CONTROL).
@@ -469,6 +475,9 @@ mod tests {
     use super::test_support::Arena;
     use super::*;
 
+    /// The tests use AMD's NPT entries (any [`NestedFormat`] would do).
+    type GuestMemory = super::GuestMemory<crate::svm::npt::NptFormat>;
+
     fn guest(
         ram_base: u64,
         size: u64,
@@ -548,10 +557,10 @@ mod tests {
         assert!(mem.read(8 * MIB, &mut [0u8; 0]).is_ok());
         assert!(mem.read(8 * MIB + 1, &mut [0u8; 0]).is_err());
         // The NPT maps gpa → host exactly like translate.
-        let t = mem.npt_translate(0x10_0000).unwrap();
+        let t = mem.nested_translate(0x10_0000).unwrap();
         assert_eq!(t.paddr, mem.host_base() + 0x10_0000);
         assert_eq!(t.page_size, 2 * MIB);
-        assert!(mem.npt_translate(8 * MIB).is_none());
+        assert!(mem.nested_translate(8 * MIB).is_none());
     }
 
     #[test]
