@@ -51,7 +51,7 @@
 //! | 2      | [`nr::EXIT`]           | RDI = status                | never returns          |
 //! | 3      | [`nr::NULL`]           | —                           | 0                      |
 //! | 4      | [`nr::SELF_INTERRUPT`] | RDI = vector (32..=255)     | 0 (`-EINVAL`: vector)  |
-//! | 0x100… | VFIO calls (reserved, [`nr::VFIO_BASE`]) | —         | `-ENOSYS` today        |
+//! | 0x100… | VFIO calls ([`vfio`], from [`nr::VFIO_BASE`]) | see [`vfio`] | see [`vfio`] |
 //!
 //! `CONSOLE_WRITE` accepts at most [`CONSOLE_WRITE_MAX`] bytes per call (longer:
 //! `-E2BIG`); the bytes need not be UTF-8. `NULL` does nothing and exists to measure the
@@ -87,6 +87,8 @@
 
 use core::fmt;
 
+pub mod vfio;
+
 /// The ABI version this crate describes; returned by [`nr::VERSION`] and CPUID
 /// [`CPUID_LEAF_VERSION`], and stored in [`GuestStartInfo::abi_version`].
 pub const ABI_VERSION: u32 = 1;
@@ -107,8 +109,8 @@ pub mod nr {
     /// Exists so guests can test their interrupt path; device interrupts use the same
     /// injection later.
     pub const SELF_INTERRUPT: u64 = 4;
-    /// The first VFIO hypercall number (reserved; `-ENOSYS` in ABI version 1).
-    /// Numbers `4..VFIO_BASE` are reserved for future core calls.
+    /// The first VFIO hypercall number: see [`crate::vfio::nr`].
+    /// Numbers `5..VFIO_BASE` are reserved for future core calls.
     pub const VFIO_BASE: u64 = 0x100;
 }
 
@@ -153,6 +155,8 @@ impl Errno {
     pub const ENOENT: Errno = Errno(2);
     /// Argument (list) too long: a length above the call's maximum.
     pub const E2BIG: Errno = Errno(7);
+    /// Bad handle: closed, forged, or another guest's (Linux: bad file descriptor).
+    pub const EBADF: Errno = Errno(9);
     /// Out of memory.
     pub const ENOMEM: Errno = Errno(12);
     /// Bad address: a guest-memory range outside the guest's RAM, or wrapping.
@@ -165,6 +169,8 @@ impl Errno {
     pub const ENODEV: Errno = Errno(19);
     /// Invalid argument.
     pub const EINVAL: Errno = Errno(22);
+    /// A handle of the wrong kind for the call (Linux: ioctl on the wrong file).
+    pub const ENOTTY: Errno = Errno(25);
     /// No space left.
     pub const ENOSPC: Errno = Errno(28);
     /// No such hypercall.
@@ -195,12 +201,14 @@ impl Errno {
             1 => "EPERM",
             2 => "ENOENT",
             7 => "E2BIG",
+            9 => "EBADF",
             12 => "ENOMEM",
             14 => "EFAULT",
             16 => "EBUSY",
             17 => "EEXIST",
             19 => "ENODEV",
             22 => "EINVAL",
+            25 => "ENOTTY",
             28 => "ENOSPC",
             38 => "ENOSYS",
             _ => return None,
@@ -437,6 +445,8 @@ pub enum Hypercall {
     Null,
     /// [`nr::SELF_INTERRUPT`]: `vector` is 32..=255 (checked by [`decode`]).
     SelfInterrupt { vector: u8 },
+    /// A VFIO call (numbers [`nr::VFIO_BASE`]`..`[`vfio::nr::RESERVED_END`]).
+    Vfio(vfio::VfioCall),
 }
 
 impl Hypercall {
@@ -448,6 +458,7 @@ impl Hypercall {
             Hypercall::Exit { .. } => nr::EXIT,
             Hypercall::Null => nr::NULL,
             Hypercall::SelfInterrupt { .. } => nr::SELF_INTERRUPT,
+            Hypercall::Vfio(call) => call.nr(),
         }
     }
 
@@ -458,6 +469,7 @@ impl Hypercall {
             Hypercall::ConsoleWrite { gpa, len } => [gpa, len, 0, 0, 0, 0],
             Hypercall::Exit { status } => [status, 0, 0, 0, 0, 0],
             Hypercall::SelfInterrupt { vector } => [vector as u64, 0, 0, 0, 0, 0],
+            Hypercall::Vfio(call) => return call.encode(),
         };
         (self.nr(), args)
     }
@@ -465,7 +477,8 @@ impl Hypercall {
 
 /// Decode a hypercall from RAX (`nr`) and `args` = `[rdi, rsi, rdx, r10, r8, r9]`.
 ///
-/// Unknown numbers (including the reserved VFIO range) give [`Errno::ENOSYS`]; a
+/// Unknown numbers give [`Errno::ENOSYS`]; VFIO numbers decode through
+/// [`vfio::decode`]; a
 /// `CONSOLE_WRITE` longer than [`CONSOLE_WRITE_MAX`] gives [`Errno::E2BIG`]; a
 /// `SELF_INTERRUPT` vector outside 32..=255 gives [`Errno::EINVAL`]. Guest
 /// memory ranges are *not* checked here: that needs the guest's RAM
@@ -486,6 +499,10 @@ pub const fn decode(nr: u64, args: [u64; 6]) -> Result<Hypercall, Errno> {
         nr::SELF_INTERRUPT => match args[0] {
             v @ 32..=255 => Ok(Hypercall::SelfInterrupt { vector: v as u8 }),
             _ => Err(Errno::EINVAL),
+        },
+        nr::VFIO_BASE..vfio::nr::RESERVED_END => match vfio::decode(nr, args) {
+            Ok(call) => Ok(Hypercall::Vfio(call)),
+            Err(e) => Err(e),
         },
         _ => Err(Errno::ENOSYS),
     }
@@ -653,12 +670,14 @@ mod tests {
             (Errno::EPERM, 1),
             (Errno::ENOENT, 2),
             (Errno::E2BIG, 7),
+            (Errno::EBADF, 9),
             (Errno::ENOMEM, 12),
             (Errno::EFAULT, 14),
             (Errno::EBUSY, 16),
             (Errno::EEXIST, 17),
             (Errno::ENODEV, 19),
             (Errno::EINVAL, 22),
+            (Errno::ENOTTY, 25),
             (Errno::ENOSPC, 28),
             (Errno::ENOSYS, 38),
         ];
@@ -724,7 +743,11 @@ mod tests {
         );
         assert_eq!(decode(1, [0x20_0000, 4097, 0, 0, 0, 0]), Err(Errno::E2BIG));
         assert_eq!(decode(1, [0, u64::MAX, 0, 0, 0, 0]), Err(Errno::E2BIG));
-        for unknown in [5, 0xff, nr::VFIO_BASE, nr::VFIO_BASE + 1, u64::MAX] {
+        assert_eq!(
+            decode(nr::VFIO_BASE, [0; 6]),
+            Ok(Hypercall::Vfio(vfio::VfioCall::GetApiVersion))
+        );
+        for unknown in [5, 0xff, vfio::nr::END, vfio::nr::RESERVED_END, u64::MAX] {
             assert_eq!(decode(unknown, [0; 6]), Err(Errno::ENOSYS));
         }
         for call in [

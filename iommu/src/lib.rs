@@ -251,4 +251,13 @@ pub trait Iommu {
 
     /// Read, decode and clear the fault records of every unit.
     fn take_faults(&mut self) -> Vec<FaultRecord>;
+
+    /// A teaching aid: describe, one line each, what the hardware reads for a DMA by
+    /// `device` at `iova` in `domain` — the root/context entry (VT-d) or the device-table
+    /// entry (AMD-Vi) of each requester id, then every page-table entry of the walk down
+    /// to the leaf (or the level where it stops), read from memory as the unit reads it.
+    fn explain(&self, domain: DomainHandle, device: &DeviceDma, iova: u64) -> Vec<String> {
+        let _ = (domain, device, iova);
+        alloc::vec![String::from("(this driver cannot explain its tables)")]
+    }
 }

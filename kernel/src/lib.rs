@@ -21,4 +21,5 @@ pub mod mmio;
 pub mod phys;
 pub mod serial;
 pub mod svm;
+pub mod vfio;
 pub mod virt;

@@ -1021,6 +1021,7 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
                 g.queue_interrupt(vector);
                 Ok(0)
             }
+            Hypercall::Vfio(_) => Err(Errno::ENOSYS),
         }
     }
 }

@@ -1,0 +1,792 @@
+//! VFIO over hypercalls: containers, groups and devices with handles in place of file
+//! descriptors and `VMMCALL` in place of `ioctl`.
+//!
+//! The model is Linux VFIO's (`Documentation/driver-api/vfio.rst`): a *container* is an
+//! IO address space (one IOMMU domain per remapping unit it spans); a *group* is the
+//! smallest set of PCI functions the IOMMU can isolate, and the unit of ownership; a
+//! *device* is one function of an open group. A guest opens the groups the hypervisor's
+//! command line gives it (`guest=NAME:SIZE:groups=...`), puts them in a container, sets
+//! the IOMMU model (type1v2), and maps its own RAM for DMA.
+//!
+//! # Handles
+//!
+//! Objects are named by *handles*: opaque values in `1..=i64::MAX` that the hypervisor
+//! returns from [`nr::CONTAINER_CREATE`], [`nr::GROUP_OPEN`] and [`nr::GROUP_GET_DEVICE`].
+//! A handle is valid only in the guest that received it, until [`nr::CLOSE`]. A closed,
+//! forged or another guest's handle is [`Errno::EBADF`] — never some other object (the
+//! hypervisor keeps a generation count per handle slot). A valid handle of the wrong kind
+//! as the object of a call is [`Errno::ENOTTY`] (Linux: an ioctl on the wrong file); as
+//! the container argument of [`nr::GROUP_SET_CONTAINER`] it is [`Errno::EINVAL`] (as in
+//! Linux). When a guest ends, all its handles are closed.
+//!
+//! # Argument structures
+//!
+//! Structures are passed by guest-physical address (the guest's identity map makes that
+//! its pointer) and start with `argsz: u32, flags: u32`:
+//!
+//! - `argsz` is the size the caller provides. The hypervisor requires `argsz >=` the
+//!   structure's *minimum size* (the end of the last field the call reads; each struct's
+//!   `MIN_SIZE`), else [`Errno::EINVAL`]; it reads and writes at most `argsz` bytes and
+//!   never more than the structure's full size, plus (for info calls) the capability
+//!   chain that follows it inside `argsz`.
+//! - unknown `flags` bits are [`Errno::EINVAL`].
+//! - the range `[gpa, gpa + argsz)` (bounded by [`MAX_ARGSZ`]) must lie in the guest's RAM,
+//!   else [`Errno::EFAULT`] (or [`Errno::E2BIG`] beyond `MAX_ARGSZ`).
+//! - a call that fails changes nothing, in the hypervisor or in the guest's structure.
+//!
+//! Info calls ([`nr::IOMMU_GET_INFO`]) may return a *capability chain* of
+//! [`InfoCapHeader`]-headed records after the fixed structure, linked by `next` offsets
+//! from the start of the structure (0 ends the chain). When `argsz` is too small for the
+//! chain, the call still succeeds, sets the CAPS flag, writes `cap_offset = 0` and raises
+//! `argsz` to the size needed: call again with a bigger buffer.
+//!
+//! All fields are little-endian; every structure's size and field offsets are checked at
+//! compile time here and against the C header `abi/include/sluice.h` by a test.
+//!
+//! # The calls
+//!
+//! `c` = container handle, `g` = group handle, `d` = device handle, `gpa` = guest-physical
+//! address of the structure. Every call can also fail with `EBADF` (a handle argument is
+//! not a live handle of the caller), `ENOTTY` (the handle is of another kind) and
+//! `EFAULT`/`E2BIG` (structure not inside the caller's RAM / `argsz` above [`MAX_ARGSZ`]).
+//!
+//! | nr                              | args                 | result / errors |
+//! |---------------------------------|----------------------|-----------------|
+//! | [`nr::GET_API_VERSION`]         | —                    | [`API_VERSION`] (0) |
+//! | [`nr::CHECK_EXTENSION`]         | RDI = extension      | 1 if supported ([`extension::TYPE1V2_IOMMU`], [`extension::UNMAP_ALL`]), else 0 |
+//! | [`nr::CONTAINER_CREATE`]        | —                    | a container handle. `ENOSPC`: the caller's handle table is full; `ENOMEM` |
+//! | [`nr::CONTAINER_SET_IOMMU`]     | RDI = c, RSI = type  | 0. `EINVAL`: no group in the container, or a model already set. `ENODEV`: `type` is not [`extension::TYPE1V2_IOMMU`]. `ENOSPC`/`ENOMEM`: no IOMMU domain could be created |
+//! | [`nr::IOMMU_GET_INFO`]          | RDI = c, RSI = gpa   | 0, fills [`IommuType1Info`] + caps ([`IovaRangeCap`], [`DmaAvailCap`]). `EINVAL`: no model set, `argsz` below the minimum, flags ≠ 0 |
+//! | [`nr::MAP_DMA`]                 | RDI = c, RSI = gpa   | 0 ([`DmaMap`]). `EINVAL`: no model set; flags not a non-empty subset of READ|WRITE; size 0; `vaddr`, `iova` or `size` not a multiple of the smallest page size; `iova + size` or `vaddr + size` wraps; `[iova, iova + size)` not inside one usable IOVA range. `EFAULT`: `[vaddr, vaddr + size)` is not wholly the caller's RAM (MMIO, the hypervisor's or another guest's memory are never mapped). `EEXIST`: overlaps an existing mapping. `ENOSPC`: [`DMA_MAPPINGS_MAX`] mappings exist. `ENOMEM`: no memory for page tables. On any error nothing is mapped |
+//! | [`nr::UNMAP_DMA`]               | RDI = c, RSI = gpa   | 0 ([`DmaUnmap`]); writes back `size` = bytes unmapped (0 if nothing was mapped there). `EINVAL`: no model set; unknown flags; size 0; misaligned; wraps; the range would cut a mapping in two at either end; with [`DMA_UNMAP_FLAG_ALL`], `iova` or `size` ≠ 0 |
+//! | [`nr::GROUP_LIST`]              | RDI = gpa            | 0, fills [`GroupList`] + [`GroupListEntry`] × n: every function that is in an IOMMU group, with its group's state for the caller. `EINVAL`: `argsz` below the minimum, flags ≠ 0 |
+//! | [`nr::GROUP_OPEN`]              | RDI = group id       | a group handle. `ENOENT`: no such group. `EPERM`: the command line does not give the group to the caller. `EBUSY`: open (by this or another guest) |
+//! | [`nr::GROUP_GET_STATUS`]        | RDI = g, RSI = gpa   | 0, fills [`GroupStatus`]: [`GROUP_FLAGS_VIABLE`], [`GROUP_FLAGS_CONTAINER_SET`]. `EINVAL`: `argsz`, flags |
+//! | [`nr::GROUP_SET_CONTAINER`]     | RDI = g, RSI = c     | 0; existing mappings are replayed into the group's unit. `EINVAL`: already in a container, or `c` is not a container. `EPERM`: the group is not viable. `ENOSPC`/`ENOMEM`: no domain for a new unit |
+//! | [`nr::GROUP_UNSET_CONTAINER`]   | RDI = g              | 0; the group's devices are blocked again; the last group out releases the model, the domains and every mapping. `EINVAL`: not in a container. `EBUSY`: a device of the group is open |
+//! | [`nr::CLOSE`]                   | RDI = handle         | 0. Closing a group releases it (container unset, devices blocked, ready for the next owner). `EBUSY`: a group with open devices, or a container with groups — close those first |
+//! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`], or the group has no container with a model set. `ENODEV`: no such device in the group. `EBUSY`: already open |
+//! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`NUM_REGIONS`], [`NUM_IRQS`]) |
+//! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
+//! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EEXIST`: overlaps a region mapped before |
+//! | [`nr::CONTAINER_DEBUG`]         | RDI = c, RSI = iova  | number of lines printed: the hypervisor logs each domain of the container, the context / device-table entry of each attached device and the page-table walk for `iova` (a teaching aid). `EINVAL`: no model set |
+//!
+//! Devices: opening a device turns on its memory decoding and bus mastering; its DMA is
+//! still confined to the container's mappings by the IOMMU. Closing it turns bus
+//! mastering off and removes its region mappings from the guest. Numbers
+//! `VFIO_BASE + 0x12..VFIO_BASE + 0x100` are reserved for the rest of the device model
+//! (region read/write, interrupts, reset, binding groups to the VM).
+
+use crate::Errno;
+
+/// Returned by [`nr::GET_API_VERSION`] (Linux's `VFIO_API_VERSION`).
+pub const API_VERSION: u64 = 0;
+
+/// The most bytes any argument structure (with its capability chain or entries) may
+/// claim in `argsz`.
+pub const MAX_ARGSZ: u32 = 64 * 1024;
+
+/// The longest device name [`nr::GROUP_GET_DEVICE`] accepts.
+pub const DEVICE_NAME_MAX: u64 = 64;
+
+/// The most DMA mappings one container holds (Linux's `dma_entry_limit` default).
+pub const DMA_MAPPINGS_MAX: u32 = 65535;
+
+/// Hypercall numbers of the VFIO calls (RAX), from [`crate::nr::VFIO_BASE`].
+pub mod nr {
+    use crate::nr::VFIO_BASE;
+    pub const GET_API_VERSION: u64 = VFIO_BASE;
+    pub const CHECK_EXTENSION: u64 = VFIO_BASE + 0x01;
+    pub const CONTAINER_CREATE: u64 = VFIO_BASE + 0x02;
+    pub const CONTAINER_SET_IOMMU: u64 = VFIO_BASE + 0x03;
+    pub const IOMMU_GET_INFO: u64 = VFIO_BASE + 0x04;
+    pub const MAP_DMA: u64 = VFIO_BASE + 0x05;
+    pub const UNMAP_DMA: u64 = VFIO_BASE + 0x06;
+    pub const GROUP_LIST: u64 = VFIO_BASE + 0x07;
+    pub const GROUP_OPEN: u64 = VFIO_BASE + 0x08;
+    pub const GROUP_GET_STATUS: u64 = VFIO_BASE + 0x09;
+    pub const GROUP_SET_CONTAINER: u64 = VFIO_BASE + 0x0a;
+    pub const GROUP_UNSET_CONTAINER: u64 = VFIO_BASE + 0x0b;
+    pub const CLOSE: u64 = VFIO_BASE + 0x0c;
+    pub const GROUP_GET_DEVICE: u64 = VFIO_BASE + 0x0d;
+    pub const DEVICE_GET_INFO: u64 = VFIO_BASE + 0x0e;
+    pub const DEVICE_GET_REGION_INFO: u64 = VFIO_BASE + 0x0f;
+    pub const DEVICE_MAP_REGION: u64 = VFIO_BASE + 0x10;
+    pub const CONTAINER_DEBUG: u64 = VFIO_BASE + 0x11;
+    /// One past the last VFIO number defined in this version.
+    pub const END: u64 = VFIO_BASE + 0x12;
+    /// One past the last number reserved for VFIO.
+    pub const RESERVED_END: u64 = VFIO_BASE + 0x100;
+}
+
+/// Extensions for [`nr::CHECK_EXTENSION`] and IOMMU models for
+/// [`nr::CONTAINER_SET_IOMMU`] (Linux's numbers).
+pub mod extension {
+    /// Type1 (v1: unmap may split large pages). Not offered: 0.
+    pub const TYPE1_IOMMU: u64 = 1;
+    /// Type1v2: the only model Sluice offers.
+    pub const TYPE1V2_IOMMU: u64 = 3;
+    /// `UNMAP_DMA` with [`super::DMA_UNMAP_FLAG_ALL`].
+    pub const UNMAP_ALL: u64 = 9;
+}
+
+/// Defines a little-endian wire structure: a `repr(C)` struct whose fields are integers
+/// or byte arrays with no implicit padding, its `SIZE`, `to_bytes`/`from_bytes`, and
+/// compile-time checks of size and offsets.
+macro_rules! wire_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident ($size:expr) {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $off:expr ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[repr(C)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// Size in bytes.
+            pub const SIZE: usize = $size;
+
+            /// The structure's bytes, little-endian.
+            pub fn to_bytes(&self) -> [u8; $size] {
+                let mut b = [0u8; $size];
+                $( b[$off..$off + core::mem::size_of::<$ty>()]
+                    .copy_from_slice(&self.$field.to_le_bytes()); )*
+                b
+            }
+
+            /// The structure from its bytes (no validation).
+            pub fn from_bytes(b: &[u8; $size]) -> Self {
+                Self {
+                    $( $field: {
+                        let mut x = [0u8; core::mem::size_of::<$ty>()];
+                        x.copy_from_slice(&b[$off..$off + core::mem::size_of::<$ty>()]);
+                        <$ty>::from_le_bytes(x)
+                    }, )*
+                }
+            }
+
+            /// The structure from the first `min(bytes.len(), SIZE)` bytes, the rest
+            /// zero (for an `argsz` shorter than the whole structure).
+            pub fn from_prefix(bytes: &[u8]) -> Self {
+                let mut b = [0u8; $size];
+                let n = bytes.len().min($size);
+                b[..n].copy_from_slice(&bytes[..n]);
+                Self::from_bytes(&b)
+            }
+        }
+
+        const _: () = assert!(core::mem::size_of::<$name>() == $size);
+        $( const _: () = assert!(core::mem::offset_of!($name, $field) == $off); )*
+    };
+}
+
+wire_struct! {
+    /// [`nr::IOMMU_GET_INFO`] (Linux `struct vfio_iommu_type1_info`). Minimum size 16
+    /// (through `iova_pgsizes`); `cap_offset` is written when `argsz >= 24`.
+    pub struct IommuType1Info (24) {
+        argsz: u32 = 0,
+        /// In: 0. Out: [`IOMMU_INFO_PGSIZES`], plus [`IOMMU_INFO_CAPS`] when a chain exists.
+        flags: u32 = 4,
+        /// Out: page sizes the container's domains all support (bit n = 2^n bytes).
+        iova_pgsizes: u64 = 8,
+        /// Out: offset of the first capability from the start of this structure, or 0.
+        cap_offset: u32 = 16,
+        _pad: u32 = 20,
+    }
+}
+
+/// `IommuType1Info::flags`: `iova_pgsizes` is valid.
+pub const IOMMU_INFO_PGSIZES: u32 = 1 << 0;
+/// `IommuType1Info::flags`: a capability chain exists (see `cap_offset`, `argsz`).
+pub const IOMMU_INFO_CAPS: u32 = 1 << 1;
+
+wire_struct! {
+    /// Header of one capability in a chain (Linux `struct vfio_info_cap_header`).
+    pub struct InfoCapHeader (8) {
+        id: u16 = 0,
+        version: u16 = 2,
+        /// Offset of the next capability from the start of the info structure; 0 = last.
+        next: u32 = 4,
+    }
+}
+
+/// Capability id of [`IovaRangeCap`] (Linux `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`).
+pub const CAP_IOVA_RANGE: u16 = 1;
+/// Capability id of [`DmaAvailCap`] (Linux `VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL`).
+pub const CAP_DMA_AVAIL: u16 = 3;
+
+wire_struct! {
+    /// The usable IOVA ranges: this header, then `nr_iovas` × [`IovaRangeEntry`].
+    pub struct IovaRangeCap (16) {
+        id: u16 = 0,
+        version: u16 = 2,
+        next: u32 = 4,
+        nr_iovas: u32 = 8,
+        _reserved: u32 = 12,
+    }
+}
+
+wire_struct! {
+    /// One usable IOVA range, inclusive (`end` is the last usable byte).
+    pub struct IovaRangeEntry (16) {
+        start: u64 = 0,
+        end: u64 = 8,
+    }
+}
+
+wire_struct! {
+    /// How many more DMA mappings the container accepts (Linux
+    /// `struct vfio_iommu_type1_info_dma_avail`, with explicit tail padding).
+    pub struct DmaAvailCap (16) {
+        id: u16 = 0,
+        version: u16 = 2,
+        next: u32 = 4,
+        avail: u32 = 8,
+        _pad: u32 = 12,
+    }
+}
+
+wire_struct! {
+    /// [`nr::MAP_DMA`] (Linux `struct vfio_iommu_type1_dma_map`). Minimum size 32.
+    pub struct DmaMap (32) {
+        argsz: u32 = 0,
+        /// [`DMA_MAP_FLAG_READ`] | [`DMA_MAP_FLAG_WRITE`]: what the device may do.
+        flags: u32 = 4,
+        /// Guest-physical address of the memory to map (Linux: the process's vaddr).
+        vaddr: u64 = 8,
+        iova: u64 = 16,
+        size: u64 = 24,
+    }
+}
+
+/// The device may read the memory (DMA to the device).
+pub const DMA_MAP_FLAG_READ: u32 = 1 << 0;
+/// The device may write the memory.
+pub const DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+
+wire_struct! {
+    /// [`nr::UNMAP_DMA`] (Linux `struct vfio_iommu_type1_dma_unmap` without the dirty
+    /// bitmap). Minimum size 24. `size` is written back with the bytes unmapped.
+    pub struct DmaUnmap (24) {
+        argsz: u32 = 0,
+        /// 0 or [`DMA_UNMAP_FLAG_ALL`].
+        flags: u32 = 4,
+        iova: u64 = 8,
+        size: u64 = 16,
+    }
+}
+
+/// Unmap every mapping of the container (`iova` and `size` must be 0). Linux's bit 1.
+pub const DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+
+wire_struct! {
+    /// [`nr::GROUP_GET_STATUS`] (Linux `struct vfio_group_status`). Minimum size 8.
+    pub struct GroupStatus (8) {
+        argsz: u32 = 0,
+        flags: u32 = 4,
+    }
+}
+
+/// Every device of the group is free for the caller: none is used by the hypervisor or
+/// anyone else (bridges and ports don't count).
+pub const GROUP_FLAGS_VIABLE: u32 = 1 << 0;
+/// The group is in a container.
+pub const GROUP_FLAGS_CONTAINER_SET: u32 = 1 << 1;
+
+wire_struct! {
+    /// [`nr::GROUP_LIST`]: this header, then entries. Minimum size 16.
+    ///
+    /// Out: `count` = the number of entries that exist; as many as fit in `argsz` are
+    /// written after the header, and when not all fit `argsz` is raised to the size
+    /// needed (`16 + count * 24`) and the call still succeeds.
+    pub struct GroupList (16) {
+        argsz: u32 = 0,
+        flags: u32 = 4,
+        count: u32 = 8,
+        /// Out: [`GroupListEntry::SIZE`], so that entries may grow later.
+        entry_size: u32 = 12,
+    }
+}
+
+wire_struct! {
+    /// One PCI function in an IOMMU group, with the group's state for the caller.
+    pub struct GroupListEntry (24) {
+        group_id: u32 = 0,
+        /// [`GROUP_LIST_OWNABLE`], [`GROUP_LIST_OPEN`], [`GROUP_LIST_BUSY`],
+        /// [`GROUP_LIST_VIABLE`].
+        group_flags: u32 = 4,
+        /// [`DEVICE_LIST_BRIDGE`], [`DEVICE_LIST_HOST`].
+        device_flags: u32 = 8,
+        /// Base class, subclass, programming interface (24 bits).
+        class_code: u32 = 12,
+        segment: u16 = 16,
+        bus: u8 = 18,
+        devfn: u8 = 19,
+        vendor_id: u16 = 20,
+        device_id: u16 = 22,
+    }
+}
+
+/// The command line gives this group to the caller: [`nr::GROUP_OPEN`] may succeed.
+pub const GROUP_LIST_OWNABLE: u32 = 1 << 0;
+/// The caller has the group open.
+pub const GROUP_LIST_OPEN: u32 = 1 << 1;
+/// Another guest has the group open.
+pub const GROUP_LIST_BUSY: u32 = 1 << 2;
+/// The group would be viable for the caller (see [`GROUP_FLAGS_VIABLE`]).
+pub const GROUP_LIST_VIABLE: u32 = 1 << 3;
+/// The function is a bridge or port (doesn't count for viability, is never a device).
+pub const DEVICE_LIST_BRIDGE: u32 = 1 << 0;
+/// The hypervisor uses the function itself (its group is not viable for anyone).
+pub const DEVICE_LIST_HOST: u32 = 1 << 1;
+
+wire_struct! {
+    /// [`nr::DEVICE_GET_INFO`] (Linux `struct vfio_device_info`). Minimum size 16.
+    pub struct DeviceInfo (24) {
+        argsz: u32 = 0,
+        flags: u32 = 4,
+        num_regions: u32 = 8,
+        num_irqs: u32 = 12,
+        cap_offset: u32 = 16,
+        _pad: u32 = 20,
+    }
+}
+
+/// `DeviceInfo::flags`: a reset method exists.
+pub const DEVICE_FLAGS_RESET: u32 = 1 << 0;
+/// `DeviceInfo::flags`: a PCI device.
+pub const DEVICE_FLAGS_PCI: u32 = 1 << 1;
+/// Regions of a PCI device: BAR0–5, ROM, config, VGA.
+pub const NUM_REGIONS: u32 = 9;
+/// Interrupt indexes of a PCI device: INTx, MSI, MSI-X, ERR, REQ.
+pub const NUM_IRQS: u32 = 5;
+/// Region indexes.
+pub const REGION_BAR0: u32 = 0;
+pub const REGION_BAR5: u32 = 5;
+pub const REGION_ROM: u32 = 6;
+pub const REGION_CONFIG: u32 = 7;
+pub const REGION_VGA: u32 = 8;
+/// A region's `offset` is its index shifted by this (Linux vfio-pci's convention).
+pub const REGION_OFFSET_SHIFT: u32 = 40;
+
+wire_struct! {
+    /// [`nr::DEVICE_GET_REGION_INFO`] (Linux `struct vfio_region_info`). Minimum size 32.
+    pub struct RegionInfo (32) {
+        argsz: u32 = 0,
+        /// Out: [`REGION_INFO_FLAG_READ`], [`REGION_INFO_FLAG_WRITE`],
+        /// [`REGION_INFO_FLAG_MMAP`].
+        flags: u32 = 4,
+        /// In: the region.
+        index: u32 = 8,
+        cap_offset: u32 = 12,
+        /// Out: bytes (0: not implemented, e.g. the upper half of a 64-bit BAR).
+        size: u64 = 16,
+        /// Out: `index << 40`.
+        offset: u64 = 24,
+    }
+}
+
+pub const REGION_INFO_FLAG_READ: u32 = 1 << 0;
+pub const REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
+/// The region can be mapped into the guest ([`nr::DEVICE_MAP_REGION`]).
+pub const REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
+
+wire_struct! {
+    /// [`nr::DEVICE_MAP_REGION`]: map `[offset, offset + size)` of region `index` at
+    /// guest-physical `gpa` (Linux: `mmap` of the device file). Minimum size 40.
+    pub struct RegionMap (40) {
+        argsz: u32 = 0,
+        /// 0.
+        flags: u32 = 4,
+        index: u32 = 8,
+        _pad: u32 = 12,
+        /// Offset inside the region (page aligned).
+        offset: u64 = 16,
+        /// Bytes (page aligned, not 0).
+        size: u64 = 24,
+        /// Where the guest wants it (page aligned, outside its RAM).
+        gpa: u64 = 32,
+    }
+}
+
+/// A decoded VFIO hypercall. Structure arguments are guest-physical addresses, still to
+/// be validated against the caller's RAM; handles are still to be looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VfioCall {
+    GetApiVersion,
+    CheckExtension {
+        extension: u64,
+    },
+    ContainerCreate,
+    SetIommu {
+        container: u64,
+        iommu_type: u64,
+    },
+    IommuGetInfo {
+        container: u64,
+        info: u64,
+    },
+    MapDma {
+        container: u64,
+        map: u64,
+    },
+    UnmapDma {
+        container: u64,
+        unmap: u64,
+    },
+    GroupList {
+        list: u64,
+    },
+    GroupOpen {
+        group_id: u64,
+    },
+    GroupGetStatus {
+        group: u64,
+        status: u64,
+    },
+    GroupSetContainer {
+        group: u64,
+        container: u64,
+    },
+    GroupUnsetContainer {
+        group: u64,
+    },
+    Close {
+        handle: u64,
+    },
+    /// `name_len` is 1..=[`DEVICE_NAME_MAX`] (checked by [`decode`]).
+    GroupGetDevice {
+        group: u64,
+        name: u64,
+        name_len: u64,
+    },
+    DeviceGetInfo {
+        device: u64,
+        info: u64,
+    },
+    DeviceGetRegionInfo {
+        device: u64,
+        info: u64,
+    },
+    DeviceMapRegion {
+        device: u64,
+        map: u64,
+    },
+    ContainerDebug {
+        container: u64,
+        iova: u64,
+    },
+}
+
+impl VfioCall {
+    /// The hypercall number.
+    pub const fn nr(&self) -> u64 {
+        match self {
+            Self::GetApiVersion => nr::GET_API_VERSION,
+            Self::CheckExtension { .. } => nr::CHECK_EXTENSION,
+            Self::ContainerCreate => nr::CONTAINER_CREATE,
+            Self::SetIommu { .. } => nr::CONTAINER_SET_IOMMU,
+            Self::IommuGetInfo { .. } => nr::IOMMU_GET_INFO,
+            Self::MapDma { .. } => nr::MAP_DMA,
+            Self::UnmapDma { .. } => nr::UNMAP_DMA,
+            Self::GroupList { .. } => nr::GROUP_LIST,
+            Self::GroupOpen { .. } => nr::GROUP_OPEN,
+            Self::GroupGetStatus { .. } => nr::GROUP_GET_STATUS,
+            Self::GroupSetContainer { .. } => nr::GROUP_SET_CONTAINER,
+            Self::GroupUnsetContainer { .. } => nr::GROUP_UNSET_CONTAINER,
+            Self::Close { .. } => nr::CLOSE,
+            Self::GroupGetDevice { .. } => nr::GROUP_GET_DEVICE,
+            Self::DeviceGetInfo { .. } => nr::DEVICE_GET_INFO,
+            Self::DeviceGetRegionInfo { .. } => nr::DEVICE_GET_REGION_INFO,
+            Self::DeviceMapRegion { .. } => nr::DEVICE_MAP_REGION,
+            Self::ContainerDebug { .. } => nr::CONTAINER_DEBUG,
+        }
+    }
+
+    /// The registers that make this call: `(rax, [rdi, rsi, rdx, r10, r8, r9])`.
+    pub const fn encode(&self) -> (u64, [u64; 6]) {
+        let a = match *self {
+            Self::GetApiVersion | Self::ContainerCreate => [0, 0, 0],
+            Self::CheckExtension { extension } => [extension, 0, 0],
+            Self::SetIommu {
+                container,
+                iommu_type,
+            } => [container, iommu_type, 0],
+            Self::IommuGetInfo { container, info } => [container, info, 0],
+            Self::MapDma { container, map } => [container, map, 0],
+            Self::UnmapDma { container, unmap } => [container, unmap, 0],
+            Self::GroupList { list } => [list, 0, 0],
+            Self::GroupOpen { group_id } => [group_id, 0, 0],
+            Self::GroupGetStatus { group, status } => [group, status, 0],
+            Self::GroupSetContainer { group, container } => [group, container, 0],
+            Self::GroupUnsetContainer { group } => [group, 0, 0],
+            Self::Close { handle } => [handle, 0, 0],
+            Self::GroupGetDevice {
+                group,
+                name,
+                name_len,
+            } => [group, name, name_len],
+            Self::DeviceGetInfo { device, info } => [device, info, 0],
+            Self::DeviceGetRegionInfo { device, info } => [device, info, 0],
+            Self::DeviceMapRegion { device, map } => [device, map, 0],
+            Self::ContainerDebug { container, iova } => [container, iova, 0],
+        };
+        (self.nr(), [a[0], a[1], a[2], 0, 0, 0])
+    }
+}
+
+/// Decode a VFIO hypercall (`nr` in `VFIO_BASE..RESERVED_END`). Numbers not defined in
+/// this version give [`Errno::ENOSYS`]; a device name length outside
+/// `1..=DEVICE_NAME_MAX` gives [`Errno::EINVAL`].
+pub const fn decode(nr: u64, a: [u64; 6]) -> Result<VfioCall, Errno> {
+    Ok(match nr {
+        nr::GET_API_VERSION => VfioCall::GetApiVersion,
+        nr::CHECK_EXTENSION => VfioCall::CheckExtension { extension: a[0] },
+        nr::CONTAINER_CREATE => VfioCall::ContainerCreate,
+        nr::CONTAINER_SET_IOMMU => VfioCall::SetIommu {
+            container: a[0],
+            iommu_type: a[1],
+        },
+        nr::IOMMU_GET_INFO => VfioCall::IommuGetInfo {
+            container: a[0],
+            info: a[1],
+        },
+        nr::MAP_DMA => VfioCall::MapDma {
+            container: a[0],
+            map: a[1],
+        },
+        nr::UNMAP_DMA => VfioCall::UnmapDma {
+            container: a[0],
+            unmap: a[1],
+        },
+        nr::GROUP_LIST => VfioCall::GroupList { list: a[0] },
+        nr::GROUP_OPEN => VfioCall::GroupOpen { group_id: a[0] },
+        nr::GROUP_GET_STATUS => VfioCall::GroupGetStatus {
+            group: a[0],
+            status: a[1],
+        },
+        nr::GROUP_SET_CONTAINER => VfioCall::GroupSetContainer {
+            group: a[0],
+            container: a[1],
+        },
+        nr::GROUP_UNSET_CONTAINER => VfioCall::GroupUnsetContainer { group: a[0] },
+        nr::CLOSE => VfioCall::Close { handle: a[0] },
+        nr::GROUP_GET_DEVICE => {
+            if a[2] == 0 || a[2] > DEVICE_NAME_MAX {
+                return Err(Errno::EINVAL);
+            }
+            VfioCall::GroupGetDevice {
+                group: a[0],
+                name: a[1],
+                name_len: a[2],
+            }
+        }
+        nr::DEVICE_GET_INFO => VfioCall::DeviceGetInfo {
+            device: a[0],
+            info: a[1],
+        },
+        nr::DEVICE_GET_REGION_INFO => VfioCall::DeviceGetRegionInfo {
+            device: a[0],
+            info: a[1],
+        },
+        nr::DEVICE_MAP_REGION => VfioCall::DeviceMapRegion {
+            device: a[0],
+            map: a[1],
+        },
+        nr::CONTAINER_DEBUG => VfioCall::ContainerDebug {
+            container: a[0],
+            iova: a[1],
+        },
+        _ => return Err(Errno::ENOSYS),
+    })
+}
+
+/// Check an `argsz` read from a guest structure: at least `min` (else `EINVAL`), at most
+/// [`MAX_ARGSZ`] (else `E2BIG`).
+pub const fn check_argsz(argsz: u32, min: usize) -> Result<(), Errno> {
+    if (argsz as usize) < min {
+        Err(Errno::EINVAL)
+    } else if argsz > MAX_ARGSZ {
+        Err(Errno::E2BIG)
+    } else {
+        Ok(())
+    }
+}
+
+/// Minimum `argsz` of each structure (the end of the last field the call reads).
+pub mod min_size {
+    pub const IOMMU_INFO: usize = 16;
+    pub const DMA_MAP: usize = 32;
+    pub const DMA_UNMAP: usize = 24;
+    pub const GROUP_STATUS: usize = 8;
+    pub const GROUP_LIST: usize = 16;
+    pub const DEVICE_INFO: usize = 16;
+    pub const REGION_INFO: usize = 32;
+    pub const REGION_MAP: usize = 40;
+}
+
+/// A PCI function's name as VFIO writes it: `SSSS:BB:DD.F`, lower-case hex.
+pub fn format_device_name(segment: u16, bus: u8, devfn: u8) -> [u8; 12] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let h = |v: u32, shift: u32| HEX[((v >> shift) & 0xf) as usize];
+    let s = segment as u32;
+    let (b, d, f) = (bus as u32, (devfn >> 3) as u32, (devfn & 7) as u32);
+    [
+        h(s, 12),
+        h(s, 8),
+        h(s, 4),
+        h(s, 0),
+        b':',
+        h(b, 4),
+        h(b, 0),
+        b':',
+        h(d, 4),
+        h(d, 0),
+        b'.',
+        HEX[f as usize],
+    ]
+}
+
+/// Parse a device name `SSSS:BB:DD.F` (hex, either case) into `(segment, bus, devfn)`.
+/// The short form `BB:DD.F` means segment 0. `None` for anything else.
+pub fn parse_device_name(name: &[u8]) -> Option<(u16, u8, u8)> {
+    let s = core::str::from_utf8(name).ok()?;
+    let (seg, rest) = match s.len() {
+        12 => (u16::from_str_radix(s.get(0..4)?, 16).ok()?, s.get(5..)?),
+        7 => (0, s),
+        _ => return None,
+    };
+    if s.len() == 12 && s.as_bytes()[4] != b':' {
+        return None;
+    }
+    let b = rest.as_bytes();
+    if b.len() != 7 || b[2] != b':' || b[5] != b'.' {
+        return None;
+    }
+    let hex = |t: &str| {
+        if t.bytes().all(|c| c.is_ascii_hexdigit()) {
+            u8::from_str_radix(t, 16).ok()
+        } else {
+            None
+        }
+    };
+    let bus = hex(rest.get(0..2)?)?;
+    let dev = hex(rest.get(3..5)?)?;
+    let func = hex(rest.get(6..7)?)?;
+    if dev > 31 || func > 7 {
+        return None;
+    }
+    if !s
+        .get(0..4)
+        .is_some_and(|t| t.bytes().all(|c| c.is_ascii_hexdigit()))
+        && s.len() == 12
+    {
+        return None;
+    }
+    Some((seg, bus, dev << 3 | func))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_fixed() {
+        assert_eq!(IommuType1Info::SIZE, 24);
+        assert_eq!(DmaMap::SIZE, 32);
+        assert_eq!(DmaUnmap::SIZE, 24);
+        assert_eq!(GroupStatus::SIZE, 8);
+        assert_eq!(GroupList::SIZE, 16);
+        assert_eq!(GroupListEntry::SIZE, 24);
+        assert_eq!(DeviceInfo::SIZE, 24);
+        assert_eq!(RegionInfo::SIZE, 32);
+        assert_eq!(RegionMap::SIZE, 40);
+        assert_eq!(IovaRangeCap::SIZE, 16);
+        assert_eq!(DmaAvailCap::SIZE, 16);
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let m = DmaMap {
+            argsz: 32,
+            flags: 3,
+            vaddr: 0x1122_3344_5566_7788,
+            iova: 0x10_0000,
+            size: 0x2000,
+        };
+        let b = m.to_bytes();
+        assert_eq!(&b[0..4], &32u32.to_le_bytes());
+        assert_eq!(&b[8..16], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(DmaMap::from_bytes(&b), m);
+        assert_eq!(DmaMap::from_prefix(&b[..8]).vaddr, 0);
+        assert_eq!(DmaMap::from_prefix(&b[..8]).flags, 3);
+        let e = GroupListEntry {
+            group_id: 7,
+            bus: 1,
+            devfn: 0x18,
+            vendor_id: 0x1234,
+            device_id: 0x11e8,
+            ..Default::default()
+        };
+        let b = e.to_bytes();
+        assert_eq!(b[18], 1);
+        assert_eq!(b[19], 0x18);
+        assert_eq!(GroupListEntry::from_bytes(&b), e);
+    }
+
+    #[test]
+    fn decode_all_and_unknown() {
+        for nr in nr::GET_API_VERSION..nr::END {
+            let args = [5, 6, 7, 0, 0, 0];
+            let call = decode(nr, args).expect("defined");
+            assert_eq!(call.nr(), nr);
+            let (n, a) = call.encode();
+            assert_eq!(n, nr);
+            assert_eq!(decode(n, a), Ok(call));
+        }
+        for nr in [nr::END, nr::END + 1, nr::RESERVED_END - 1] {
+            assert_eq!(decode(nr, [0; 6]), Err(Errno::ENOSYS));
+        }
+        assert_eq!(
+            decode(nr::GROUP_GET_DEVICE, [1, 2, 0, 0, 0, 0]),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            decode(nr::GROUP_GET_DEVICE, [1, 2, DEVICE_NAME_MAX + 1, 0, 0, 0]),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(check_argsz(7, 8), Err(Errno::EINVAL));
+        assert_eq!(check_argsz(8, 8), Ok(()));
+        assert_eq!(check_argsz(MAX_ARGSZ + 1, 8), Err(Errno::E2BIG));
+    }
+
+    #[test]
+    fn device_names() {
+        assert_eq!(&format_device_name(0, 0, 3 << 3), b"0000:00:03.0");
+        assert_eq!(
+            &format_device_name(0xabcd, 0xfe, 31 << 3 | 7),
+            b"abcd:fe:1f.7"
+        );
+        assert_eq!(parse_device_name(b"0000:00:03.0"), Some((0, 0, 0x18)));
+        assert_eq!(parse_device_name(b"00:1F.7"), Some((0, 0, 0xff)));
+        assert_eq!(parse_device_name(b"0001:02:00.1"), Some((1, 2, 1)));
+        for bad in [
+            &b""[..],
+            b"0000:00:20.0",
+            b"0000:00:03.8",
+            b"0000-00:03.0",
+            b"000g:00:03.0",
+            b"00:03:0",
+            b"+0:03.0",
+            b"0000:00:03.00",
+            "0000:00:03.é".as_bytes(),
+        ] {
+            assert_eq!(parse_device_name(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! VFIO for guests: containers, groups and devices behind the hypercalls of
+//! [`sluice_abi::vfio`] (read that module for the calls, their structures and errors).
+//!
+//! Hardware-independent: the IOMMU is a `dyn Iommu`, config space a `dyn ConfigSpace`, a
+//! guest's memory a [`GuestRam`]; host tests supply fakes of all three.
+//!
+//! Objects, each an explicit state machine with a typed id:
+//!
+//! - a **group** ([`GroupDesc`], from the kernel's group formation) is *closed* or *open*
+//!   in exactly one guest; open, it is *detached* or *in a container*; a group in a
+//!   container has its devices attached to the container's domain on their unit;
+//! - a **container** belongs to the guest that created it; it is *empty* (no group),
+//!   *grouped* (groups, no IOMMU model) or *active* (type1v2 set: one IOMMU domain per
+//!   unit its groups span, and the DMA mappings, replayed into every domain);
+//! - a **device** is open through its group, which it holds (the group cannot leave its
+//!   container, or be closed, while a device is open).
+//!
+//! Every guest has a handle table; a handle carries a generation, so a closed or forged
+//! handle is `EBADF`, never another object, and handles never cross guests.
+//!
+//! Release (close, guest ended or killed): devices closed (bus mastering off, region
+//! mappings removed), groups detached (their devices' DMA blocked again), containers
+//! destroyed with their domains and mappings. Nothing a guest mapped survives it.
+
+use alloc::vec::Vec;
+
+use sluice_abi::Errno;
+use sluice_iommu::DeviceDma;
+use sluice_pci::{Bar, PciAddress};
+
+pub use sluice_abi::vfio::VfioCall;
+
+/// Which guest makes a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuestId(pub u32);
+
+/// A guest's memory as the VFIO layer needs it. Guest RAM is one contiguous run of
+/// host frames, so a RAM range has one host-physical start.
+pub trait GuestRam {
+    /// The guest-physical RAM: `(base, size)`.
+    fn ram(&self) -> (u64, u64);
+
+    /// Host-physical address of guest-physical `gpa`, when `[gpa, gpa + len)` is wholly
+    /// the guest's RAM (not wrapping); `None` otherwise.
+    fn host_address(&self, gpa: u64, len: u64) -> Option<u64>;
+
+    /// Read guest RAM; `EFAULT` unless `[gpa, gpa + buf.len())` is wholly RAM.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Errno>;
+
+    /// Write guest RAM; `EFAULT` unless `[gpa, gpa + data.len())` is wholly RAM.
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Errno>;
+
+    /// Map host MMIO `[hpa, hpa + size)` at guest-physical `gpa`, uncached (page-aligned
+    /// arguments). `EINVAL` if the range overlaps RAM or lies beyond what the nested
+    /// tables can address; `EEXIST` if something is mapped there already; `ENOMEM`.
+    fn map_mmio(&mut self, gpa: u64, hpa: u64, size: u64) -> Result<(), Errno>;
+
+    /// Remove a mapping made by [`Self::map_mmio`] (the guest's TLB is flushed before
+    /// it runs again).
+    fn unmap_mmio(&mut self, gpa: u64, size: u64);
+}
+
+/// One PCI function of an IOMMU group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDevice {
+    pub address: PciAddress,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    /// Class code, 24 bits.
+    pub class: u32,
+    /// A bridge or port: doesn't count for viability, can't be opened as a device.
+    pub bridge: bool,
+    /// The hypervisor uses it itself (e.g. the LPC bridge behind which COM1 sits): its
+    /// group is viable for nobody.
+    pub host_owned: bool,
+    /// Its DMA route (unit and requester ids).
+    pub dma: DeviceDma,
+    /// Implemented BARs, as enumerated.
+    pub bars: Vec<Bar>,
+    pub interrupt_pin: u8,
+}
+
+/// An IOMMU group as the kernel formed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDesc {
+    pub id: u32,
+    /// Its functions, sorted by address.
+    pub devices: Vec<GroupDevice>,
+}
