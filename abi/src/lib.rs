@@ -2,7 +2,13 @@
 //!
 //! This crate is the written specification of the interface between a Sluice guest and
 //! the hypervisor. Everything in it is plain data and pure functions, except the
-//! guest-side [`client`], which executes `VMMCALL`.
+//! guest-side [`client`], which executes `VMMCALL` (core calls, and the VFIO calls in
+//! `client::vfio`).
+//!
+//! C guests have the same ABI in `abi/include/sluice.h` (numbers, errno values, CPUID
+//! leaves, the guest start info, every VFIO structure and constant, and an inline
+//! `sluice_hypercall`); the test `abi/tests/c_header.rs` compiles it with the system C
+//! compiler and checks every size, offset and value against this crate.
 //!
 //! # Calling convention
 //!
@@ -76,13 +82,15 @@
 //! |-----------------------------------------|------------------------------------------|
 //! | [`GUEST_START_INFO_GPA`] (`0x1000`)     | [`GuestStartInfo`]                       |
 //! | [`GUEST_CMDLINE_GPA`] (`0x2000`)        | guest command line, ≤ [`GUEST_CMDLINE_MAX`] bytes, not NUL-terminated |
-//! | `0x1_0000 ..` [`GUEST_STACK_TOP`]       | initial page tables, initial stack (hypervisor's choice) |
+//! | `ram_end - 2 MiB .. ram_end`            | the guest's first page tables (CR3 = `ram_end - 2 MiB`), then the initial stack growing down from `ram_end` |
 //!
 //! Guest images are ELF64 executables linked at their guest-physical addresses
-//! (`p_vaddr == p_paddr`), at or above [`GUEST_RESERVED_END`]. The guest is entered in
-//! 64-bit long mode at CPL 0 with paging on (RAM identity-mapped), interrupts off,
-//! RIP = the ELF entry point, RDI = GPA of the [`GuestStartInfo`], and RSP at or below
-//! [`GUEST_STACK_TOP`] (16-byte aligned).
+//! (`p_vaddr == p_paddr`), at or above [`GUEST_RESERVED_END`] and below `ram_end - 2 MiB`.
+//! The guest is entered in 64-bit long mode at CPL 0 with paging on (RAM identity-mapped
+//! with 2 MiB pages, nothing else mapped), interrupts off, RIP = the ELF entry point,
+//! RDI = GPA of the [`GuestStartInfo`], and RSP = `ram_end` (16-byte aligned). The page
+//! tables and stack belong to the guest from then on. ([`GUEST_STACK_TOP`] is kept for
+//! the reserved low window's layout checks.)
 #![cfg_attr(not(test), no_std)]
 
 use core::fmt;
@@ -545,11 +553,16 @@ pub const fn validate_guest_range(
 
 /// The guest-side client: issue hypercalls with `VMMCALL`.
 ///
+/// The core calls are functions here; the VFIO calls are in [`client::vfio`]
+/// (containers, groups and devices as owned values that close their handles on drop).
+///
 /// Only meaningful inside a Sluice guest: elsewhere `VMMCALL` raises #UD.
 #[cfg(target_arch = "x86_64")]
 pub mod client {
     use crate::{CONSOLE_WRITE_MAX, Errno, decode_result, nr};
     use core::arch::asm;
+
+    pub mod vfio;
 
     /// Make hypercall `nr` with arguments in RDI, RSI, RDX, R10, R8, R9; returns RAX.
     ///

@@ -19,7 +19,8 @@
 //!    because the prebuilt `core` uses SSE and would otherwise hit #UD (a triple fault
 //!    in a guest without an IDT);
 //! 3. zeroes `.bss` and switches to a 64 KiB stack in `.bss` ([`STACK_SIZE`]);
-//! 4. calls [`rt::start`], which sets up the heap ([`heap`]), calls the program's
+//! 4. calls [`rt::start`], which sets up the heap ([`heap`]: the free RAM between the
+//!    image and the hypervisor's reserved top), calls the program's
 //!    `guest_main(&GuestStartInfo) -> i32` and ends the guest with the EXIT hypercall
 //!    and that status.
 //!
@@ -31,6 +32,12 @@
 //! (every gate on IST1, so the red zone of interrupted code is safe); exceptions then
 //! print `PANIC: exception N at RIP` and exit with status
 //! [`interrupts::EXCEPTION_STATUS`] (102). Without it, a guest has no GDT and no IDT.
+//!
+//! For device passthrough (the VFIO hypercalls, client `sluice_abi::client::vfio`):
+//! [`paging::map_mmio`] maps a device region the hypervisor put at a guest-physical
+//! address into the guest's own page tables (uncached), [`dma::alloc`] gives zeroed,
+//! aligned DMA buffers from the heap, and [`edu`] drives QEMU's edu device through its
+//! mapped BAR0 (`vfio-edu`, `vfio-hostile`).
 //!
 //! # What a program writes
 //!
@@ -55,8 +62,11 @@ extern crate alloc;
 pub mod check;
 pub mod com1;
 pub mod console;
+pub mod dma;
+pub mod edu;
 pub mod heap;
 pub mod interrupts;
+pub mod paging;
 pub mod rt;
 pub mod x86;
 
@@ -183,7 +193,13 @@ macro_rules! entry {
 
         #[unsafe(no_mangle)]
         extern "C" fn sluice_guest_rust_start(start_info: u64, cr_fixups: u64) -> ! {
-            $crate::rt::start(start_info, cr_fixups, $main)
+            unsafe extern "C" {
+                /// The end of the image (guest/linker.ld), page aligned.
+                static __guest_end: u8;
+            }
+            // The symbol's address is all we take; nothing is read.
+            let image_end = &raw const __guest_end as u64;
+            $crate::rt::start(start_info, cr_fixups, image_end, $main)
         }
 
         #[panic_handler]

@@ -26,12 +26,17 @@ pub fn cr_fixups() -> u64 {
     CR_FIXUPS.load(Ordering::Relaxed)
 }
 
-/// Called by `_start` on the guest's stack with RDI = the start info's address and
-/// RSI = the control-register bits it fixed: sets up the heap, runs `main` and exits
-/// with its status.
-pub fn start(start_info: u64, cr_fixups: u64, main: fn(&GuestStartInfo) -> i32) -> ! {
+/// Called by `_start` on the guest's stack with RDI = the start info's address,
+/// RSI = the control-register bits it fixed and RDX = the end of the image
+/// (`__guest_end`): sets up the heap over the free RAM ([`heap::free_ram`], else the
+/// static arena), runs `main` and exits with its status.
+pub fn start(
+    start_info: u64,
+    cr_fixups: u64,
+    image_end: u64,
+    main: fn(&GuestStartInfo) -> i32,
+) -> ! {
     CR_FIXUPS.store(cr_fixups, Ordering::Relaxed);
-    heap::init();
     let aligned = start_info % core::mem::align_of::<GuestStartInfo>() as u64 == 0;
     if start_info == 0 || !aligned {
         crate::println!("bad start info address {start_info:#x}");
@@ -48,6 +53,15 @@ pub fn start(start_info: u64, cr_fixups: u64, main: fn(&GuestStartInfo) -> i32) 
             info.abi_version
         );
         exit(BAD_START_INFO_STATUS);
+    }
+    match heap::free_ram(info.ram_base, info.ram_size, image_end, crate::x86::cr3()) {
+        Some((start, len)) if len >= heap::HEAP_SIZE as u64 => {
+            // SAFETY: free_ram lies between the end of the loaded image (code, data,
+            // .bss with the stack) and the hypervisor's page tables and boot stack, inside
+            // the guest's RAM, which the hypervisor identity-mapped; nothing else uses it.
+            unsafe { heap::init_region(start, len) };
+        }
+        _ => heap::init(),
     }
     exit(main(info))
 }

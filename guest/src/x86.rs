@@ -78,3 +78,9 @@ pub fn cr0_cr4() -> (u64, u64) {
     }
     (cr0, cr4)
 }
+
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter (a Sluice guest may execute it).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

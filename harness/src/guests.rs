@@ -82,17 +82,37 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// One guest to start: the archive entry `name` with `ram` bytes of RAM.
+/// Whether `list` may be the value of `groups=`: comma-separated references, each an
+/// IOMMU group id (decimal) or a PCI function (`BB:DD.F` or `SSSS:BB:DD.F`, hex) that
+/// stands for its group. The kernel judges the references; this only keeps the word
+/// well formed.
+pub fn is_valid_groups(list: &str) -> bool {
+    !list.is_empty()
+        && list.split(',').all(|r| {
+            !r.is_empty()
+                && r.len() <= 12
+                && r.bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        })
+}
+
+/// One guest to start: the archive entry `name` with `ram` bytes of RAM, and the IOMMU
+/// groups it may own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestSpec {
     pub name: String,
     pub ram: u64,
+    /// The value of `groups=` (see [`is_valid_groups`]), if any.
+    pub groups: Option<String>,
 }
 
 impl GuestSpec {
-    /// `NAME[:SIZE]` (the value of `--guest`); SIZE defaults to 16M.
+    /// `NAME[:SIZE[:groups=G,...]]` (the value of `--guest`); SIZE defaults to 16M.
     pub fn parse(s: &str) -> Result<GuestSpec, String> {
-        let (name, size) = s.split_once(':').unwrap_or((s, DEFAULT_SIZE));
+        let mut parts = s.splitn(3, ':');
+        let name = parts.next().unwrap_or_default();
+        let size = parts.next().unwrap_or(DEFAULT_SIZE);
+        let rest = parts.next();
         if !is_valid_name(name) {
             return Err(format!(
                 "--guest {s:?}: bad guest name {name:?} (1-32 characters of A-Z a-z 0-9 - _ .)"
@@ -106,15 +126,32 @@ impl GuestSpec {
                 "--guest {s:?}: RAM must be a multiple of 2M between 2M and 256M, not {size}"
             ));
         }
+        let groups = match rest {
+            None => None,
+            Some(rest) => match rest.strip_prefix("groups=") {
+                Some(list) if is_valid_groups(list) => Some(list.to_string()),
+                _ => {
+                    return Err(format!(
+                        "--guest {s:?}: expected groups=G,... after the size (G: a group id or a PCI function like 00:03.0), got {rest:?}"
+                    ));
+                }
+            },
+        };
         Ok(GuestSpec {
             name: name.into(),
             ram,
+            groups,
         })
     }
 
-    /// The kernel command-line word `guest=NAME:SIZE`.
+    /// The kernel command-line word `guest=NAME:SIZE[:groups=G,...]`.
     pub fn word(&self) -> String {
-        format!("guest={}:{}", self.name, format_size(self.ram))
+        let mut w = format!("guest={}:{}", self.name, format_size(self.ram));
+        if let Some(g) = &self.groups {
+            w.push_str(":groups=");
+            w.push_str(g);
+        }
+        w
     }
 }
 
@@ -311,6 +348,9 @@ pub struct GuestRun {
     /// The guest reports `check NAME: ok|FAILED: ...` lines: at least one must appear,
     /// and all must be ok.
     pub checks: bool,
+    /// IOMMU groups the guest may own: the value of `groups=` (group ids or PCI
+    /// functions such as `00:03.0`, standing for their group), `""` for none.
+    pub groups: &'static str,
 }
 
 impl GuestRun {
@@ -320,6 +360,7 @@ impl GuestRun {
             size: DEFAULT_SIZE,
             expect: GuestExpect::Exit(status),
             checks: true,
+            groups: "",
         }
     }
 
@@ -329,7 +370,13 @@ impl GuestRun {
             size: DEFAULT_SIZE,
             expect: GuestExpect::Terminated(why),
             checks: false,
+            groups: "",
         }
+    }
+
+    /// The same run with `groups=GROUPS` on its `guest=` word.
+    pub const fn with_groups(self, groups: &'static str) -> GuestRun {
+        GuestRun { groups, ..self }
     }
 
     pub fn ram(&self) -> Option<u64> {
@@ -337,12 +384,18 @@ impl GuestRun {
     }
 }
 
-/// The kernel command-line words for `runs`: `guest=NAME:SIZE` each, then
-/// `expect=NAME:terminated` for those that must be stopped.
+/// The kernel command-line words for `runs`: `guest=NAME:SIZE[:groups=G,...]` each,
+/// then `expect=NAME:terminated` for those that must be stopped.
 pub fn cmdline_words(runs: &[GuestRun]) -> Vec<String> {
     let mut words: Vec<String> = runs
         .iter()
-        .map(|r| format!("guest={}:{}", r.name, r.size))
+        .map(|r| {
+            if r.groups.is_empty() {
+                format!("guest={}:{}", r.name, r.size)
+            } else {
+                format!("guest={}:{}:groups={}", r.name, r.size, r.groups)
+            }
+        })
         .collect();
     words.extend(
         runs.iter()
@@ -656,9 +709,13 @@ mod tests {
             GuestSpec::parse("hello").unwrap(),
             GuestSpec {
                 name: "hello".into(),
-                ram: 16 << 20
+                ram: 16 << 20,
+                groups: None,
             }
         );
+        let g = GuestSpec::parse("vfio-edu:16M:groups=00:03.0,0000:00:1f.0,7").unwrap();
+        assert_eq!(g.groups.as_deref(), Some("00:03.0,0000:00:1f.0,7"));
+        assert_eq!(g.word(), "guest=vfio-edu:16M:groups=00:03.0,0000:00:1f.0,7");
         assert_eq!(GuestSpec::parse("hello").unwrap().word(), "guest=hello:16M");
         assert_eq!(GuestSpec::parse("sse:32m").unwrap().word(), "guest=sse:32M");
         assert_eq!(GuestSpec::parse("a:4194304").unwrap().word(), "guest=a:4M");
@@ -674,6 +731,11 @@ mod tests {
             ("a:3M", "multiple of 2M"),
             ("a:512M", "between 2M and 256M"),
             ("a:0", "between"),
+            ("a:16M:3", "expected groups="),
+            ("a:16M:groups=", "expected groups="),
+            ("a:16M:groups=1,,2", "expected groups="),
+            ("a:16M:groups=00:03.0 x", "expected groups="),
+            ("a:16M:groups=0000:00:03.0:1", "expected groups="),
         ] {
             let e = GuestSpec::parse(s).unwrap_err();
             assert!(e.contains(needle), "{s}: {e}");
@@ -836,6 +898,27 @@ mod tests {
                 "hello: started (line 1) but never `exited with status N` or `terminated: REASON`",
                 "hello: printed no `check NAME: ok` line",
             ]
+        );
+    }
+
+    #[test]
+    fn words_with_groups() {
+        let runs = [
+            GuestRun::exits("vfio-edu", 0).with_groups("00:03.0"),
+            GuestRun::exits("hello", 0),
+            GuestRun::exits("vfio-hostile", 0).with_groups("00:04.0,00:1f.0,00:03.0"),
+        ];
+        assert_eq!(
+            cmdline_words(&runs),
+            [
+                "guest=vfio-edu:16M:groups=00:03.0",
+                "guest=hello:16M",
+                "guest=vfio-hostile:16M:groups=00:04.0,00:1f.0,00:03.0",
+            ]
+        );
+        assert!(
+            runs.iter()
+                .all(|r| r.groups.is_empty() || is_valid_groups(r.groups))
         );
     }
 

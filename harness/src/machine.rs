@@ -50,10 +50,14 @@ pub enum Topology {
     /// q35: two edus e1 and e2 on the root bus (the DMA self-test: e1 is attached to
     /// a domain, e2 never is).
     Dma,
+    /// q35: edus e1 at 00:03.0 and e2 at 00:04.0 on the root bus, at fixed addresses
+    /// because the VFIO scenarios name them on the kernel command line
+    /// (`groups=00:03.0`); slots 3 and 4 are free with either IOMMU.
+    Vfio,
 }
 
 impl Topology {
-    pub const ALL: [(&'static str, Topology, &'static str); 9] = [
+    pub const ALL: [(&'static str, Topology, &'static str); 10] = [
         (
             "flat",
             Topology::Flat,
@@ -98,6 +102,11 @@ impl Topology {
             "dma",
             Topology::Dma,
             "q35: edus e1 and e2 on the root bus (the dmatest scenarios: e1 attached, e2 never)",
+        ),
+        (
+            "vfio",
+            Topology::Vfio,
+            "q35: edus e1 at 00:03.0 and e2 at 00:04.0 on the root bus (the vfio scenarios name them in groups=)",
         ),
     ];
 
@@ -188,6 +197,12 @@ impl Topology {
                 "edu,id=e2,bus=dn2",
             ],
             Topology::Dma => &["edu,id=e1,bus=pcie.0", "edu,id=e2,bus=pcie.0"],
+            // Addresses named by the vfio scenarios' groups= (VFIO_E1, VFIO_E2 in
+            // scenarios.rs).
+            Topology::Vfio => &[
+                "edu,id=e1,bus=pcie.0,addr=03.0",
+                "edu,id=e2,bus=pcie.0,addr=04.0",
+            ],
         }
     }
 }
@@ -638,6 +653,12 @@ mod tests {
         assert_eq!(ids(Topology::Multifunction), "e1 e2");
         assert_eq!(ids(Topology::Switch), "rp1 up1 dn1 dn2 e1 e2");
         assert_eq!(ids(Topology::Dma), "e1 e2");
+        assert_eq!(ids(Topology::Vfio), "e1 e2");
+        assert!(
+            devices_of(&Machine::DEFAULT.with_topology(Topology::Vfio)).contains(
+                "-device edu,id=e1,bus=pcie.0,addr=03.0 -device edu,id=e2,bus=pcie.0,addr=04.0"
+            )
+        );
         let noacs = devices_of(&Machine::DEFAULT.with_topology(Topology::RootPortsNoAcs));
         assert_eq!(noacs.matches("disable-acs=on").count(), 2, "{noacs}");
         assert!(

@@ -15,6 +15,7 @@ mod oracle;
 mod runner;
 mod scenarios;
 mod serial;
+mod vfio;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -51,12 +52,15 @@ TOPOLOGIES
   --log LEVEL              kernel log level: error|warn|info|debug|trace (log=LEVEL)
   --append \"WORDS\"         extra kernel command line (e.g. \"selftest=panic\" or \"hold\")
   --kernel PATH            boot this ELF instead of building sluice-kernel
-  --guest NAME[:SIZE]      run the guest program NAME (guest/src/bin, built with
+  --guest NAME[:SIZE[:groups=G,...]]
+                           run the guest program NAME (guest/src/bin, built with
                            `cargo build --release -p sluice-guest`) with SIZE of RAM
-                           (default 16M; 2M..256M, a multiple of 2M); repeatable. The
-                           guests are packed into target/guests/run.img (-initrd) and
-                           started with kernel words guest=NAME:SIZE; a guest that must be
-                           stopped needs --append expect=NAME:terminated
+                           (default 16M; 2M..256M, a multiple of 2M), owning the IOMMU
+                           groups G (a group id, or a PCI function like 00:03.0 for its
+                           group); repeatable. The guests are packed into
+                           target/guests/run.img (-initrd) and started with kernel words
+                           guest=NAME:SIZE[:groups=...]; a guest that must be stopped
+                           needs --append expect=NAME:terminated
   --print                  print the QEMU command line and exit
   --qemu PATH              QEMU binary (default $QEMU, else qemu-system-x86_64)
   -- ARGS...               extra QEMU arguments, appended last
@@ -883,11 +887,13 @@ mod tests {
             [
                 GuestSpec {
                     name: "hello".into(),
-                    ram: 16 << 20
+                    ram: 16 << 20,
+                    groups: None,
                 },
                 GuestSpec {
                     name: "sse".into(),
-                    ram: 32 << 20
+                    ram: 32 << 20,
+                    groups: None,
                 }
             ]
         );
@@ -912,7 +918,14 @@ mod tests {
             let e = parse(args).unwrap_err();
             assert!(e.contains(needle), "{args}: {e}");
         }
-        assert!(help_text().contains("--guest NAME[:SIZE]"));
+        assert!(help_text().contains("--guest NAME[:SIZE[:groups=G,...]]"));
+        let o = parse("--topology vfio --guest vfio-edu:16M:groups=00:03.0").unwrap();
+        assert_eq!(run_cmdline(&o), ["guest=vfio-edu:16M:groups=00:03.0"]);
+        assert!(
+            parse("--guest vfio-edu:16M:group=3")
+                .unwrap_err()
+                .contains("expected groups=")
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::guests::{self, GuestRun, Termination};
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
 use crate::runner::{self, Exit, MonitorPlan, Outcome};
 use crate::serial::{HOLDING_MARKER, KernelLog};
+use crate::vfio;
 
 /// The kernel's isa-debug-exit codes, as QEMU exit statuses ((v << 1) | 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +123,10 @@ pub enum Check {
     /// termination reason), the guest's own `check ...: ok` lines, and the summary
     /// `guests: N ran, N passed, 0 failed`. See `guests.rs`.
     Guests(&'static [GuestRun]),
+    /// intel-iommu only: the unit's fault recording register, read with `xp` while the
+    /// kernel holds after its guests, holds a write fault by one of these (device,
+    /// IOVA): the DMA a guest saw blocked was blocked by the IOMMU. See `vfio.rs`.
+    VtdFault(&'static [vfio::BlockedDma]),
 }
 
 impl Check {
@@ -133,6 +138,7 @@ impl Check {
                 | Check::Groups(_)
                 | Check::RequesterIds(_)
                 | Check::DmaTest
+                | Check::VtdFault(_)
         )
     }
 }
@@ -169,6 +175,9 @@ impl Scenario {
 
     /// Monitor commands (beyond `query-pci`) the checks want while the kernel holds.
     pub fn monitor_plan(&self) -> Option<&'static MonitorPlan<'static>> {
+        if self.checks.iter().any(|c| matches!(c, Check::VtdFault(_))) {
+            return Some(&vfio::monitor_commands as &MonitorPlan<'static>);
+        }
         if !self.checks.iter().any(|c| matches!(c, Check::DmaTest)) {
             return None;
         }
@@ -224,6 +233,22 @@ const PCIBRIDGE_RIDS: &[(&str, &[Rid])] = &[
 
 /// The address `bad-memory` writes (guest/src/bin/bad_memory.rs): 16 GiB.
 pub const BAD_MEMORY_GPA: u64 = 0x4_0000_0000;
+
+// VFIO guests (topology `vfio`: edu e1 at 00:03.0, e2 at 00:04.0; machine.rs). The
+// kernel resolves each `groups=` reference that names a PCI function to that function's
+// IOMMU group. vfio-edu owns e1's group and drives e1 through the VFIO hypercalls.
+// vfio-hostile owns e2's group (its own edu), the ICH9 group (00:1f.0: never viable,
+// the LPC bridge behind COM1 is the hypervisor's) and e1's group too, which vfio-edu
+// (started first) holds open, so that opening it must fail with EBUSY, not EPERM.
+const VFIO_EDU: GuestRun = GuestRun::exits("vfio-edu", 0).with_groups("00:03.0");
+const VFIO_HOSTILE: GuestRun =
+    GuestRun::exits("vfio-hostile", 0).with_groups("00:04.0,00:1f.0,00:03.0");
+/// The DMAs the guests expect the IOMMU to block (edu writes, see their sources):
+/// vfio-edu's to its unmapped buffer (IOVA 0x202000), vfio-hostile's to IOVAs only its
+/// rejected MAP_DMA calls named (0x400000, 0xff000). QEMU's VT-d keeps only the first.
+const VFIO_EDU_BLOCKED: &[vfio::BlockedDma] = &[("e1", 0x20_2000)];
+const VFIO_ALL_BLOCKED: &[vfio::BlockedDma] =
+    &[("e1", 0x20_2000), ("e2", 0x40_0000), ("e2", 0xf_f000)];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -673,6 +698,67 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: KernelExit::BootCompleted,
         checks: &[Check::Guests(&[GuestRun::exits("vint", 0)])],
     },
+    // ---- VFIO: containers, groups and devices as hypercalls (abi/src/vfio.rs) ----
+    // The guests judge the hypervisor themselves (step by step, exact errnos, DMA
+    // through their own mappings, DMA blocked after UNMAP_DMA) and exit 0 only if all
+    // held; the harness judges their exit statuses and `check` lines.
+    Scenario {
+        name: "vfio-edu-vtd",
+        about: "guest vfio-edu owns e1's group: container, type1v2, MAP_DMA, BAR0 mapped, edu DMA both ways, blocked after unmap (the unit's fault record names e1 and the IOVA); exits 0 (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Vfio),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_EDU]),
+            Check::VtdFault(VFIO_EDU_BLOCKED),
+        ],
+    },
+    // pt=off: see amdvi-dma (QEMU 9.2-10.0 bypass translation with pt=on).
+    Scenario {
+        name: "vfio-edu-amdvi",
+        about: "guest vfio-edu owns e1's group: container, type1v2, MAP_DMA, BAR0 mapped, edu DMA both ways, blocked after unmap; exits 0 (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[VFIO_EDU])],
+    },
+    Scenario {
+        name: "vfio-hostile-vtd",
+        about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0; a blocked DMA is in the fault record (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Vfio),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_EDU, VFIO_HOSTILE]),
+            Check::VtdFault(VFIO_ALL_BLOCKED),
+        ],
+    },
+    Scenario {
+        name: "vfio-hostile-amdvi",
+        about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0 (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[Check::Guests(&[VFIO_EDU, VFIO_HOSTILE])],
+    },
 ];
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
@@ -747,6 +833,13 @@ fn oracle_full(o: &Outcome) -> Result<&crate::runner::OracleView, String> {
 fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &mut Vec<String>) {
     match check {
         Check::Guests(runs) => fails.extend(guests::check_guests(runs, &log.lines)),
+        Check::VtdFault(expected) => {
+            if s.machine.effective_iommu() != Iommu::Vtd {
+                fails.push("VtdFault needs intel-iommu (a scenario bug)".into());
+            } else {
+                fails.extend(vfio::check_fault(expected, oracle_full(o)));
+            }
+        }
         Check::Groups(expected) => match oracle_full(o) {
             Err(e) => fails.push(e),
             Ok(view) => fails.extend(groups::check_groups(
@@ -1518,6 +1611,23 @@ mod tests {
             kernel_cmdline(scenario("guest-vint"), &[]),
             "guest=vint:16M"
         );
+        // intel-iommu: `hold`, to read the fault record (see vfio.rs).
+        for (vendor, hold) in [("vtd", " hold"), ("amdvi", "")] {
+            assert_eq!(
+                kernel_cmdline(scenario(&format!("vfio-edu-{vendor}")), &[]),
+                format!("guest=vfio-edu:16M:groups=00:03.0{hold}")
+            );
+            assert_eq!(
+                kernel_cmdline(
+                    scenario(&format!("vfio-hostile-{vendor}")),
+                    &["log=debug".into()]
+                ),
+                format!(
+                    "log=debug guest=vfio-edu:16M:groups=00:03.0 \
+                     guest=vfio-hostile:16M:groups=00:04.0,00:1f.0,00:03.0{hold}"
+                )
+            );
+        }
         // `bench` is a benchmark (`qemu-run.sh bench`), never a scenario.
         assert!(
             !SCENARIOS
@@ -1599,6 +1709,116 @@ mod tests {
                 "`guests: 1 ran, 0 passed, 1 failed`, expected 1 ran, 1 passed, 0 failed",
             ]
         );
+    }
+
+    /// The VFIO scenarios: the machine puts e1/e2 where `groups=` names them, amd-iommu
+    /// translates (pt=off), nothing needs the oracle, and the verdicts on a kernel
+    /// without the VFIO calls and on a good run.
+    #[test]
+    fn vfio_scenarios() {
+        for (name, iommu) in [
+            ("vfio-edu-vtd", "-device intel-iommu"),
+            ("vfio-edu-amdvi", "-device amd-iommu,id=iommu,pt=off"),
+            ("vfio-hostile-vtd", "-device intel-iommu"),
+            ("vfio-hostile-amdvi", "-device amd-iommu,id=iommu,pt=off"),
+        ] {
+            let s = scenario(name);
+            assert_eq!(
+                s.machine.device_args().unwrap().join(" "),
+                format!(
+                    "{iommu} -device edu,id=e1,bus=pcie.0,addr=03.0 -device edu,id=e2,bus=pcie.0,addr=04.0"
+                )
+            );
+            let vtd = name.ends_with("-vtd");
+            assert_eq!(s.needs_oracle(), vtd, "{name}");
+            assert_eq!(
+                s.monitor_plan().map(|plan| plan("")),
+                vtd.then(|| vec![
+                    "xp /4xw 0xfed90220".to_string(),
+                    "xp /1xw 0xfed90034".to_string()
+                ]),
+                "{name}"
+            );
+            assert_eq!(s.expect, KernelExit::BootCompleted);
+            let runs = s.guests();
+            assert_eq!(runs[0].name, "vfio-edu", "vfio-edu starts first");
+            assert_eq!(runs[0].groups, "00:03.0");
+            if name.starts_with("vfio-hostile") {
+                assert_eq!(runs.len(), 2);
+                assert!(runs[1].groups.split(',').any(|g| g == "00:1f.0"));
+                assert!(runs[1].groups.split(',').any(|g| g == runs[0].groups));
+            }
+        }
+        let s = scenario("vfio-hostile-amdvi");
+        // A kernel without the VFIO calls: the guests fail their first check.
+        let enosys = "\
+[INFO  guest] vfio-edu: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] vfio-hostile: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [vfio-edu] check api-version: FAILED: GET_API_VERSION: ENOSYS (38)
+[INFO  guest] [vfio-hostile] check forged-handles: FAILED: CLOSE(0): got Err(ENOSYS), expected Err(EBADF)
+[INFO  guest] vfio-edu: exited with status 1
+[INFO  guest] vfio-hostile: exited with status 1
+[INFO  guest] guests: 2 ran, 0 passed, 2 failed
+";
+        let f = evaluate(s, &outcome(35, enosys, None));
+        assert_eq!(
+            f,
+            [
+                "exit status 35 (boot stopped: a required feature is missing), expected 33 (boot completed)",
+                "vfio-edu: exited with status 1 (line 5), expected exited with status 0",
+                "vfio-edu: check api-version: FAILED: GET_API_VERSION: ENOSYS (38)",
+                "vfio-hostile: exited with status 1 (line 6), expected exited with status 0",
+                "vfio-hostile: check forged-handles: FAILED: CLOSE(0): got Err(ENOSYS), expected Err(EBADF)",
+                "`guests: 2 ran, 0 passed, 2 failed`, expected 2 ran, 2 passed, 0 failed",
+            ]
+        );
+        let good = "\
+[INFO  guest] vfio-edu: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] vfio-hostile: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [vfio-edu] check api-version: ok
+[INFO  guest] [vfio-hostile] check group-open-busy: ok
+[INFO  guest] vfio-hostile: exited with status 0
+[INFO  guest] vfio-edu: exited with status 0
+[INFO  guest] guests: 2 ran, 2 passed, 0 failed
+";
+        assert_eq!(evaluate(s, &outcome(33, good, None)), Vec::<String>::new());
+
+        // intel-iommu: the same guests, and the fault record read at hold.
+        use crate::vfio::tests::{E1_RECORD, view};
+        let s = scenario("vfio-hostile-vtd");
+        let held =
+            format!("{good}[INFO  boot] holding: send one byte on the serial port to finish\n");
+        assert_eq!(
+            evaluate(s, &with_oracle(33, &held, view(Some(E1_RECORD)))),
+            Vec::<String>::new()
+        );
+        let e2 = "0x000ff000 0x00000000 0x00000020 0x80ffff05";
+        assert_eq!(
+            evaluate(s, &with_oracle(33, &held, view(Some(e2)))),
+            Vec::<String>::new()
+        );
+        // vfio-edu alone: only e1's fault will do.
+        let edu_log = "\
+[INFO  guest] vfio-edu: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [vfio-edu] check dma-blocked-after-unmap: ok
+[INFO  guest] vfio-edu: exited with status 0
+[INFO  guest] guests: 1 ran, 1 passed, 0 failed
+[INFO  boot] holding: send one byte on the serial port to finish
+";
+        let s = scenario("vfio-edu-vtd");
+        assert_eq!(
+            evaluate(s, &with_oracle(33, edu_log, view(Some(E1_RECORD)))),
+            Vec::<String>::new()
+        );
+        let f = evaluate(s, &with_oracle(33, edu_log, view(Some(e2))));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("the IOMMU's fault record names rid 0x0020 at IOVA 0xff000"),
+            "{f:?}"
+        );
+        let none = "0x00000000 0x00000000 0x00000000 0x00000000";
+        let f = evaluate(s, &with_oracle(33, edu_log, view(Some(none))));
+        assert!(f[0].starts_with("the IOMMU recorded no fault"), "{f:?}");
     }
 
     #[test]

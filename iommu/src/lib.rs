@@ -100,6 +100,9 @@ bitflags::bitflags! {
         const READ = 1 << 0;
         /// Device writes to memory.
         const WRITE = 1 << 1;
+        /// Device memory (a BAR), to be accessed uncached. Only formats with cache
+        /// controls use it (the CPU's nested page tables); IOMMU formats ignore it.
+        const UNCACHED = 1 << 2;
     }
 }
 

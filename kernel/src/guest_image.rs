@@ -46,7 +46,8 @@
 //! On the kernel command line, each `guest=NAME:SIZE[:groups=G1,G2,...]` word starts one
 //! guest from the archive entry `NAME` with `SIZE` bytes of RAM (`16M`, `512K`, `1G` or
 //! a plain byte count; between [`GUEST_RAM_MIN`] and [`GUEST_RAM_MAX`], a multiple of
-//! [`GUEST_RAM_ALIGN`]). `groups=` lists the IOMMU groups the guest may own.
+//! [`GUEST_RAM_ALIGN`]). `groups=` lists the IOMMU groups the guest may own, each by
+//! number or by a PCI function in it (`00:03.0` or `0000:00:03.0`, see [`GroupRef`]).
 //! See [`parse_guests`].
 
 use alloc::string::String;
@@ -694,6 +695,26 @@ pub const MAX_GUESTS: usize = 15;
 /// The most IOMMU groups one guest may list.
 pub const MAX_GROUPS: usize = 16;
 
+/// An IOMMU group named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupRef {
+    /// By its number (as the boot log lists groups).
+    Id(u32),
+    /// The group holding this PCI function: `(segment, bus, devfn)`.
+    Device(u16, u8, u8),
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GroupRef::Id(id) => write!(f, "{id}"),
+            GroupRef::Device(seg, bus, devfn) => {
+                write!(f, "{seg:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7)
+            }
+        }
+    }
+}
+
 /// One guest to start, from `guest=NAME:SIZE[:groups=G,...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestSpec {
@@ -701,8 +722,8 @@ pub struct GuestSpec {
     pub name: String,
     /// Bytes of guest RAM.
     pub ram_size: u64,
-    /// IOMMU groups the guest may own (no duplicates, in the given order).
-    pub groups: Vec<u32>,
+    /// IOMMU groups the guest may own (no duplicate references, in the given order).
+    pub groups: Vec<GroupRef>,
 }
 
 /// Why a `guest=` word was rejected.
@@ -720,9 +741,9 @@ pub enum SpecError {
     SizeNotAligned(u64),
     /// Something other than `groups=...` after the size, or `groups=` twice.
     BadOption(String),
-    /// The group list is empty or not comma-separated `u32`s.
+    /// The group list is empty or not comma-separated `u32`s or PCI function names.
     BadGroups(String),
-    DuplicateGroup(u32),
+    DuplicateGroup(String),
     TooManyGroups(usize),
     /// Two `guest=` words with the same name.
     DuplicateGuest(String),
@@ -775,7 +796,9 @@ pub fn parse_size(s: &str) -> Option<u64> {
 impl GuestSpec {
     /// Parse the value of a `guest=` word: `NAME:SIZE[:groups=G1,G2,...]`.
     pub fn parse(value: &str) -> Result<GuestSpec, SpecError> {
-        let mut parts = value.split(':');
+        // PCI function names in the group list contain ':', so the third field is
+        // everything after the size.
+        let mut parts = value.splitn(3, ':');
         let name = parts.next().unwrap_or("");
         if !is_valid_name(name) {
             return Err(SpecError::BadName(name.into()));
@@ -790,22 +813,29 @@ impl GuestSpec {
         if ram_size % GUEST_RAM_ALIGN != 0 {
             return Err(SpecError::SizeNotAligned(ram_size));
         }
-        let mut groups: Option<Vec<u32>> = None;
-        for opt in parts {
+        let mut groups: Option<Vec<GroupRef>> = None;
+        if let Some(opt) = parts.next() {
             let list = match opt.split_once('=') {
-                Some(("groups", list)) if groups.is_none() => list,
+                Some(("groups", list)) => list,
                 _ => return Err(SpecError::BadOption(opt.into())),
             };
             let mut parsed = Vec::new();
             for g in list.split(',') {
-                let ok = !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit());
-                let g: u32 = g
-                    .parse()
-                    .ok()
-                    .filter(|_| ok)
-                    .ok_or_else(|| SpecError::BadGroups(list.into()))?;
+                let g = if g.contains(':') {
+                    let (seg, bus, devfn) = sluice_abi::vfio::parse_device_name(g.as_bytes())
+                        .ok_or_else(|| SpecError::BadGroups(list.into()))?;
+                    GroupRef::Device(seg, bus, devfn)
+                } else {
+                    let ok = !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit());
+                    GroupRef::Id(
+                        g.parse()
+                            .ok()
+                            .filter(|_| ok)
+                            .ok_or_else(|| SpecError::BadGroups(list.into()))?,
+                    )
+                };
                 if parsed.contains(&g) {
-                    return Err(SpecError::DuplicateGroup(g));
+                    return Err(SpecError::DuplicateGroup(alloc::format!("{g}")));
                 }
                 parsed.push(g);
                 if parsed.len() > MAX_GROUPS {
@@ -1447,7 +1477,7 @@ mod tests {
             Ok(GuestSpec {
                 name: "nic".into(),
                 ram_size: 2 * MIB,
-                groups: vec![3, 1, 4]
+                groups: vec![GroupRef::Id(3), GroupRef::Id(1), GroupRef::Id(4)]
             })
         );
         assert_eq!(GuestSpec::parse("a:256m").unwrap().ram_size, GUEST_RAM_MAX);
@@ -1480,12 +1510,18 @@ mod tests {
             ("a:3M", SizeNotAligned(3 * MIB)),
             ("a:16M:", BadOption("".into())),
             ("a:16M:group=1", BadOption("group=1".into())),
-            ("a:16M:groups=1:groups=2", BadOption("groups=2".into())),
+            ("a:16M:groups=1:groups=2", BadGroups("1:groups=2".into())),
+            ("a:16M:devices=1", BadOption("devices=1".into())),
+            ("a:16M:groups=00:03.8", BadGroups("00:03.8".into())),
+            (
+                "a:16M:groups=00:03.0,0000:00:03.0",
+                DuplicateGroup("0000:00:03.0".into()),
+            ),
             ("a:16M:groups=", BadGroups("".into())),
             ("a:16M:groups=1,,2", BadGroups("1,,2".into())),
             ("a:16M:groups=+1", BadGroups("+1".into())),
             ("a:16M:groups=4294967296", BadGroups("4294967296".into())),
-            ("a:16M:groups=1,2,1", DuplicateGroup(1)),
+            ("a:16M:groups=1,2,1", DuplicateGroup("1".into())),
         ];
         for (word, err) in cases {
             assert_eq!(GuestSpec::parse(word).as_ref(), Err(err), "{word}");
@@ -1501,12 +1537,14 @@ mod tests {
     #[test]
     fn guest_words_on_the_command_line() {
         let specs =
-            parse_guests("log=debug guest=a:16M hold  guest=b:4M:groups=2 guestx=1").unwrap();
+            parse_guests("log=debug guest=a:16M hold  guest=b:4M:groups=2,00:1f.0 guestx=1")
+                .unwrap();
         assert_eq!(specs.len(), 2);
         assert_eq!(
             (specs[0].name.as_str(), specs[1].groups.as_slice()),
-            ("a", &[2u32][..])
+            ("a", &[GroupRef::Id(2), GroupRef::Device(0, 0, 0xf8)][..])
         );
+        assert_eq!(specs[1].groups[1].to_string(), "0000:00:1f.0");
         assert_eq!(parse_guests(""), Ok(vec![]));
         assert_eq!(
             parse_guests("guest=a:16M guest=a:4M"),

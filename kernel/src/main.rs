@@ -165,6 +165,8 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     // From here on, frames come from the global allocator (IOMMU tables, DMA buffers).
     *sluice_kernel::memory::FRAMES.lock() = frames;
 
+    // The VFIO layer, once an IOMMU driver is up: it then owns the driver and config space.
+    let mut vfio: Option<VfioSetup> = None;
     if let Some(tables) = &tables {
         report_madt(&phys, tables);
         let regions = read_mcfg(&phys, tables);
@@ -177,7 +179,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                 }
             }
             if let Some(found) = discover_iommus(&phys, tables, &table, start_info.memory_map()) {
-                let (topology, driver): (Box<dyn IommuTopology>, _) = match found {
+                let (topology, mut driver): (Box<dyn IommuTopology>, _) = match found {
                     Found::Vtd(t, regs) => {
                         let driver = bring_up_vtd(&t, regs).map(Driver::Vtd);
                         (Box::new(t), driver)
@@ -192,14 +194,10 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                     info!(target: "iommu", "{line}");
                 }
                 if opts.dma_test {
-                    let ran = match driver {
-                        Some(mut driver) => run_dmatest(
-                            &ecam,
-                            &table,
-                            &discovery,
-                            &mut driver,
-                            start_info.memory_map(),
-                        ),
+                    let ran = match driver.as_mut() {
+                        Some(driver) => {
+                            run_dmatest(&ecam, &table, &discovery, driver, start_info.memory_map())
+                        }
                         None => {
                             error!(target: "dmatest", "dmatest needs a working IOMMU driver; none is up");
                             false
@@ -208,6 +206,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                     if !ran {
                         exit_qemu(ExitCode::BootFailed);
                     }
+                }
+                if let Some(driver) = driver {
+                    vfio = Some(build_vfio(ecam, &table, &discovery, driver));
                 }
             } else if opts.dma_test {
                 error!(target: "dmatest", "dmatest needs an IOMMU; none found");
@@ -237,7 +238,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
 
     if opts.guests {
         let cmdline = start_info.cmdline();
-        if !run_guests(&start_info, cmdline, &phys) {
+        if !run_guests(&start_info, cmdline, &phys, vfio.as_mut()) {
             exit_qemu(ExitCode::BootFailed);
         }
     }
@@ -824,11 +825,90 @@ fn run_dmatest(
     }
 }
 
+/// The VFIO layer and the index that resolves `groups=00:03.0` to group numbers.
+struct VfioSetup {
+    vfio: sluice_kernel::vfio::Vfio,
+    group_of: alloc::collections::BTreeMap<sluice_pci::PciAddress, u32>,
+}
+
+/// Hand the IOMMU driver and config space to the VFIO layer, with every IOMMU group:
+/// its functions, their DMA routes and BARs, which are bridges, and which the hypervisor
+/// uses itself (the ISA/LPC bridge: COM1, our console, sits behind it).
+fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Driver) -> VfioSetup {
+    use sluice_kernel::vfio::{GroupDesc, GroupDevice, Vfio};
+    use sluice_pci::DeviceKind;
+    const CLASS_ISA_BRIDGE: u32 = 0x0601;
+    let mut group_of = alloc::collections::BTreeMap::new();
+    let mut groups = Vec::new();
+    for group in discovery.groups.iter() {
+        let mut devices = Vec::new();
+        for &address in &group.devices {
+            let (Some(d), Some(route)) = (table.get(address), discovery.routes.get(&address))
+            else {
+                warn!(target: "vfio", "group {}: {address} has no route or vanished; group left out", group.id.0);
+                devices.clear();
+                break;
+            };
+            let bridge = d.header_type == 1
+                || matches!(
+                    d.kind,
+                    DeviceKind::RootPort
+                        | DeviceKind::UpstreamPort
+                        | DeviceKind::DownstreamPort
+                        | DeviceKind::PcieToPciBridge
+                        | DeviceKind::PciToPcieBridge
+                        | DeviceKind::PciBridge
+                );
+            devices.push(GroupDevice {
+                address,
+                vendor_id: d.vendor_id,
+                device_id: d.device_id,
+                class: d.class,
+                bridge,
+                host_owned: d.class >> 8 == CLASS_ISA_BRIDGE,
+                dma: sluice_iommu::DeviceDma {
+                    device: address,
+                    unit: route.unit,
+                    requester_ids: route.requester_ids.iter().map(|a| a.requester_id).collect(),
+                },
+                bars: d.bars.clone(),
+                interrupt_pin: d.interrupt_pin,
+            });
+        }
+        if devices.is_empty() {
+            continue;
+        }
+        for d in &devices {
+            group_of.insert(d.address, group.id.0);
+        }
+        groups.push(GroupDesc {
+            id: group.id.0,
+            devices,
+        });
+    }
+    let iommu: Box<dyn sluice_iommu::Iommu> = match driver {
+        Driver::Vtd(d) => Box::new(d),
+        Driver::AmdVi(d) => Box::new(d),
+    };
+    info!(target: "vfio", "VFIO ready: {} IOMMU groups can be given to guests (`guest=NAME:SIZE:groups=...`)", groups.len());
+    VfioSetup {
+        vfio: Vfio::new(iommu, Box::new(ecam), groups),
+        group_of,
+    }
+}
+
 /// Start the guests the command line names (`guest=NAME:SIZE`), one after another, from
 /// the archive handed over as the PVH boot module. Returns whether every guest ended as
 /// expected (exit status 0, or terminated where `expect=NAME:terminated` says so).
-fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
+fn run_guests(
+    si: &StartInfo,
+    cmdline: &str,
+    phys: &IdentityMapped,
+    vfio: Option<&mut VfioSetup>,
+) -> bool {
     use sluice_kernel::guest_image::{self, Archive};
+    use sluice_kernel::vfio::GuestId;
+    use sluice_kernel::virt::vfio_memory::VfioGuestMemory;
     use sluice_kernel::virt::{self, Action, Exit, GuestStatus, VirtualCpu, handle_common_exit};
     /// The hardware backend: the only place that names it.
     type Backend = sluice_kernel::svm::Vcpu;
@@ -877,6 +957,43 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
             None => return false,
         }
     }
+    // Guest ids for the VFIO layer: the position on the command line (names are unique).
+    let ids: alloc::collections::BTreeMap<alloc::string::String, GuestId> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), GuestId(i as u32)))
+        .collect();
+    let mut vfio = vfio.map(|v| &mut *v);
+    for (i, spec) in specs.iter().enumerate() {
+        if spec.groups.is_empty() {
+            continue;
+        }
+        let Some(setup) = vfio.as_deref_mut() else {
+            error!(target: "guest", "{}: given IOMMU groups, but no IOMMU driver is up: it can open none", spec.name);
+            continue;
+        };
+        let mut granted = Vec::new();
+        for r in &spec.groups {
+            let id = match *r {
+                guest_image::GroupRef::Id(id) => Some(id),
+                guest_image::GroupRef::Device(seg, bus, devfn) => {
+                    let address = sluice_pci::PciAddress::new(seg, bus, devfn >> 3, devfn & 7);
+                    setup.group_of.get(&address).copied()
+                }
+            };
+            match id {
+                Some(id) if !granted.contains(&id) => granted.push(id),
+                Some(_) => {}
+                None => {
+                    warn!(target: "guest", "{}: groups={r}: no IOMMU group holds that function", spec.name)
+                }
+            }
+        }
+        info!(target: "guest", "{}: may own IOMMU groups {granted:?}", spec.name);
+        setup.vfio.add_guest(GuestId(i as u32), &granted);
+    }
+    let memory_map = si.memory_map();
+    let vfio = core::cell::RefCell::new(vfio);
     let mut lines: alloc::collections::BTreeMap<alloc::string::String, alloc::string::String> =
         Default::default();
     let mut handler = |g: &mut Guest, exit: Exit| match exit {
@@ -886,6 +1003,20 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
             let line = lines.entry(g.name.clone()).or_default();
             let result = match sluice_abi::decode(g.vcpu.rax(), args) {
                 Ok(sluice_abi::Hypercall::Exit { status }) => return Action::Exited(status),
+                Ok(sluice_abi::Hypercall::Vfio(call)) => {
+                    let id = ids.get(&g.name).copied();
+                    match (vfio.borrow_mut().as_deref_mut(), id) {
+                        (Some(setup), Some(id)) => {
+                            let mut mem = VfioGuestMemory {
+                                guest: &mut *g,
+                                memory_map,
+                            };
+                            setup.vfio.call(id, &mut mem, call)
+                        }
+                        // No IOMMU driver: nothing can be assigned.
+                        _ => Err(sluice_abi::Errno::ENODEV),
+                    }
+                }
                 Ok(call) => hypercall(g, call, line),
                 Err(e) => Err(e),
             };
@@ -900,7 +1031,15 @@ fn run_guests(si: &StartInfo, cmdline: &str, phys: &IdentityMapped) -> bool {
         max_quanta_per_guest: 200,
         ..Default::default()
     };
-    let results = virt::scheduler::run_all(guests, &mut handler, quantum);
+    // A guest that ends (exits, is killed, runs out of time) loses every VFIO object at
+    // once: its devices are blocked from DMA before anyone else runs.
+    let mut ended = |g: &mut Guest, status: &GuestStatus| {
+        if let (Some(setup), Some(&id)) = (vfio.borrow_mut().as_deref_mut(), ids.get(&g.name)) {
+            setup.vfio.release_guest(id);
+            info!(target: "vfio", "{} {status}: its VFIO handles are released", g.name);
+        }
+    };
+    let results = virt::scheduler::run_all(guests, &mut handler, &mut ended, quantum);
     info!(target: "sched", "{} timer ticks, {} spurious", sluice_kernel::arch::lapic::ticks() - ticks0, sluice_kernel::arch::lapic::spurious_count());
     let (mut passed, mut failed) = (0, 0);
     for (name, status) in results {

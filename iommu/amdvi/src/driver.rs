@@ -103,9 +103,11 @@
 pub mod commands;
 pub mod dte;
 pub mod events;
+mod explain;
 mod ids;
 pub mod registers;
 
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -1110,6 +1112,17 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
             .iter()
             .filter_map(RawEvent::to_fault)
             .collect()
+    }
+
+    /// Reads, for each DeviceID of `device` (own first, then its aliases, then the IVRS
+    /// aliases of those: the ids attach writes), its device table entry from
+    /// `device.unit`'s table, then the page-table entries the unit reads for `iova`, down
+    /// to the leaf or the level where the walk stops; one line each (at most 11 per
+    /// DeviceID, 8 DeviceIDs), with the event the unit would log. Memory as the unit reads
+    /// it: the driver's bookkeeping only annotates. One line for an unknown domain or
+    /// unit. See `driver/explain.rs`.
+    fn explain(&self, domain: DomainHandle, device: &DeviceDma, iova: u64) -> Vec<String> {
+        self.explain_dma(domain, device, iova)
     }
 }
 

@@ -1225,3 +1225,290 @@ fn walk_agrees_with_the_independent_walker() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Explain.
+// ---------------------------------------------------------------------------------------
+
+/// The raw entry the test's own walk of the `levels`-deep v1 table at `root` reads at
+/// `level` for `iova` (links followed by NextLevel).
+fn v1_entry_at(mem: &TestMem, root: u64, levels: u8, level: u8, iova: u64) -> u64 {
+    let (mut table, mut current) = (root, levels);
+    loop {
+        let shift = 12 + 9 * (u32::from(current) - 1);
+        let entry = mem.read(table + ((iova >> shift) & 0x1ff) * 8);
+        if current == level {
+            return entry;
+        }
+        table = entry & ADDR;
+        current = ((entry >> 9) & 7) as u8;
+    }
+}
+
+#[test]
+fn explain_names_the_leaf_entry_and_the_host_address() {
+    let (rig, mut driver, domain, did) = attached();
+    driver
+        .map(domain, 0x1000_3000, 0x5_6789_a000, 0x1000, Access::READ)
+        .unwrap();
+    driver
+        .map(domain, 0x4000_0000, 0x8000_0000, 0x20_0000, RW)
+        .unwrap();
+    driver
+        .map(
+            domain,
+            0x80_0000_0000,
+            0x1_4000_0000,
+            0x4000_0000,
+            Access::WRITE,
+        )
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let root = driver.table_root(domain).unwrap();
+    let dte = rig.dte(0, EDU);
+
+    // A 4 KiB page: DTE (raw, decoded), four levels, the result.
+    let lines = driver.explain(domain, &edu(), 0x1000_3abc);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 + 4 + 1, "{lines:#?}");
+    assert!(lines[0].starts_with("ivhd0 (unit 0"), "{}", lines[0]);
+    assert!(lines[0].contains(&format!("domain {}", domain.0)));
+    assert!(lines[0].contains(&format!("DomainID {did:#x} on ivhd0")));
+    assert!(lines[0].contains("4-level") && lines[0].contains("48-bit"));
+    assert!(lines[1].starts_with("ivhd0 DeviceID 00:02.0 (own): DTE [0x0010]"));
+    assert!(
+        lines[1].contains(&format!(
+            "0x{:016x}_{:016x}_{:016x}_{:016x}",
+            dte[3], dte[2], dte[1], dte[0]
+        )),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains(&format!(
+        "V=1 TV=1 Mode=4 (4-level, 48-bit) Page Table Root Pointer={root:#x} IR=1 IW=1 \
+         DomainID={did:#x}"
+    )));
+    {
+        let mem = rig.mem.borrow();
+        for (line, level) in lines[3..7].iter().zip([4u8, 3, 2, 1]) {
+            let raw = v1_entry_at(&mem, root, 4, level, 0x1000_3abc);
+            assert!(
+                line.contains(&format!("level {level} ")) && line.contains(&format!("{raw:#018x}")),
+                "{line} should show {raw:#x}"
+            );
+        }
+    }
+    assert!(lines[3].contains("PDE") && lines[3].contains("NextLevel=3"));
+    assert!(lines[6].contains("level 1 PTE") && lines[6].contains("IR=1 IW=0"));
+    assert!(lines[6].contains("leaf: 4 KiB page at 0x56789a000"));
+    assert!(
+        lines[7].contains("→ host-physical 0x56789aabc"),
+        "{}",
+        lines[7]
+    );
+    assert!(lines[7].contains("writes fault (IO_PAGE_FAULT event, PE=1"));
+
+    // A 2 MiB page: the walk ends at level 2 with NextLevel 0.
+    let lines = driver.explain(domain, &edu(), 0x4012_3456);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 + 3 + 1, "{lines:#?}");
+    let raw = v1_entry_at(&rig.mem.borrow(), root, 4, 2, 0x4012_3456);
+    assert!(lines[5].contains(&format!("{raw:#018x}")), "{}", lines[5]);
+    assert!(lines[5].contains("level 2 PTE") && lines[5].contains("NextLevel=0"));
+    assert!(lines[5].contains("leaf: 2 MiB page at 0x80000000"));
+    assert!(
+        lines[6].contains("→ host-physical 0x80123456"),
+        "{}",
+        lines[6]
+    );
+    assert!(lines[6].contains("reads and writes allowed"));
+
+    // A 1 GiB page, write-only.
+    let lines = driver.explain(domain, &edu(), 0x80_0abc_d123);
+    assert_eq!(lines.len(), 1 + 2 + 2 + 1, "{lines:#?}");
+    assert!(lines[4].contains("level 3 PTE") && lines[4].contains("1 GiB page"));
+    assert!(
+        lines[5].contains("→ host-physical 0x14abcd123"),
+        "{}",
+        lines[5]
+    );
+    assert!(lines[5].contains("writes allowed; reads fault"));
+}
+
+#[test]
+fn explain_unmapped_iova_says_not_present() {
+    let (_rig, mut driver, domain, _did) = attached();
+    driver.map(domain, 0x1000, 0x9000, 0x1000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    let lines = driver.explain(domain, &edu(), 0x2000);
+    assert!(lines[6].contains("level 1 entry") && lines[6].contains("not present"));
+    assert_eq!(
+        lines.last().unwrap(),
+        "ivhd0 DeviceID 00:02.0: not present at level 1: DMA here faults (IO_PAGE_FAULT \
+         event, PR=0)"
+    );
+    let lines = driver.explain(domain, &edu(), 0x7f00_0000_0000);
+    assert!(
+        lines.last().unwrap().contains("not present at level 4"),
+        "{lines:#?}"
+    );
+    // Beyond the 48 bits of a 4-level table.
+    let lines = driver.explain(domain, &edu(), 1 << 48);
+    assert!(
+        lines.last().unwrap().contains("bits above bit 47"),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("host-physical")));
+}
+
+#[test]
+fn explain_unknown_domain_or_unit_is_one_line() {
+    let (_rig, mut driver, domain, _did) = attached();
+    let lines = driver.explain(sluice_iommu::DomainHandle(77), &edu(), 0);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("no domain 77"));
+    let lines = driver.explain(domain, &device(9, 0, 2, 0, &[]), 0);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("unit 9"));
+    let empty = driver.create_domain().unwrap();
+    driver.destroy_domain(empty).unwrap();
+    assert_eq!(driver.explain(empty, &edu(), 0).len(), 1);
+}
+
+#[test]
+fn explain_blocked_devices_and_ivrs_aliases() {
+    let (rig, mut driver) = two_units();
+    let domain = driver.create_domain().unwrap();
+    // Never attached: the blocked entry, walked into the empty blocking root.
+    let lonely = device(0, 0, 3, 0, &[]);
+    let lines = driver.explain(domain, &lonely, 0x1000);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 + 1 + 2, "{lines:#?}");
+    let root = blocking_root(&rig, &driver, U0);
+    assert!(lines[0].contains("no DomainID on ivhd0 yet"));
+    assert!(lines[2].contains(&format!(
+        "Page Table Root Pointer={root:#x} (the unit's blocking root: an empty table) IR=0 IW=0 \
+         DomainID=0x0"
+    )));
+    assert!(lines[3].contains("attached to no domain: blocked"));
+    assert!(lines[5].contains("not present at level 4 (the blocking root maps nothing)"));
+
+    // Attached on unit 1: the IVRS alias is explained too, after the device.
+    let first = device(1, 2, 1, 0, &[]);
+    driver.attach(domain, &first).unwrap();
+    driver.map(domain, 0x3000, 0x9000, 0x1000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    let lines = driver.explain(domain, &first, 0x3008);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 * 7, "{lines:#?}");
+    assert!(lines[1].contains("DeviceID 02:01.0 (own)"));
+    assert!(lines[8].contains("DeviceID 03:00.0 (IVRS alias of 02:01.0)"));
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("→ host-physical 0x9008"))
+            .count(),
+        2
+    );
+    // Many aliases: bounded.
+    let mut many = device(0, 1, 0, 0, &[]);
+    many.requester_ids.extend(0x0400..0x0440);
+    let lines = driver.explain(domain, &many, 0);
+    assert!(lines.len() <= 1 + 8 * 20 + 1, "{}", lines.len());
+    assert!(lines.last().unwrap().contains("more DeviceID"));
+}
+
+#[test]
+fn explain_follows_a_pde_that_skips_levels() {
+    let (rig, mut driver, domain, _did) = attached();
+    driver.map(domain, 0x1000, 0x9000, 0x1000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    let root = driver.table_root(domain).unwrap();
+    // Level 4 entry 0 → level 2 table directly (NextLevel 2), as hardware allows.
+    {
+        let mut mem = rig.mem.borrow_mut();
+        let level3 = mem.read(root) & ADDR;
+        let level2 = mem.read(level3) & ADDR;
+        mem.write(root, 1 | 2 << 9 | level2 | IR | IW);
+    }
+    let lines = driver.explain(domain, &edu(), 0x1234);
+    assert!(lines[3].contains("NextLevel=2") && lines[3].contains("skips level(s) 3..=3"));
+    assert!(
+        lines.last().unwrap().contains("→ host-physical 0x9234"),
+        "{lines:#?}"
+    );
+    // IOVA bits of the skipped level set: the unit faults.
+    let lines = driver.explain(domain, &edu(), 0x4000_1234);
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("IOVA bits 38:30 of the skipped levels"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn explain_never_panics_and_stays_bounded() {
+    let (rig, mut driver, domain, _did) = attached();
+    driver.map(domain, 0x1000, 0x9000, 0x1000, RW).unwrap();
+    driver
+        .map(domain, 0x20_0000, 0x4000_0000, 0x20_0000, Access::WRITE)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let strangers = DeviceDma {
+        device: PciAddress::new(0, 0xff, 0x1f, 7),
+        unit: U0,
+        requester_ids: vec![0xffff, 0x0000, EDU, 0xffff, 0x0100],
+    };
+    let nobody = DeviceDma {
+        requester_ids: Vec::new(),
+        ..strangers.clone()
+    };
+    for iova in [
+        0,
+        0xfff,
+        0x1000,
+        0x20_0000,
+        0x3f_ffff,
+        0xfee0_0000,
+        (1 << 39) - 1,
+        1 << 39,
+        (1 << 48) - 1,
+        1 << 48,
+        1 << 57,
+        1 << 63,
+        u64::MAX,
+    ] {
+        for device in [&edu(), &strangers, &nobody] {
+            let lines = driver.explain(domain, device, iova);
+            let rids = device.requester_ids.len().max(1);
+            assert!(lines.len() <= 2 + 20 * rids, "{lines:#?}");
+            assert!(lines.iter().all(|l| !l.is_empty() && !l.contains('\n')));
+        }
+    }
+    // Entries this driver never writes: Mode 7, then V = 0.
+    let at = driver.unit_info(U0).unwrap().device_table + u64::from(EDU) * 32;
+    let q0 = rig.mem.borrow().read(at);
+    rig.mem.borrow_mut().write(at, q0 | 7 << 9);
+    let lines = driver.explain(domain, &edu(), 0x1000);
+    assert!(lines[2].contains("Mode=7 (reserved)"), "{lines:#?}");
+    assert!(lines.last().unwrap().contains("ILLEGAL_DEV_TABLE_ENTRY"));
+    rig.mem.borrow_mut().write(at, 0);
+    let lines = driver.explain(domain, &edu(), 0x1000);
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("V=0: the unit does not translate this DeviceID"),
+        "{lines:#?}"
+    );
+}

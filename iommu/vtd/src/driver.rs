@@ -57,12 +57,14 @@
 //! traits are the only way to the hardware.
 
 mod entries;
+mod explain;
 mod faults;
 mod ids;
 pub mod invalidation;
 pub mod registers;
 
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use sluice_iommu::domains::{
@@ -872,6 +874,16 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
             unit.take_faults(&mut records);
         }
         records
+    }
+
+    /// Reads, for each requester id of `device` (own first, then aliases), its root and
+    /// context entries from `device.unit`'s tables, then the second-level entries the
+    /// unit reads for `iova`, down to the leaf or the level where the walk stops; one
+    /// line each (at most 10 per requester id, 8 requester ids), with the fault reason
+    /// the unit would record. Memory as the unit reads it: the driver's bookkeeping only
+    /// annotates. One line for an unknown domain or unit. See `driver/explain.rs`.
+    fn explain(&self, domain: DomainHandle, device: &DeviceDma, iova: u64) -> Vec<String> {
+        self.explain_dma(domain, device, iova)
     }
 }
 

@@ -1520,3 +1520,268 @@ fn walk_agrees_with_the_reference_walker() {
     );
     assert_eq!(driver.walk(UnitId(5), 0x19, 0), None);
 }
+
+// ---------------------------------------------------------------------------------------
+// Explain.
+// ---------------------------------------------------------------------------------------
+
+/// The raw second-level entry the test's own walk finds at `level` for `iova` (levels
+/// counted from the top of a `levels`-deep table at `table`).
+fn entry_at(mem: &TestMem, table: u64, levels: u8, level: u8, iova: u64) -> u64 {
+    let mut table = table;
+    for current in (level..=levels).rev() {
+        let shift = 12 + 9 * (u32::from(current) - 1);
+        let entry = mem.read(table + ((iova >> shift) & 0x1ff) * 8);
+        if current == level {
+            return entry;
+        }
+        table = entry & ADDR;
+    }
+    unreachable!()
+}
+
+#[test]
+fn explain_names_the_leaf_entry_and_the_host_address() {
+    let (rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    let rid = rid_of(&dev);
+    driver
+        .map(domain, 0x1000_3000, 0x5_6789_a000, 0x1000, Access::READ)
+        .unwrap();
+    driver
+        .map(domain, 0x4000_0000, 0x8000_0000, 0x20_0000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let did = driver.domain_id(domain, U0).unwrap();
+    let root = driver.table_root(domain).unwrap();
+
+    // A 4 KiB page: root entry, context entry, three levels, the result.
+    let lines = driver.explain(domain, &dev, 0x1000_3abc);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 + 3 + 1, "{lines:#?}");
+    assert!(lines[0].starts_with("dmar0 (unit 0"), "{}", lines[0]);
+    assert!(lines[0].contains(&format!("domain {}", domain.0)));
+    assert!(lines[0].contains(&format!("DID {did:#x} on dmar0")));
+    assert!(lines[0].contains("3-level"));
+    assert!(lines[0].contains("39-bit"));
+    let (lo, hi) = context(&rig, &driver, rid).unwrap();
+    assert!(lines[1].starts_with("dmar0 rid 00:03.0 (own): root entry [bus 0x00]"));
+    assert!(lines[1].contains("P=1"));
+    assert!(
+        lines[2].contains(&format!("0x{hi:016x}_{lo:016x}")),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].contains(&format!("DID={did:#x} SLPTPTR={root:#x}")));
+    assert!(lines[2].contains("AW=1 (3-level, 39-bit)"));
+    assert!(lines[2].contains("T=0 (untranslated requests only)"));
+    let mem = rig.mem.borrow();
+    for (line, level) in lines[3..6].iter().zip([3u8, 2, 1]) {
+        let raw = entry_at(&mem, root, 3, level, 0x1000_3abc);
+        assert!(
+            line.contains(&format!("level {level} ")) && line.contains(&format!("{raw:#018x}")),
+            "{line} should show {raw:#x}"
+        );
+    }
+    assert!(lines[5].contains("SL-PTE"));
+    assert!(lines[5].contains("R=1 W=0"));
+    assert!(lines[5].contains("leaf: 4 KiB page at 0x56789a000"));
+    assert!(
+        lines[6].contains("→ host-physical 0x56789aabc"),
+        "{}",
+        lines[6]
+    );
+    assert!(lines[6].contains("writes fault (reason 0x5"));
+    drop(mem);
+
+    // A 2 MiB superpage: the walk ends in the SL-PDE with PS = 1.
+    let lines = driver.explain(domain, &dev, 0x4012_3456);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 + 2 + 1, "{lines:#?}");
+    let raw = entry_at(&rig.mem.borrow(), root, 3, 2, 0x4012_3456);
+    assert_eq!(raw & (1 << 7), 1 << 7);
+    assert!(lines[4].contains(&format!("{raw:#018x}")));
+    assert!(lines[4].contains("SL-PDE"));
+    assert!(lines[4].contains("PS=1 → leaf: 2 MiB page at 0x80000000"));
+    assert!(
+        lines[5].contains("→ host-physical 0x80123456"),
+        "{}",
+        lines[5]
+    );
+    assert!(lines[5].contains("reads and writes allowed"));
+}
+
+#[test]
+fn explain_a_1g_page_on_a_4_level_table() {
+    let (_rig, mut driver, domain, dev) = attached(&[(aw48(QEMU_CAP), QEMU_ECAP)]);
+    driver
+        .map(domain, 0x40_0000_0000, 0x1_4000_0000, 0x4000_0000, RW)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let lines = driver.explain(domain, &dev, 0x40_0abc_d123);
+    assert_eq!(lines.len(), 1 + 2 + 2 + 1, "{lines:#?}");
+    assert!(lines[0].contains("4-level"));
+    assert!(lines[2].contains("AW=2 (4-level, 48-bit)"));
+    assert!(lines[3].contains("level 4 SL-PML4E") && lines[3].contains("IOVA bits 47:39"));
+    assert!(lines[4].contains("level 3 SL-PDPE") && lines[4].contains("1 GiB page"));
+    assert!(
+        lines[5].contains("→ host-physical 0x14abcd123"),
+        "{}",
+        lines[5]
+    );
+    // Beyond the 48-bit width.
+    let lines = driver.explain(domain, &dev, 1 << 48);
+    assert!(lines.last().unwrap().contains("reason 0x4"), "{lines:#?}");
+}
+
+#[test]
+fn explain_unmapped_iova_says_not_present() {
+    let (_rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    driver.map(domain, 0x1000, 0x9000, 0x1000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    // Same level-1 table, empty slot.
+    let lines = driver.explain(domain, &dev, 0x2000);
+    assert!(lines[5].contains("level 1 SL-PTE") && lines[5].contains("not present"));
+    assert_eq!(
+        lines.last().unwrap(),
+        "dmar0 rid 00:03.0: not present at level 1: DMA here faults (reason 0x6 for a read, \
+         0x5 for a write: the SL-PTE has neither R nor W)"
+    );
+    // Nothing at the top level.
+    let lines = driver.explain(domain, &dev, 0x40_0000_0000 - 0x1000);
+    assert!(
+        lines.last().unwrap().contains("not present at level 3"),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("host-physical")));
+}
+
+#[test]
+fn explain_unknown_domain_or_unit_is_one_line() {
+    let (_rig, mut driver, domain, dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    let lines = driver.explain(sluice_iommu::DomainHandle(77), &dev, 0);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("no domain 77"));
+    let stray = device(9, 0, 3, 0, &[]);
+    let lines = driver.explain(domain, &stray, 0);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("unit 9"));
+    // A destroyed domain is unknown too.
+    let empty = driver.create_domain().unwrap();
+    driver.destroy_domain(empty).unwrap();
+    assert_eq!(driver.explain(empty, &dev, 0).len(), 1);
+}
+
+#[test]
+fn explain_blocked_devices_and_aliases() {
+    let (_rig, mut driver, domain, _dev) = attached(&[(QEMU_CAP, QEMU_ECAP)]);
+    driver.map(domain, 0x1000, 0x9000, 0x1000, RW).unwrap();
+    driver.commit(domain).unwrap();
+    // Never attached, on a bus with no context table: the root entry stops it.
+    let other_bus = device(0, 5, 0, 0, &[]);
+    let lines = driver.explain(domain, &other_bus, 0x1000);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[1].contains("P=0"));
+    assert!(lines[2].contains("reason 0x1"));
+    // Never attached, bus 0 (the context table exists): the context entry stops it.
+    let neighbour = device(0, 0, 4, 0, &[]);
+    let lines = driver.explain(domain, &neighbour, 0x1000);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(lines[3].contains("reason 0x2"));
+    // Attached with an alias: both requester ids walked, each bounded.
+    let bridged = device(0, 2, 0, 0, &[0x0100]);
+    driver.attach(domain, &bridged).unwrap();
+    let lines = driver.explain(domain, &bridged, 0x1010);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert_eq!(lines.len(), 1 + 2 * 6, "{lines:#?}");
+    assert!(lines[1].contains("rid 02:00.0 (own)"));
+    assert!(lines[7].contains("rid 01:00.0 (DMA alias)"));
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("→ host-physical 0x9010"))
+            .count(),
+        2
+    );
+    // A device of another domain, explained against this one: annotated, walked as the
+    // unit walks it (through its own domain's table).
+    let other = driver.create_domain().unwrap();
+    let elsewhere = device(0, 0, 5, 0, &[]);
+    driver.attach(other, &elsewhere).unwrap();
+    driver.map(other, 0x1000, 0xa000, 0x1000, RW).unwrap();
+    driver.commit(other).unwrap();
+    let lines = driver.explain(domain, &elsewhere, 0x1000);
+    for line in &lines {
+        println!("{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("attached to domain {}", other.0))),
+        "{lines:#?}"
+    );
+    assert!(lines.last().unwrap().contains("host-physical 0xa000"));
+    // Many aliases: bounded.
+    let mut many = device(0, 3, 0, 0, &[]);
+    many.requester_ids.extend(0x0400..0x0440);
+    let lines = driver.explain(domain, &many, 0);
+    assert!(lines.len() <= 1 + 8 * 20 + 1, "{}", lines.len());
+    assert!(lines.last().unwrap().contains("more requester id"));
+}
+
+#[test]
+fn explain_never_panics_and_stays_bounded() {
+    let (rig, mut driver, domain, dev) = attached(&[(aw48(QEMU_CAP), QEMU_ECAP)]);
+    driver.map(domain, 0x1000, 0x9000, 0x1000, RW).unwrap();
+    driver
+        .map(domain, 0x20_0000, 0x4000_0000, 0x20_0000, Access::WRITE)
+        .unwrap();
+    driver.commit(domain).unwrap();
+    let strangers = DeviceDma {
+        device: PciAddress::new(0, 0xff, 0x1f, 7),
+        unit: U0,
+        requester_ids: vec![0xffff, 0x0000, 0x0018, 0xffff, 0x0100],
+    };
+    let nobody = DeviceDma {
+        requester_ids: Vec::new(),
+        ..strangers.clone()
+    };
+    for iova in [
+        0,
+        0xfff,
+        0x1000,
+        0x20_0000,
+        0x3f_ffff,
+        0xfee0_0000,
+        (1 << 39) - 1,
+        1 << 39,
+        (1 << 48) - 1,
+        1 << 48,
+        1 << 57,
+        1 << 63,
+        u64::MAX,
+    ] {
+        for device in [&dev, &strangers, &nobody] {
+            let lines = driver.explain(domain, device, iova);
+            let rids = device.requester_ids.len().max(1);
+            assert!(lines.len() <= 2 + 20 * rids, "{lines:#?}");
+            assert!(lines.iter().all(|l| !l.is_empty() && !l.contains('\n')));
+        }
+    }
+    // An entry this driver never writes: a reserved translation type.
+    let root = driver.unit_info(U0).unwrap().root_table;
+    let ctx = {
+        let mem = rig.mem.borrow();
+        (mem.read(root) & ADDR) + u64::from(rid_of(&dev) & 0xff) * 16
+    };
+    let lo = rig.mem.borrow().read(ctx);
+    rig.mem.borrow_mut().write(ctx, lo | 3 << 2);
+    let lines = driver.explain(domain, &dev, 0x1000);
+    assert!(lines[2].contains("T=3 (reserved)"), "{lines:#?}");
+    assert!(lines.last().unwrap().contains("reason 0x3"), "{lines:#?}");
+}

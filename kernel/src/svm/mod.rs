@@ -145,6 +145,12 @@ impl VirtualCpu for Vcpu {
     fn reset(&mut self) {
         Vcpu::reset(self);
     }
+
+    /// TLB_CONTROL = flush all ASIDs on the next VMRUN (QEMU implements only that
+    /// value; flushing one ASID would do on hardware with FlushByAsid).
+    fn flush_tlb(&mut self) {
+        self.vmcb_mut().set_tlb_control(vmcb::tlb::FLUSH_ALL);
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,10 @@ use crate::virt::NestedFormat;
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
+/// Page-level write-through and cache disable: with the guest's PAT this makes the
+/// combined memory type UC, as device registers need.
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
 const PAGE_SIZE: u64 = 1 << 7;
 const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
@@ -71,6 +75,9 @@ impl EntryFormat for NptFormat {
         let mut raw = (paddr & ADDRESS) | PRESENT | USER;
         if access.contains(Access::WRITE) {
             raw |= WRITABLE;
+        }
+        if access.contains(Access::UNCACHED) {
+            raw |= WRITE_THROUGH | CACHE_DISABLE;
         }
         if level > 1 {
             raw |= PAGE_SIZE;
@@ -133,6 +140,28 @@ mod tests {
             table = e & ADDRESS;
         }
         unreachable!()
+    }
+
+    #[test]
+    fn uncached_leaves_set_pcd_and_pwt() {
+        let e = NptFormat::leaf_entry(
+            0xfe00_0000,
+            1,
+            Access::READ | Access::WRITE | Access::UNCACHED,
+        );
+        assert_eq!(
+            e & (WRITE_THROUGH | CACHE_DISABLE),
+            WRITE_THROUGH | CACHE_DISABLE
+        );
+        let e = NptFormat::leaf_entry(0x20_0000, 2, Access::READ | Access::WRITE);
+        assert_eq!(e & (WRITE_THROUGH | CACHE_DISABLE), 0);
+        assert!(matches!(
+            NptFormat::decode(e, 2),
+            Decoded::Leaf {
+                addr: 0x20_0000,
+                ..
+            }
+        ));
     }
 
     #[test]

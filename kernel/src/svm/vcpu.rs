@@ -630,8 +630,8 @@ impl Vcpu {
             unsafe { sluice_svm_run(vmcb_pa, ctx) }
         });
         self.runs += 1;
-        if self.first_run {
-            self.first_run = false;
+        self.first_run = false;
+        if self.vmcb().tlb_control() != tlb::NOTHING {
             self.vmcb_mut().set_tlb_control(tlb::NOTHING);
         }
         if self.vmcb().exit_code() == exit_code::INTR {

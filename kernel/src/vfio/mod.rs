@@ -21,6 +21,26 @@
 //! Release (close, guest ended or killed): devices closed (bus mastering off, region
 //! mappings removed), groups detached (their devices' DMA blocked again), containers
 //! destroyed with their domains and mappings. Nothing a guest mapped survives it.
+//!
+//! # Modules
+//!
+//! - `state`: [`Vfio`] itself, the objects, reference counting and release, and
+//!   [`Vfio::check_invariants`];
+//! - `handles`: the per-guest handle tables (generations, `EBADF`);
+//! - `container`, `group`, `device`: the calls on each kind of object;
+//! - `args`: reading and writing argument structures in guest memory;
+//! - `errors`: what an [`sluice_iommu::IommuError`] becomes for the guest
+//!   ([`iommu_errno`]).
+
+mod args;
+mod container;
+mod device;
+mod errors;
+mod group;
+mod handles;
+mod state;
+#[cfg(test)]
+mod tests;
 
 use alloc::vec::Vec;
 
@@ -29,6 +49,11 @@ use sluice_iommu::DeviceDma;
 use sluice_pci::{Bar, PciAddress};
 
 pub use sluice_abi::vfio::VfioCall;
+
+pub use self::container::Mapping;
+pub use self::errors::iommu_errno;
+pub use self::handles::{ContainerId, DeviceId, GroupIndex, MAX_HANDLES};
+pub use self::state::Vfio;
 
 /// Which guest makes a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

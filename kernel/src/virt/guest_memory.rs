@@ -87,6 +87,21 @@ impl HostMemory for crate::memory::dma::FrameDmaMemory {
     }
 }
 
+/// Guest-physical addresses of MMIO mappings end at or below this (48-bit nested
+/// tables).
+pub const MMIO_GPA_LIMIT: u64 = 1 << 48;
+
+/// Why [`GuestMemory::map_mmio`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioMapError {
+    /// Misaligned, empty, wrapping, over RAM or beyond [`MMIO_GPA_LIMIT`].
+    Invalid,
+    /// Something is mapped there already.
+    Exists,
+    /// No memory for nested tables.
+    NoMemory,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestMemoryError {
     /// Base or size not a multiple of 2 MiB, size below [`MIN_RAM`], or the end above
@@ -269,6 +284,41 @@ impl<F: NestedFormat> GuestMemory<F> {
                 len: len as u64,
             })?;
         Ok(self.backing.host_ptr(host))
+    }
+
+    /// Map host MMIO `[hpa, hpa + size)` (a device's BAR) at guest-physical `gpa`,
+    /// uncached, read/write. Page-aligned arguments; the range must not overlap RAM and
+    /// must end at or below [`MMIO_GPA_LIMIT`]. The caller checked that `hpa` is device
+    /// memory, never RAM.
+    pub fn map_mmio(&mut self, gpa: u64, hpa: u64, size: u64) -> Result<(), MmioMapError> {
+        let end = gpa.checked_add(size).ok_or(MmioMapError::Invalid)?;
+        if size == 0 || gpa % 4096 != 0 || hpa % 4096 != 0 || size % 4096 != 0 {
+            return Err(MmioMapError::Invalid);
+        }
+        if end > MMIO_GPA_LIMIT || (gpa < self.ram_end() && end > self.ram_base) {
+            return Err(MmioMapError::Invalid);
+        }
+        let npt = self.npt.as_mut().ok_or(MmioMapError::NoMemory)?;
+        let access = Access::READ | Access::WRITE | Access::UNCACHED;
+        match npt.map(self.backing.as_dma(), gpa, hpa, size, access) {
+            Ok(()) => Ok(()),
+            Err(sluice_iommu::IommuError::Overlap { .. }) => Err(MmioMapError::Exists),
+            Err(sluice_iommu::IommuError::NoMemory) => Err(MmioMapError::NoMemory),
+            Err(_) => Err(MmioMapError::Invalid),
+        }
+    }
+
+    /// Remove a mapping made by [`Self::map_mmio`]. The caller must flush the guest's
+    /// TLB before it runs again ([`super::VirtualCpu::flush_tlb`]); emptied tables stay
+    /// retired until the guest's memory is freed (MMIO unmaps are rare).
+    pub fn unmap_mmio(&mut self, gpa: u64, size: u64) {
+        let overlaps_ram = gpa < self.ram_end() && gpa.saturating_add(size) > self.ram_base;
+        if overlaps_ram {
+            return; // never unmap RAM through this door
+        }
+        if let Some(npt) = self.npt.as_mut() {
+            let _ = npt.unmap(self.backing.as_dma(), gpa, size);
+        }
     }
 
     /// Copy guest RAM at `gpa` into `buf`.
@@ -605,6 +655,43 @@ mod tests {
         }
         assert_eq!(guest_walk(&mem, cr3, GIB - 2 * MIB - 1), None);
         assert_eq!(guest_walk(&mem, cr3, 0), None);
+    }
+
+    #[test]
+    fn mmio_maps_outside_ram_only() {
+        let (mut mem, _live) = guest(0, 16 * MIB);
+        assert_eq!(
+            mem.map_mmio(0, 0xfe00_0000, 4096),
+            Err(MmioMapError::Invalid)
+        );
+        assert_eq!(
+            mem.map_mmio(16 * MIB - 4096, 0xfe00_0000, 8192),
+            Err(MmioMapError::Invalid)
+        );
+        assert_eq!(
+            mem.map_mmio(0xc000_0001, 0xfe00_0000, 4096),
+            Err(MmioMapError::Invalid)
+        );
+        assert_eq!(
+            mem.map_mmio(0xc000_0000, 0xfe00_0000, 0),
+            Err(MmioMapError::Invalid)
+        );
+        assert_eq!(
+            mem.map_mmio(u64::MAX - 4095, 0xfe00_0000, 4096),
+            Err(MmioMapError::Invalid)
+        );
+        assert_eq!(mem.map_mmio(0xc000_0000, 0xfe00_0000, 0x10_0000), Ok(()));
+        assert_eq!(
+            mem.map_mmio(0xc00f_f000, 0xfe00_0000, 4096),
+            Err(MmioMapError::Exists)
+        );
+        let t = mem.nested_translate(0xc000_1000).expect("mapped");
+        assert_eq!(t.paddr, 0xfe00_1000);
+        mem.unmap_mmio(0xc000_0000, 0x10_0000);
+        assert!(mem.nested_translate(0xc000_1000).is_none());
+        // RAM stays mapped whatever unmap_mmio is asked.
+        mem.unmap_mmio(0, 16 * MIB);
+        assert!(mem.nested_translate(0x20_0000).is_some());
     }
 
     #[test]

@@ -58,6 +58,7 @@
 
 pub mod guest_memory;
 pub mod scheduler;
+pub mod vfio_memory;
 
 use alloc::format;
 use alloc::string::String;
@@ -114,6 +115,10 @@ pub trait VirtualCpu: Sized {
 
     /// Back to the boot state (registers, control state, no pending interrupts).
     fn reset(&mut self);
+
+    /// Flush the guest's cached translations before it runs again (after a nested
+    /// page-table entry was removed or weakened).
+    fn flush_tlb(&mut self);
 }
 
 /// Guest general-purpose registers other than RAX and RSP (which the hardware keeps in

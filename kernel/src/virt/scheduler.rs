@@ -67,12 +67,15 @@ pub const HALTED_REASON: &str = "halted with nothing to wake it";
 /// Round-robin over `tasks` until every one has ended. `run_slice` runs one slice;
 /// `can_wake` says whether a blocked task may run again. A task gets at most
 /// `max_quanta` slices (blocked ones included); then it is terminated with "ran out of
-/// time". Returns each task's final status, in the order of `tasks`.
+/// time". `ended` is told about each task as soon as it has ended (so what it held can
+/// be released while the others still run). Returns each task's final status, in the
+/// order of `tasks`.
 pub fn schedule<T>(
     tasks: &mut [T],
     max_quanta: u64,
     run_slice: &mut dyn FnMut(&mut T) -> SliceEnd,
     can_wake: &dyn Fn(&T) -> bool,
+    ended: &mut dyn FnMut(&mut T, &GuestStatus),
 ) -> Vec<GuestStatus> {
     let n = tasks.len();
     let mut ring: VecDeque<usize> = (0..n).collect();
@@ -92,17 +95,23 @@ pub fn schedule<T>(
         }
         let Some(i) = chosen else {
             for i in ring.drain(..) {
-                result[i] = Some(GuestStatus::Terminated(HALTED_REASON.into()));
+                let status = GuestStatus::Terminated(HALTED_REASON.into());
+                ended(&mut tasks[i], &status);
+                result[i] = Some(status);
             }
             break;
         };
         quanta[i] += 1;
         match run_slice(&mut tasks[i]) {
-            SliceEnd::Ended(status) => result[i] = Some(status),
+            SliceEnd::Ended(status) => {
+                ended(&mut tasks[i], &status);
+                result[i] = Some(status);
+            }
             SliceEnd::QuantumOver | SliceEnd::Blocked if quanta[i] >= max_quanta => {
-                result[i] = Some(GuestStatus::Terminated(format!(
-                    "ran out of time ({max_quanta} quanta)"
-                )));
+                let status =
+                    GuestStatus::Terminated(format!("ran out of time ({max_quanta} quanta)"));
+                ended(&mut tasks[i], &status);
+                result[i] = Some(status);
             }
             SliceEnd::QuantumOver => ring.push_back(i),
             SliceEnd::Blocked => {
@@ -126,6 +135,7 @@ pub fn schedule<T>(
 pub fn run_all<V: VirtualCpu>(
     mut guests: Vec<Guest<V>>,
     handler: &mut dyn FnMut(&mut Guest<V>, Exit) -> Action,
+    ended: &mut dyn FnMut(&mut Guest<V>, &GuestStatus),
     quantum: Quantum,
 ) -> Vec<(String, GuestStatus)> {
     if lapic::get().is_none() {
@@ -136,6 +146,7 @@ pub fn run_all<V: VirtualCpu>(
         quantum.max_quanta_per_guest,
         &mut |g: &mut Guest<V>| run_slice(g, handler, &quantum),
         &|g: &Guest<V>| g.can_wake(),
+        ended,
     );
     guests
         .iter_mut()
@@ -223,18 +234,26 @@ mod tests {
 
     fn run(tasks: &mut [Fake], max: u64, log: &mut Vec<usize>) -> Vec<GuestStatus> {
         let base = tasks.as_ptr() as usize;
-        schedule(
+        let index = |t: &Fake| (t as *const Fake as usize - base) / core::mem::size_of::<Fake>();
+        let mut ended: Vec<(usize, GuestStatus)> = Vec::new();
+        let result = schedule(
             tasks,
             max,
             &mut |t: &mut Fake| {
-                log.push((t as *const Fake as usize - base) / core::mem::size_of::<Fake>());
+                log.push(index(t));
                 t.runs += 1;
                 t.script
                     .pop_front()
                     .unwrap_or(SliceEnd::Ended(GuestStatus::Exited(0)))
             },
             &|t: &Fake| t.wake,
-        )
+            &mut |t: &mut Fake, status: &GuestStatus| ended.push((index(t), status.clone())),
+        );
+        // `ended` hears of every task exactly once, with its final status.
+        ended.sort_by_key(|(i, _)| *i);
+        let expected: Vec<(usize, GuestStatus)> = result.iter().cloned().enumerate().collect();
+        assert_eq!(ended, expected);
+        result
     }
 
     use SliceEnd::{Blocked, Ended, QuantumOver};

@@ -1,0 +1,274 @@
+//! Devices: one function of an open group, opened by name.
+//!
+//! Opening turns on memory decoding and bus mastering (the IOMMU still confines the
+//! DMA to the container's mappings: the group is attached before a device can be
+//! opened). Regions follow vfio-pci's layout; only memory BARs can be mapped into the
+//! guest today. Region read/write (I/O BARs, config space, ROM) and interrupts are later
+//! work: those regions report their size with no access flags.
+
+use alloc::vec::Vec;
+
+use sluice_abi::Errno;
+use sluice_abi::vfio::{
+    DEVICE_FLAGS_PCI, DEVICE_NAME_MAX, DeviceInfo, NUM_IRQS, NUM_REGIONS, REGION_BAR5,
+    REGION_CONFIG, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
+    REGION_OFFSET_SHIFT, RegionInfo, RegionMap, min_size, parse_device_name,
+};
+use sluice_pci::{Bar, BarKind, reg};
+
+use super::args::{out_len, read_args};
+use super::handles::{DeviceId, Object};
+use super::state::{Device, RegionMapping, Vfio, set_command};
+use super::{GroupDevice, GuestId, GuestRam};
+
+/// The page size of region mappings (the guest's nested tables map 4 KiB pages).
+const PAGE: u64 = 4096;
+
+/// Config space size reported for region 7. PCIe functions have 4096 bytes,
+/// conventional ones 256; 4096 is reported for all until config access is mediated
+/// (reads beyond 256 of a conventional function return all-ones anyway).
+const CONFIG_REGION_SIZE: u64 = 4096;
+
+/// The BAR behind region `index` (0..=5), if implemented (the upper half of a 64-bit
+/// BAR is not: it is part of the BAR below it).
+fn bar(function: &GroupDevice, index: u32) -> Option<&Bar> {
+    if index > REGION_BAR5 {
+        return None;
+    }
+    function.bars.iter().find(|b| u32::from(b.index) == index)
+}
+
+/// Whether a BAR can be mapped into a guest: memory, at least a page, page aligned
+/// and assigned (an unassigned BAR at address 0 would map host RAM), not wrapping.
+fn mappable(bar: &Bar) -> bool {
+    bar.kind != BarKind::Io
+        && bar.size >= PAGE
+        && bar.size % PAGE == 0
+        && bar.address != 0
+        && bar.address % PAGE == 0
+        && bar.address.checked_add(bar.size).is_some()
+}
+
+/// `(size, flags)` of region `index` of `function`.
+fn region(function: &GroupDevice, index: u32) -> (u64, u32) {
+    match index {
+        0..=REGION_BAR5 => match bar(function, index) {
+            Some(b) if mappable(b) => (
+                b.size,
+                REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP,
+            ),
+            Some(b) => (b.size, 0),
+            None => (0, 0),
+        },
+        REGION_CONFIG => (CONFIG_REGION_SIZE, 0),
+        // ROM and VGA: not offered yet.
+        _ => (0, 0),
+    }
+}
+
+/// Whether `[a, a + a_len)` and `[b, b + b_len)` overlap (no overflow: u128).
+fn overlaps(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
+    let (a, a_end) = (u128::from(a), u128::from(a) + u128::from(a_len));
+    let (b, b_end) = (u128::from(b), u128::from(b) + u128::from(b_len));
+    a < b_end && b < a_end
+}
+
+impl Vfio {
+    /// The function an open device is.
+    fn function(&self, d: DeviceId) -> Result<&GroupDevice, Errno> {
+        let device = self.devices.get(&d).ok_or(Errno::EBADF)?;
+        self.groups
+            .get(device.group.0)
+            .and_then(|g| g.desc.devices.get(device.member))
+            .ok_or(Errno::EBADF)
+    }
+
+    /// `GROUP_GET_DEVICE`: open a non-bridge function of the group by name.
+    pub(super) fn group_get_device(
+        &mut self,
+        guest: GuestId,
+        mem: &mut dyn GuestRam,
+        handle: u64,
+        name_gpa: u64,
+        name_len: u64,
+    ) -> Result<u64, Errno> {
+        let index = self.group_handle(guest, handle)?;
+        if name_len == 0 || name_len > DEVICE_NAME_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let mut name = [0u8; DEVICE_NAME_MAX as usize];
+        let name = name.get_mut(..name_len as usize).ok_or(Errno::EINVAL)?;
+        mem.read(name_gpa, name)?;
+        let (segment, bus, devfn) = parse_device_name(name).ok_or(Errno::ENODEV)?;
+        let group = self.groups.get(index.0).ok_or(Errno::EBADF)?;
+        let member = group
+            .desc
+            .devices
+            .iter()
+            .position(|f| {
+                !f.bridge
+                    && f.address.segment == segment
+                    && f.address.bus == bus
+                    && f.address.device == devfn >> 3
+                    && f.address.function == devfn & 7
+            })
+            .ok_or(Errno::ENODEV)?;
+        let owner = group.owner.as_ref().ok_or(Errno::EBADF)?;
+        let active = owner
+            .container
+            .and_then(|c| self.containers.get(&c))
+            .is_some_and(|c| c.model.is_some());
+        if !active {
+            return Err(Errno::EINVAL);
+        }
+        if owner.open.contains_key(&member) {
+            return Err(Errno::EBUSY);
+        }
+        let address = group
+            .desc
+            .devices
+            .get(member)
+            .map(|f| f.address)
+            .ok_or(Errno::ENODEV)?;
+        let id = DeviceId(self.next_device);
+        let handle = self
+            .guests
+            .get_mut(&guest)
+            .ok_or(Errno::EBADF)?
+            .handles
+            .insert(Object::Device(id), &mut self.generations)?;
+        self.next_device = self.next_device.wrapping_add(1);
+        self.devices.insert(
+            id,
+            Device {
+                owner: guest,
+                group: index,
+                member,
+                regions: Vec::new(),
+            },
+        );
+        if let Some(owner) = self.owner_mut(index) {
+            owner.open.insert(member, id);
+            owner.refs += 1;
+        }
+        set_command(
+            &*self.config,
+            address,
+            reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER,
+            0,
+        );
+        log::info!(target: "vfio", "guest {}: device {address} opened (memory decoding and bus mastering on)", guest.0);
+        Ok(handle)
+    }
+
+    /// `DEVICE_GET_INFO`.
+    pub(super) fn device_get_info(
+        &mut self,
+        guest: GuestId,
+        mem: &mut dyn GuestRam,
+        handle: u64,
+        gpa: u64,
+    ) -> Result<u64, Errno> {
+        let d = self.device_handle(guest, handle)?;
+        self.function(d)?;
+        let (argsz, bytes) = read_args::<{ DeviceInfo::SIZE }>(&*mem, gpa, min_size::DEVICE_INFO)?;
+        if DeviceInfo::from_bytes(&bytes).flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let info = DeviceInfo {
+            argsz,
+            // No reset method yet: DEVICE_FLAGS_RESET comes with the reset call.
+            flags: DEVICE_FLAGS_PCI,
+            num_regions: NUM_REGIONS,
+            num_irqs: NUM_IRQS,
+            cap_offset: 0,
+            _pad: 0,
+        };
+        let n = out_len(argsz, min_size::DEVICE_INFO, DeviceInfo::SIZE);
+        mem.write(gpa, info.to_bytes().get(..n).unwrap_or_default())?;
+        Ok(0)
+    }
+
+    /// `DEVICE_GET_REGION_INFO`.
+    pub(super) fn device_get_region_info(
+        &mut self,
+        guest: GuestId,
+        mem: &mut dyn GuestRam,
+        handle: u64,
+        gpa: u64,
+    ) -> Result<u64, Errno> {
+        let d = self.device_handle(guest, handle)?;
+        let function = self.function(d)?;
+        let (argsz, bytes) = read_args::<{ RegionInfo::SIZE }>(&*mem, gpa, min_size::REGION_INFO)?;
+        let input = RegionInfo::from_bytes(&bytes);
+        if input.flags != 0 || input.index >= NUM_REGIONS {
+            return Err(Errno::EINVAL);
+        }
+        let (size, flags) = region(function, input.index);
+        let info = RegionInfo {
+            argsz,
+            flags,
+            index: input.index,
+            cap_offset: 0,
+            size,
+            offset: u64::from(input.index) << REGION_OFFSET_SHIFT,
+        };
+        mem.write(gpa, &info.to_bytes())?;
+        Ok(0)
+    }
+
+    /// `DEVICE_MAP_REGION`: map part of a memory BAR at a guest-physical address
+    /// outside the guest's RAM, until the device is closed.
+    pub(super) fn device_map_region(
+        &mut self,
+        guest: GuestId,
+        mem: &mut dyn GuestRam,
+        handle: u64,
+        gpa: u64,
+    ) -> Result<u64, Errno> {
+        let d = self.device_handle(guest, handle)?;
+        let function = self.function(d)?;
+        let (_, bytes) = read_args::<{ RegionMap::SIZE }>(&*mem, gpa, min_size::REGION_MAP)?;
+        let map = RegionMap::from_bytes(&bytes);
+        if map.flags != 0 || map.index >= NUM_REGIONS {
+            return Err(Errno::EINVAL);
+        }
+        let bar = bar(function, map.index)
+            .filter(|b| mappable(b))
+            .ok_or(Errno::EINVAL)?;
+        if map.size == 0 || (map.offset | map.size | map.gpa) % PAGE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = map.offset.checked_add(map.size).ok_or(Errno::EINVAL)?;
+        if end > bar.size {
+            return Err(Errno::EINVAL);
+        }
+        map.gpa.checked_add(map.size).ok_or(Errno::EINVAL)?;
+        let (ram_base, ram_size) = mem.ram();
+        if overlaps(map.gpa, map.size, ram_base, ram_size) {
+            return Err(Errno::EINVAL);
+        }
+        let taken = self
+            .devices
+            .values()
+            .filter(|other| other.owner == guest)
+            .flat_map(|other| &other.regions)
+            .any(|r| overlaps(map.gpa, map.size, r.gpa, r.size));
+        if taken {
+            return Err(Errno::EEXIST);
+        }
+        // Cannot overflow: mappable() checked address + size, and offset < size.
+        let hpa = bar.address + map.offset;
+        let address = function.address;
+        mem.map_mmio(map.gpa, hpa, map.size)?;
+        if let Some(device) = self.devices.get_mut(&d) {
+            device.regions.push(RegionMapping {
+                gpa: map.gpa,
+                size: map.size,
+                hpa,
+            });
+        }
+        log::info!(target: "vfio", "guest {}: device {address} BAR{} {:#x}+{:#x} mapped at gpa {:#x}", guest.0, map.index, map.offset, map.size, map.gpa);
+        Ok(0)
+    }
+}
