@@ -50,6 +50,11 @@
 //! not a live handle of the caller), `ENOTTY` (the handle is of another kind) and
 //! `EFAULT`/`E2BIG` (structure not inside the caller's RAM / `argsz` above [`MAX_ARGSZ`]).
 //!
+//! When several errors apply, the first found is returned, checking in this order: the
+//! handle arguments (`EBADF`, `ENOTTY`), the object's state (e.g. `EINVAL`: no IOMMU model
+//! set), the argument structure (`EFAULT`, `E2BIG`, `EINVAL` for `argsz` and flags), then
+//! the remaining conditions in the order each row below lists them.
+//!
 //! | nr                              | args                 | result / errors |
 //! |---------------------------------|----------------------|-----------------|
 //! | [`nr::GET_API_VERSION`]         | —                    | [`API_VERSION`] (0) |
@@ -57,7 +62,7 @@
 //! | [`nr::CONTAINER_CREATE`]        | —                    | a container handle. `ENOSPC`: the caller's handle table is full; `ENOMEM` |
 //! | [`nr::CONTAINER_SET_IOMMU`]     | RDI = c, RSI = type  | 0. `EINVAL`: no group in the container, or a model already set. `ENODEV`: `type` is not [`extension::TYPE1V2_IOMMU`]. `ENOSPC`/`ENOMEM`: no IOMMU domain could be created |
 //! | [`nr::IOMMU_GET_INFO`]          | RDI = c, RSI = gpa   | 0, fills [`IommuType1Info`] + caps ([`IovaRangeCap`], [`DmaAvailCap`]). `EINVAL`: no model set, `argsz` below the minimum, flags ≠ 0 |
-//! | [`nr::MAP_DMA`]                 | RDI = c, RSI = gpa   | 0 ([`DmaMap`]). `EINVAL`: no model set; flags not a non-empty subset of READ|WRITE; size 0; `vaddr`, `iova` or `size` not a multiple of the smallest page size; `iova + size` or `vaddr + size` wraps; `[iova, iova + size)` not inside one usable IOVA range. `EFAULT`: `[vaddr, vaddr + size)` is not wholly the caller's RAM (MMIO, the hypervisor's or another guest's memory are never mapped). `EEXIST`: overlaps an existing mapping. `ENOSPC`: [`DMA_MAPPINGS_MAX`] mappings exist. `ENOMEM`: no memory for page tables. On any error nothing is mapped |
+//! | [`nr::MAP_DMA`]                 | RDI = c, RSI = gpa   | 0 ([`DmaMap`]). `EINVAL`: no model set; flags not a non-empty subset of READ|WRITE; size 0; `vaddr`, `iova` or `size` not a multiple of the smallest page size; `iova + size` or `vaddr + size` wraps; `[iova, iova + size)` not inside one usable IOVA range. `EFAULT`: `[vaddr, vaddr + size)` is not wholly the caller's RAM (MMIO, the hypervisor's or another guest's memory are never mapped). `EEXIST`: overlaps an existing mapping. `ENOSPC`: [`DMA_MAPPINGS_MAX`] mappings exist. `ENOMEM`: the container's mappings would exceed the caller's RAM size in bytes (the pinned-memory limit, aliases counted each time), or no memory for page tables. On any error nothing is mapped |
 //! | [`nr::UNMAP_DMA`]               | RDI = c, RSI = gpa   | 0 ([`DmaUnmap`]); writes back `size` = bytes unmapped (0 if nothing was mapped there). `EINVAL`: no model set; unknown flags; size 0; misaligned; wraps; the range would cut a mapping in two at either end; with [`DMA_UNMAP_FLAG_ALL`], `iova` or `size` ≠ 0 |
 //! | [`nr::GROUP_LIST`]              | RDI = gpa            | 0, fills [`GroupList`] + [`GroupListEntry`] × n: every function that is in an IOMMU group, with its group's state for the caller. `EINVAL`: `argsz` below the minimum, flags ≠ 0 |
 //! | [`nr::GROUP_OPEN`]              | RDI = group id       | a group handle. `ENOENT`: no such group. `EPERM`: the command line does not give the group to the caller. `EBUSY`: open (by this or another guest) |
@@ -65,7 +70,7 @@
 //! | [`nr::GROUP_SET_CONTAINER`]     | RDI = g, RSI = c     | 0; existing mappings are replayed into the group's unit. `EINVAL`: already in a container, or `c` is not a container. `EPERM`: the group is not viable. `ENOSPC`/`ENOMEM`: no domain for a new unit |
 //! | [`nr::GROUP_UNSET_CONTAINER`]   | RDI = g              | 0; the group's devices are blocked again; the last group out releases the model, the domains and every mapping. `EINVAL`: not in a container. `EBUSY`: a device of the group is open |
 //! | [`nr::CLOSE`]                   | RDI = handle         | 0 (any live handle). As with file descriptors, an object lives while referenced: a container while its handle is open or a group is in it; a group stays open (owned) while its handle or a device of it is open. When a group's last reference goes it is released: taken out of its container (devices blocked again), ready for the next owner |
-//! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`], or the group has no container with a model set. `ENODEV`: no such device in the group. `EBUSY`: already open |
+//! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`]. `ENODEV`: the name is not a function of the group that can be opened (not a bridge). `EINVAL`: the group has no container with a model set (checked after the name, as Linux does). `EBUSY`: already open |
 //! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`NUM_REGIONS`], [`NUM_IRQS`]) |
 //! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
 //! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EEXIST`: overlaps a region mapped before |

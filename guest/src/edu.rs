@@ -162,9 +162,9 @@ impl Edu {
         self.read64(regs::DMA_CMD) & CMD_START != 0
     }
 
-    /// Starts a transfer of `len` bytes with `cmd` (plus [`CMD_START`]) and polls until
-    /// it is done; returns the number of polls.
-    fn transfer(&self, src: u64, dst: u64, len: u64, cmd: u64) -> Result<u64, EduError> {
+    /// Starts a transfer of `len` bytes with `cmd` (plus [`CMD_START`]) and returns at
+    /// once (the device runs it on its own).
+    fn start(&self, src: u64, dst: u64, len: u64, cmd: u64) -> Result<(), EduError> {
         if self.busy() {
             return Err(EduError::Busy);
         }
@@ -174,14 +174,27 @@ impl Edu {
         self.write64(regs::DMA_DST, dst);
         self.write64(regs::DMA_COUNT, len);
         self.write64(regs::DMA_CMD, cmd | CMD_START);
-        for polls in 1..=POLL_BUDGET {
+        Ok(())
+    }
+
+    /// Polls until no transfer runs (at most `budget` polls); returns the number of
+    /// polls (1: idle at once).
+    pub fn wait_idle(&self, budget: u64) -> Result<u64, EduError> {
+        for polls in 1..=budget {
             if !self.busy() {
                 fence(Ordering::SeqCst);
                 return Ok(polls);
             }
             core::hint::spin_loop();
         }
-        Err(EduError::Timeout { polls: POLL_BUDGET })
+        Err(EduError::Timeout { polls: budget })
+    }
+
+    /// Starts a transfer of `len` bytes with `cmd` (plus [`CMD_START`]) and polls until
+    /// it is done; returns the number of polls.
+    fn transfer(&self, src: u64, dst: u64, len: u64, cmd: u64) -> Result<u64, EduError> {
+        self.start(src, dst, len, cmd)?;
+        self.wait_idle(POLL_BUDGET)
     }
 
     /// RAM → edu: `len` bytes from bus address `iova` into the edu buffer at `offset`.
@@ -194,6 +207,13 @@ impl Edu {
     pub fn dma_to_ram(&self, offset: u64, iova: u64, len: u64) -> Result<u64, EduError> {
         check_transfer(offset, iova, len)?;
         self.transfer(BUFFER_ADDR + offset, iova, len, CMD_TO_RAM)
+    }
+
+    /// edu → RAM without waiting: starts the transfer and returns while it runs (the
+    /// device writes ~100 ms of virtual time later). [`Edu::wait_idle`] waits for it.
+    pub fn start_dma_to_ram(&self, offset: u64, iova: u64, len: u64) -> Result<(), EduError> {
+        check_transfer(offset, iova, len)?;
+        self.start(BUFFER_ADDR + offset, iova, len, CMD_TO_RAM)
     }
 }
 

@@ -37,7 +37,9 @@
 //! [`paging::map_mmio`] maps a device region the hypervisor put at a guest-physical
 //! address into the guest's own page tables (uncached), [`dma::alloc`] gives zeroed,
 //! aligned DMA buffers from the heap, and [`edu`] drives QEMU's edu device through its
-//! mapped BAR0 (`vfio-edu`, `vfio-hostile`).
+//! mapped BAR0 (`vfio-edu`, `vfio-hostile`); [`passthrough`] holds the steps the
+//! guests that hand an edu from one owner to the next share (`vfio-killed`,
+//! `vfio-next`).
 //!
 //! # What a program writes
 //!
@@ -67,6 +69,7 @@ pub mod edu;
 pub mod heap;
 pub mod interrupts;
 pub mod paging;
+pub mod passthrough;
 pub mod rt;
 pub mod x86;
 

@@ -384,6 +384,7 @@ fn capture_one(o: &Options<'_>, v: &Variant) -> Result<Vec<u8>, String> {
         timeout: o.timeout,
         qmp_socket: None,
         monitor: None,
+        follow_up: None,
     })?;
     let table = extract_table(&out.serial, v.table.signature());
     match (table, out.exit) {

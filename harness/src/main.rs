@@ -3,6 +3,7 @@
 
 mod acpi;
 mod amdvi_event;
+mod blocked;
 mod capture;
 mod cargo;
 mod compare;
@@ -542,6 +543,7 @@ fn cmd_bench(o: &Options) -> ExitCode {
         timeout: o.timeout,
         qmp_socket: None,
         monitor: None,
+        follow_up: None,
     }) {
         Ok(r) => r,
         Err(e) => return fail(e),

@@ -52,9 +52,52 @@ impl QueryPci {
     }
 }
 
+/// Chooses more monitor commands from what was read so far (`query-pci` and the replies
+/// in [`QueryPci::monitor`]): for reads whose address is in an earlier reply, such as a
+/// table walk (a register, then the entry it points at, ...). Commands already run are
+/// not run again; an empty answer (or nothing new) ends the rounds.
+pub type FollowUp<'a> = dyn Fn(&QueryPci) -> Vec<String> + 'a;
+
+/// At most this many rounds of [`FollowUp`] commands (a table walk is 3 reads deep).
+pub const FOLLOW_UP_ROUNDS: usize = 6;
+
+/// Runs the [`FollowUp`] rounds on `view`: each round, `plan` chooses commands from the
+/// replies so far; those not yet run go through `run` (one `human-monitor-command`) and
+/// their replies are appended. Stops when a round brings nothing new, or after
+/// [`FOLLOW_UP_ROUNDS`].
+pub fn follow_up_rounds(
+    view: &mut QueryPci,
+    plan: &FollowUp<'_>,
+    run: &mut dyn FnMut(&str) -> Result<String, String>,
+) {
+    for _ in 0..FOLLOW_UP_ROUNDS {
+        let mut new: Vec<String> = plan(view)
+            .into_iter()
+            .filter(|c| view.monitor_reply(c).is_none())
+            .collect();
+        new.dedup();
+        if new.is_empty() {
+            return;
+        }
+        for command in new {
+            if view.monitor_reply(&command).is_some() {
+                continue;
+            }
+            let output = run(&command);
+            view.monitor.push(MonitorReply { command, output });
+        }
+    }
+}
+
 /// Connects to QEMU's QMP socket, negotiates capabilities, runs `query-pci`, then each of `monitor` as a `human-monitor-command` (e.g.
-/// `xp /64xb 0x1000`); a failing monitor command is recorded, not fatal.
-pub fn query(socket: &Path, timeout: Duration, monitor: &[String]) -> Result<QueryPci, String> {
+/// `xp /64xb 0x1000`), then the rounds of `follow_up` ([`follow_up_rounds`]); a failing
+/// monitor command is recorded, not fatal.
+pub fn query(
+    socket: &Path,
+    timeout: Duration,
+    monitor: &[String],
+    follow_up: Option<&FollowUp<'_>>,
+) -> Result<QueryPci, String> {
     let deadline = Instant::now() + timeout;
     // QEMU creates the socket before the guest starts: retry briefly only.
     let connect_deadline = deadline.min(Instant::now() + Duration::from_secs(2));
@@ -89,32 +132,36 @@ pub fn query(socket: &Path, timeout: Duration, monitor: &[String]) -> Result<Que
     let functions = parse_query_pci(&reply)?;
     let nodes = parse_query_pci_nodes(&reply)?;
     let raw_json = serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string());
+    let mut human = |command: &str| {
+        let args = serde_json::json!({ "command-line": command });
+        execute(
+            &mut reader,
+            &mut writer,
+            "human-monitor-command",
+            Some(args),
+        )
+        .and_then(|v| match v {
+            Value::String(s) => Ok(s),
+            other => Err(format!("human-monitor-command returned {other}")),
+        })
+    };
     let monitor = monitor
         .iter()
-        .map(|command| {
-            let args = serde_json::json!({ "command-line": command });
-            let output = execute(
-                &mut reader,
-                &mut writer,
-                "human-monitor-command",
-                Some(args),
-            )
-            .and_then(|v| match v {
-                Value::String(s) => Ok(s),
-                other => Err(format!("human-monitor-command returned {other}")),
-            });
-            MonitorReply {
-                command: command.clone(),
-                output,
-            }
+        .map(|command| MonitorReply {
+            command: command.clone(),
+            output: human(command),
         })
         .collect();
-    Ok(QueryPci {
+    let mut view = QueryPci {
         functions,
         nodes,
         raw_json,
         monitor,
-    })
+    };
+    if let Some(plan) = follow_up {
+        follow_up_rounds(&mut view, plan, &mut human);
+    }
+    Ok(view)
 }
 
 fn read_message(reader: &mut impl BufRead) -> Result<Value, String> {
@@ -482,6 +529,37 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn follow_up_rounds_walk_until_nothing_is_new() {
+        // A walk: each round reads the address the previous reply named, 3 deep; then
+        // the plan keeps asking for what was read already (not run again).
+        let plan = |q: &QueryPci| {
+            let mut next = vec!["r 0".to_string()];
+            for r in &q.monitor {
+                if let Ok(out) = &r.output {
+                    next.push(format!("r {out}"));
+                }
+            }
+            next.retain(|c| c != "r 3");
+            next
+        };
+        let mut view = QueryPci::default();
+        let mut ran = Vec::new();
+        follow_up_rounds(&mut view, &plan, &mut |c| {
+            ran.push(c.to_string());
+            let n: u32 = c[2..].parse().unwrap();
+            Ok((n + 1).to_string())
+        });
+        assert_eq!(ran, ["r 0", "r 1", "r 2"]);
+        assert_eq!(view.monitor.len(), 3);
+        // A plan that never stops is cut off after FOLLOW_UP_ROUNDS rounds.
+        let endless = |q: &QueryPci| vec![format!("r {}", q.monitor.len())];
+        let mut view = QueryPci::default();
+        follow_up_rounds(&mut view, &endless, &mut |_| Err("no".into()));
+        assert_eq!(view.monitor.len(), FOLLOW_UP_ROUNDS);
+        assert_eq!(view.monitor_reply("r 0"), Some(&Err("no".to_string())));
+    }
+
     /// A fake QMP server on a socketpair-like Unix socket exercising the client.
     #[test]
     fn qmp_client_handshake() {
@@ -523,10 +601,26 @@ pub(crate) mod tests {
                 r#"{{"error": {{"class": "GenericError", "desc": "no"}}}}"#
             )
             .unwrap();
+            // One follow-up read, chosen from the first reply.
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let req: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(req["arguments"]["command-line"], "xp /1xb 0x102");
+            writeln!(w, r#"{{"return": "0000000000000102: 0x07\r\n"}}"#).unwrap();
         });
         let cmds = ["xp /2xb 0x1000".to_string(), "bogus".to_string()];
-        let q = query(&sock, Duration::from_secs(5), &cmds).unwrap();
+        // Reads the byte at 0x100 + the second byte of the first reply, once.
+        let follow = |q: &QueryPci| match q.monitor_reply("xp /2xb 0x1000") {
+            Some(Ok(out)) if out.contains("0x02") => vec!["xp /1xb 0x102".to_string()],
+            _ => Vec::new(),
+        };
+        let q = query(&sock, Duration::from_secs(5), &cmds, Some(&follow)).unwrap();
         server.join().unwrap();
+        assert_eq!(
+            q.monitor_reply("xp /1xb 0x102"),
+            Some(&Ok("0000000000000102: 0x07\r\n".to_string()))
+        );
+        assert_eq!(q.monitor.len(), 3);
         assert_eq!(q.functions.len(), 5);
         assert_eq!(q.nodes.len(), 5);
         assert!(q.raw_json.contains("Host bridge"));

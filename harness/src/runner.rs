@@ -60,6 +60,9 @@ pub struct RunRequest<'a> {
     /// Human-monitor commands to run after `query-pci`, chosen from the serial output
     /// up to `holding:` (e.g. `xp` reads of buffers whose addresses the kernel printed).
     pub monitor: Option<&'a MonitorPlan<'a>>,
+    /// Monitor commands chosen from the replies so far, in rounds after `monitor` (e.g.
+    /// a walk of the IOMMU's tables: a register, then the entries it leads to).
+    pub follow_up: Option<&'a oracle::FollowUp<'a>>,
 }
 
 enum Event {
@@ -136,7 +139,7 @@ pub fn run(req: &RunRequest<'_>) -> Result<Outcome, String> {
                             .monitor
                             .map(|f| f(&String::from_utf8_lossy(&serial)))
                             .unwrap_or_default();
-                        oracle = Some(oracle::query(sock, budget, &commands));
+                        oracle = Some(oracle::query(sock, budget, &commands, req.follow_up));
                     }
                     // Any one byte lets the kernel go on.
                     if let Some(s) = stdin.as_mut() {
@@ -217,6 +220,7 @@ mod tests {
             timeout,
             qmp_socket: None,
             monitor: None,
+            follow_up: None,
         })
         .unwrap()
     }
@@ -261,6 +265,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             qmp_socket: None,
             monitor: None,
+            follow_up: None,
         });
         assert!(r.unwrap_err().contains("cannot start"));
     }
@@ -283,6 +288,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             qmp_socket: Some("/nonexistent/qmp.sock".into()),
             monitor: Some(&monitor),
+            follow_up: None,
         })
         .unwrap();
         assert!(

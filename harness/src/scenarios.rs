@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::acpi::ExtraTable;
+use crate::blocked;
 use crate::compare;
 use crate::dmatest;
 use crate::groups::{self, GroupReport, Rid};
 use crate::guests::{self, GuestRun, Termination};
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
+use crate::oracle::FollowUp;
 use crate::runner::{self, Exit, MonitorPlan, Outcome};
 use crate::serial::{HOLDING_MARKER, KernelLog};
 use crate::vfio;
@@ -127,6 +129,12 @@ pub enum Check {
     /// kernel holds after its guests, holds a write fault by one of these (device,
     /// IOVA): the DMA a guest saw blocked was blocked by the IOMMU. See `vfio.rs`.
     VtdFault(&'static [vfio::BlockedDma]),
+    /// After every guest has ended (read while the kernel holds), the IOMMU blocks these
+    /// devices (qdev ids or `bb:dd.f`), as the unit itself reads its tables with `xp`:
+    /// VT-d no present context entry (RTADDR → root entry → context entry, translation
+    /// on), AMD-Vi a device table entry with V=1 TV=1 IR=0 IW=0 (IommuEn on). See
+    /// `blocked.rs`.
+    DevicesBlocked(&'static [&'static str]),
 }
 
 impl Check {
@@ -139,6 +147,7 @@ impl Check {
                 | Check::RequesterIds(_)
                 | Check::DmaTest
                 | Check::VtdFault(_)
+                | Check::DevicesBlocked(_)
         )
     }
 }
@@ -171,6 +180,31 @@ impl Scenario {
             .flatten()
             .copied()
             .collect()
+    }
+
+    /// The devices of the scenario's `Check::DevicesBlocked` (all of them).
+    pub fn devices_blocked(&self) -> Vec<&'static str> {
+        self.checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::DevicesBlocked(d) => Some(*d),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Monitor commands chosen in rounds from the replies so far, after those of
+    /// [`Scenario::monitor_plan`]: the walks of the IOMMU's tables for
+    /// `Check::DevicesBlocked`.
+    pub fn follow_up_plan(&self) -> Option<Box<FollowUp<'static>>> {
+        let devices = self.devices_blocked();
+        if devices.is_empty() {
+            return None;
+        }
+        let unit = dmatest::Unit::of(self.machine.effective_iommu());
+        Some(Box::new(move |view| blocked::reads(unit, &devices, view)))
     }
 
     /// Monitor commands (beyond `query-pci`) the checks want while the kernel holds.
@@ -249,6 +283,26 @@ const VFIO_HOSTILE: GuestRun =
 const VFIO_EDU_BLOCKED: &[vfio::BlockedDma] = &[("e1", 0x20_2000)];
 const VFIO_ALL_BLOCKED: &[vfio::BlockedDma] =
     &[("e1", 0x20_2000), ("e2", 0x40_0000), ("e2", 0xf_f000)];
+// Release: vfio-killed owns e1's group, maps IOVA 0x200000, DMAs, starts another edu
+// write to IOVA 0x203000 and, without waiting, writes port 0x80: the kernel terminates
+// it mid-DMA and releases its handles at once. vfio-next, granted the same group, waits
+// until it sees the group busy, opens it once free (EBUSY until then), builds a fresh
+// container (65535 mappings available), maps its own buffer at IOVA 0x800000 and shows
+// that e1's write to the killed guest's IOVA 0x205000 reaches nothing while one to its
+// own mapping arrives. vfio-killed must print ok checks up to the port write (a failed
+// step makes it exit 1 instead, never reaching the port).
+const VFIO_KILLED: GuestRun = GuestRun {
+    checks: true,
+    ..GuestRun::terminated("vfio-killed", Termination::Port(0x80)).with_groups("00:03.0")
+};
+const VFIO_NEXT: GuestRun = GuestRun::exits("vfio-next", 0).with_groups("00:03.0");
+/// The edu writes the IOMMU must block in the release scenarios: vfio-next's to the
+/// killed guest's IOVA 0x205000, or — when it lands after vfio-next attached e1 to its
+/// own domain — the killed guest's in-flight write to 0x203000 (QEMU keeps the first).
+const VFIO_RELEASE_BLOCKED: &[vfio::BlockedDma] = &[("e1", 0x20_3000), ("e1", 0x20_5000)];
+/// Both edus must be blocked once every guest has ended (e1 released by its owners, e2
+/// by vfio-hostile or never attached): the IOMMU's own tables, read at hold.
+const VFIO_DEVICES: &[&str] = &["e1", "e2"];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -701,10 +755,12 @@ pub const SCENARIOS: &[Scenario] = &[
     // ---- VFIO: containers, groups and devices as hypercalls (abi/src/vfio.rs) ----
     // The guests judge the hypervisor themselves (step by step, exact errnos, DMA
     // through their own mappings, DMA blocked after UNMAP_DMA) and exit 0 only if all
-    // held; the harness judges their exit statuses and `check` lines.
+    // held; the harness judges their exit statuses and `check` lines, and, once every
+    // guest has ended, reads the IOMMU's own tables while the kernel holds: the edus
+    // must be blocked (nothing a guest mapped survives it; blocked.rs).
     Scenario {
         name: "vfio-edu-vtd",
-        about: "guest vfio-edu owns e1's group: container, type1v2, MAP_DMA, BAR0 mapped, edu DMA both ways, blocked after unmap (the unit's fault record names e1 and the IOVA); exits 0 (intel-iommu)",
+        about: "guest vfio-edu owns e1's group: container, type1v2, MAP_DMA, BAR0 mapped, edu DMA both ways, blocked after unmap (the unit's fault record names e1 and the IOVA); exits 0; e1/e2 blocked in the IOMMU's tables at the end (intel-iommu)",
         machine: Machine::DEFAULT
             .with_iommu(Iommu::Vtd)
             .with_topology(Topology::Vfio),
@@ -714,12 +770,13 @@ pub const SCENARIOS: &[Scenario] = &[
         checks: &[
             Check::Guests(&[VFIO_EDU]),
             Check::VtdFault(VFIO_EDU_BLOCKED),
+            Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },
     // pt=off: see amdvi-dma (QEMU 9.2-10.0 bypass translation with pt=on).
     Scenario {
         name: "vfio-edu-amdvi",
-        about: "guest vfio-edu owns e1's group: container, type1v2, MAP_DMA, BAR0 mapped, edu DMA both ways, blocked after unmap; exits 0 (amd-iommu, pt=off)",
+        about: "guest vfio-edu owns e1's group: container, type1v2, MAP_DMA, BAR0 mapped, edu DMA both ways, blocked after unmap; exits 0; e1/e2 blocked in the device table at the end (amd-iommu, pt=off)",
         machine: Machine {
             amd_pt: Some(false),
             ..Machine::DEFAULT
@@ -729,11 +786,14 @@ pub const SCENARIOS: &[Scenario] = &[
         cmdline: "",
         acpi: &[],
         expect: KernelExit::BootCompleted,
-        checks: &[Check::Guests(&[VFIO_EDU])],
+        checks: &[
+            Check::Guests(&[VFIO_EDU]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
     },
     Scenario {
         name: "vfio-hostile-vtd",
-        about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0; a blocked DMA is in the fault record (intel-iommu)",
+        about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0; a blocked DMA is in the fault record; e1/e2 blocked in the IOMMU's tables at the end (intel-iommu)",
         machine: Machine::DEFAULT
             .with_iommu(Iommu::Vtd)
             .with_topology(Topology::Vfio),
@@ -743,11 +803,12 @@ pub const SCENARIOS: &[Scenario] = &[
         checks: &[
             Check::Guests(&[VFIO_EDU, VFIO_HOSTILE]),
             Check::VtdFault(VFIO_ALL_BLOCKED),
+            Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },
     Scenario {
         name: "vfio-hostile-amdvi",
-        about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0 (amd-iommu, pt=off)",
+        about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0; e1/e2 blocked in the device table at the end (amd-iommu, pt=off)",
         machine: Machine {
             amd_pt: Some(false),
             ..Machine::DEFAULT
@@ -757,7 +818,75 @@ pub const SCENARIOS: &[Scenario] = &[
         cmdline: "",
         acpi: &[],
         expect: KernelExit::BootCompleted,
-        checks: &[Check::Guests(&[VFIO_EDU, VFIO_HOSTILE])],
+        checks: &[
+            Check::Guests(&[VFIO_EDU, VFIO_HOSTILE]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-release-vtd",
+        about: "vfio-killed is terminated (port 0x80) with an edu DMA in flight; vfio-next gets the group once released, a fresh container, its DMA to the killed guest's IOVA is blocked (fault record), to its own mapping arrives; e1/e2 blocked in the IOMMU's tables at the end (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Vfio),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_KILLED, VFIO_NEXT]),
+            Check::VtdFault(VFIO_RELEASE_BLOCKED),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-release-amdvi",
+        about: "vfio-killed is terminated (port 0x80) with an edu DMA in flight; vfio-next gets the group once released, a fresh container, its DMA to the killed guest's IOVA is blocked, to its own mapping arrives; e1/e2 blocked in the device table at the end (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_KILLED, VFIO_NEXT]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    // The kill path alone: nobody takes the group over, so the tables read at the end
+    // show what killing the owner left behind.
+    Scenario {
+        name: "vfio-killed-vtd",
+        about: "vfio-killed is terminated (port 0x80) with an edu DMA in flight and nobody takes its group: e1's context entry is gone at the end (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Vfio),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_KILLED]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-killed-amdvi",
+        about: "vfio-killed is terminated (port 0x80) with an edu DMA in flight and nobody takes its group: e1's device-table entry blocks it at the end (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_KILLED]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
     },
 ];
 
@@ -838,6 +967,17 @@ fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &m
                 fails.push("VtdFault needs intel-iommu (a scenario bug)".into());
             } else {
                 fails.extend(vfio::check_fault(expected, oracle_full(o)));
+            }
+        }
+        Check::DevicesBlocked(devices) => {
+            if s.machine.effective_iommu() == Iommu::None {
+                fails.push("DevicesBlocked needs an IOMMU (a scenario bug)".into());
+            } else {
+                fails.extend(blocked::check(
+                    dmatest::Unit::of(s.machine.effective_iommu()),
+                    devices,
+                    oracle_full(o),
+                ));
             }
         }
         Check::Groups(expected) => match oracle_full(o) {
@@ -1055,12 +1195,14 @@ pub fn run_scenario(s: &Scenario, ctx: &Context<'_>) -> Report {
         format!("{command}\n"),
     );
 
+    let follow_up = s.follow_up_plan();
     let outcome = runner::run(&runner::RunRequest {
         program: &ctx.qemu.program,
         args: &args,
         timeout: ctx.timeout,
         qmp_socket: wiring.qmp_socket.clone(),
         monitor: s.monitor_plan(),
+        follow_up: follow_up.as_deref(),
     });
     if let Some(sock) = &wiring.qmp_socket {
         let _ = std::fs::remove_file(sock);
@@ -1081,6 +1223,21 @@ pub fn run_scenario(s: &Scenario, ctx: &Context<'_>) -> Report {
             ctx.out_dir.join(format!("{}.query-pci.json", s.name)),
             &view.raw_json,
         );
+        // What the monitor answered (xp reads of registers, tables, buffers), in order.
+        let monitor_path = ctx.out_dir.join(format!("{}.monitor.txt", s.name));
+        if view.monitor.is_empty() {
+            let _ = std::fs::remove_file(&monitor_path);
+        } else {
+            let transcript: String = view
+                .monitor
+                .iter()
+                .map(|r| match &r.output {
+                    Ok(out) => format!("(qemu) {}\n{}\n", r.command, out.trim_end()),
+                    Err(e) => format!("(qemu) {}\nERROR: {e}\n", r.command),
+                })
+                .collect();
+            let _ = std::fs::write(monitor_path, transcript);
+        }
     }
     Report {
         failures: evaluate(s, &outcome),
@@ -1611,21 +1768,25 @@ mod tests {
             kernel_cmdline(scenario("guest-vint"), &[]),
             "guest=vint:16M"
         );
-        // intel-iommu: `hold`, to read the fault record (see vfio.rs).
-        for (vendor, hold) in [("vtd", " hold"), ("amdvi", "")] {
+        // `hold` on both vendors: the IOMMU's tables (and on VT-d the fault record) are
+        // read while the kernel holds (see blocked.rs, vfio.rs).
+        for vendor in ["vtd", "amdvi"] {
             assert_eq!(
                 kernel_cmdline(scenario(&format!("vfio-edu-{vendor}")), &[]),
-                format!("guest=vfio-edu:16M:groups=00:03.0{hold}")
+                "guest=vfio-edu:16M:groups=00:03.0 hold"
             );
             assert_eq!(
                 kernel_cmdline(
                     scenario(&format!("vfio-hostile-{vendor}")),
                     &["log=debug".into()]
                 ),
-                format!(
-                    "log=debug guest=vfio-edu:16M:groups=00:03.0 \
-                     guest=vfio-hostile:16M:groups=00:04.0,00:1f.0,00:03.0{hold}"
-                )
+                "log=debug guest=vfio-edu:16M:groups=00:03.0 \
+                 guest=vfio-hostile:16M:groups=00:04.0,00:1f.0,00:03.0 hold"
+            );
+            assert_eq!(
+                kernel_cmdline(scenario(&format!("vfio-release-{vendor}")), &[]),
+                "guest=vfio-killed:16M:groups=00:03.0 guest=vfio-next:16M:groups=00:03.0 \
+                 expect=vfio-killed:terminated hold"
             );
         }
         // `bench` is a benchmark (`qemu-run.sh bench`), never a scenario.
@@ -1711,16 +1872,41 @@ mod tests {
         );
     }
 
+    /// What the oracle holds for a VFIO scenario at hold: `vfio::tests::view` (the fault
+    /// record `frcd`, FSTS) plus the scenario's own follow-up rounds (the walks of
+    /// `blocked.rs`) answered from `tables`, as QEMU prints `xp`.
+    fn vfio_view(
+        s: &Scenario,
+        frcd: Option<&str>,
+        tables: &crate::blocked::tests::Words,
+    ) -> OracleView {
+        let mut v = crate::vfio::tests::view(frcd);
+        let plan = s.follow_up_plan().expect("a DevicesBlocked check");
+        crate::oracle::follow_up_rounds(&mut v, &*plan, &mut |c| {
+            Ok(crate::dmatest::tests::fake_xp_words(
+                c,
+                &BTreeMap::new(),
+                tables,
+            ))
+        });
+        v
+    }
+
     /// The VFIO scenarios: the machine puts e1/e2 where `groups=` names them, amd-iommu
-    /// translates (pt=off), nothing needs the oracle, and the verdicts on a kernel
-    /// without the VFIO calls and on a good run.
+    /// translates (pt=off), every one holds to read the IOMMU's tables (and on VT-d the
+    /// fault record), and the verdicts on a kernel without the VFIO calls, on a good run
+    /// and on a run that leaves a device attached.
     #[test]
     fn vfio_scenarios() {
+        use crate::blocked::tests::{amd_blocked, vtd_blocked, vtd_e1_attached};
+        use crate::guests::GuestExpect;
         for (name, iommu) in [
             ("vfio-edu-vtd", "-device intel-iommu"),
             ("vfio-edu-amdvi", "-device amd-iommu,id=iommu,pt=off"),
             ("vfio-hostile-vtd", "-device intel-iommu"),
             ("vfio-hostile-amdvi", "-device amd-iommu,id=iommu,pt=off"),
+            ("vfio-release-vtd", "-device intel-iommu"),
+            ("vfio-release-amdvi", "-device amd-iommu,id=iommu,pt=off"),
         ] {
             let s = scenario(name);
             assert_eq!(
@@ -1730,7 +1916,9 @@ mod tests {
                 )
             );
             let vtd = name.ends_with("-vtd");
-            assert_eq!(s.needs_oracle(), vtd, "{name}");
+            assert!(s.needs_oracle(), "{name}");
+            assert_eq!(s.devices_blocked(), ["e1", "e2"], "{name}");
+            assert!(s.follow_up_plan().is_some(), "{name}");
             assert_eq!(
                 s.monitor_plan().map(|plan| plan("")),
                 vtd.then(|| vec![
@@ -1741,6 +1929,18 @@ mod tests {
             );
             assert_eq!(s.expect, KernelExit::BootCompleted);
             let runs = s.guests();
+            if name.starts_with("vfio-release") {
+                assert_eq!(runs.len(), 2);
+                assert_eq!((runs[0].name, runs[1].name), ("vfio-killed", "vfio-next"));
+                assert_eq!((runs[0].groups, runs[1].groups), ("00:03.0", "00:03.0"));
+                assert_eq!(
+                    runs[0].expect,
+                    GuestExpect::Terminated(Termination::Port(0x80))
+                );
+                assert!(runs[0].checks, "vfio-killed must show its steps passed");
+                assert_eq!(runs[1].expect, GuestExpect::Exit(0));
+                continue;
+            }
             assert_eq!(runs[0].name, "vfio-edu", "vfio-edu starts first");
             assert_eq!(runs[0].groups, "00:03.0");
             if name.starts_with("vfio-hostile") {
@@ -1750,7 +1950,8 @@ mod tests {
             }
         }
         let s = scenario("vfio-hostile-amdvi");
-        // A kernel without the VFIO calls: the guests fail their first check.
+        // A kernel without the VFIO calls: the guests fail their first check, the kernel
+        // ends with 35 and never holds.
         let enosys = "\
 [INFO  guest] vfio-edu: started, RAM 16 MiB, entry 0x200000
 [INFO  guest] vfio-hostile: started, RAM 16 MiB, entry 0x200000
@@ -1760,7 +1961,14 @@ mod tests {
 [INFO  guest] vfio-hostile: exited with status 1
 [INFO  guest] guests: 2 ran, 0 passed, 2 failed
 ";
-        let f = evaluate(s, &outcome(35, enosys, None));
+        let f = evaluate(
+            s,
+            &outcome(
+                35,
+                enosys,
+                Some(Err("the kernel never printed `holding:`".into())),
+            ),
+        );
         assert_eq!(
             f,
             [
@@ -1770,6 +1978,7 @@ mod tests {
                 "vfio-hostile: exited with status 1 (line 6), expected exited with status 0",
                 "vfio-hostile: check forged-handles: FAILED: CLOSE(0): got Err(ENOSYS), expected Err(EBADF)",
                 "`guests: 2 ran, 0 passed, 2 failed`, expected 2 ran, 2 passed, 0 failed",
+                "no QEMU view of the PCI bus: the kernel never printed `holding:`: the IOMMU's tables were not read",
             ]
         );
         let good = "\
@@ -1780,22 +1989,59 @@ mod tests {
 [INFO  guest] vfio-hostile: exited with status 0
 [INFO  guest] vfio-edu: exited with status 0
 [INFO  guest] guests: 2 ran, 2 passed, 0 failed
+[INFO  boot] holding: send one byte on the serial port to finish
 ";
-        assert_eq!(evaluate(s, &outcome(33, good, None)), Vec::<String>::new());
-
-        // intel-iommu: the same guests, and the fault record read at hold.
-        use crate::vfio::tests::{E1_RECORD, view};
-        let s = scenario("vfio-hostile-vtd");
-        let held =
-            format!("{good}[INFO  boot] holding: send one byte on the serial port to finish\n");
         assert_eq!(
-            evaluate(s, &with_oracle(33, &held, view(Some(E1_RECORD)))),
+            evaluate(
+                s,
+                &with_oracle(33, good, vfio_view(s, None, &amd_blocked()))
+            ),
+            Vec::<String>::new()
+        );
+        // e1's DTE still grants access after every guest ended.
+        let mut attached = amd_blocked();
+        crate::blocked::tests::put64(
+            &mut attached,
+            crate::blocked::tests::DEVTAB + 0x18 * 32,
+            0x170_0000 | 3 << 9 | crate::blocked::DTE_IR | crate::blocked::DTE_IW | 3,
+        );
+        let f = evaluate(s, &with_oracle(33, good, vfio_view(s, None, &attached)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with(
+                "e1 (00:03.0, requester id 0x0018) is not blocked after every guest ended: DTE"
+            ),
+            "{f:?}"
+        );
+
+        // intel-iommu: the same guests, the fault record and the tables read at hold.
+        use crate::vfio::tests::E1_RECORD;
+        let s = scenario("vfio-hostile-vtd");
+        assert_eq!(
+            evaluate(
+                s,
+                &with_oracle(33, good, vfio_view(s, Some(E1_RECORD), &vtd_blocked()))
+            ),
             Vec::<String>::new()
         );
         let e2 = "0x000ff000 0x00000000 0x00000020 0x80ffff05";
         assert_eq!(
-            evaluate(s, &with_oracle(33, &held, view(Some(e2)))),
+            evaluate(
+                s,
+                &with_oracle(33, good, vfio_view(s, Some(e2), &vtd_blocked()))
+            ),
             Vec::<String>::new()
+        );
+        let f = evaluate(
+            s,
+            &with_oracle(33, good, vfio_view(s, Some(E1_RECORD), &vtd_e1_attached())),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].contains(
+                "context entry [devfn 0x18] at 0x1231180 = 0x0000000000000101_0000000001230001: P=1"
+            ),
+            "{f:?}"
         );
         // vfio-edu alone: only e1's fault will do.
         let edu_log = "\
@@ -1807,18 +2053,135 @@ mod tests {
 ";
         let s = scenario("vfio-edu-vtd");
         assert_eq!(
-            evaluate(s, &with_oracle(33, edu_log, view(Some(E1_RECORD)))),
+            evaluate(
+                s,
+                &with_oracle(33, edu_log, vfio_view(s, Some(E1_RECORD), &vtd_blocked()))
+            ),
             Vec::<String>::new()
         );
-        let f = evaluate(s, &with_oracle(33, edu_log, view(Some(e2))));
+        let f = evaluate(
+            s,
+            &with_oracle(33, edu_log, vfio_view(s, Some(e2), &vtd_blocked())),
+        );
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             f[0].starts_with("the IOMMU's fault record names rid 0x0020 at IOVA 0xff000"),
             "{f:?}"
         );
         let none = "0x00000000 0x00000000 0x00000000 0x00000000";
-        let f = evaluate(s, &with_oracle(33, edu_log, view(Some(none))));
+        let f = evaluate(
+            s,
+            &with_oracle(33, edu_log, vfio_view(s, Some(none), &vtd_blocked())),
+        );
         assert!(f[0].starts_with("the IOMMU recorded no fault"), "{f:?}");
+    }
+
+    /// The release scenarios: vfio-killed terminated at port 0x80 after its checks,
+    /// vfio-next exits 0, the fault record names one of the two blocked writes (VT-d),
+    /// and the edus are blocked in the IOMMU's tables at the end.
+    #[test]
+    fn vfio_release_judging() {
+        use crate::blocked::tests::{amd_blocked, vtd_blocked, vtd_e1_attached};
+        let good = "\
+[INFO  guest] vfio-killed: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] vfio-next: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [vfio-killed] check dma-in-flight: ok
+[INFO  guest] [vfio-next] check group-open: ok
+[INFO  guest] [vfio-next] check dma-to-killed-iova-blocked: ok
+[WARN  guest] vfio-killed: terminated: port I/O to 0x80 not allowed (OUT 1 bytes, RIP 0x200c12)
+[INFO  guest] vfio-next: exited with status 0
+[INFO  guest] guests: 2 ran, 2 passed, 0 failed
+[INFO  boot] holding: send one byte on the serial port to finish
+";
+        let s = scenario("vfio-release-vtd");
+        // The killed guest's in-flight write (after vfio-next attached e1) or vfio-next's
+        // own write to the killed guest's IOVA: either may be the recorded fault.
+        for record in [
+            "0x00203000 0x00000000 0x00000018 0x80ffff05",
+            "0x00205000 0x00000000 0x00000018 0x80ffff05",
+        ] {
+            assert_eq!(
+                evaluate(
+                    s,
+                    &with_oracle(33, good, vfio_view(s, Some(record), &vtd_blocked()))
+                ),
+                Vec::<String>::new(),
+                "{record}"
+            );
+        }
+        let record = "0x00205000 0x00000000 0x00000018 0x80ffff05";
+        // e1's context entry still present at the end.
+        let f = evaluate(
+            s,
+            &with_oracle(33, good, vfio_view(s, Some(record), &vtd_e1_attached())),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("e1 (00:03.0, requester id 0x0018) is not blocked"),
+            "{f:?}"
+        );
+        // A fault at vfio-next's own IOVA is not the expected one.
+        let own = "0x00801000 0x00000000 0x00000018 0x80ffff05";
+        let f = evaluate(
+            s,
+            &with_oracle(33, good, vfio_view(s, Some(own), &vtd_blocked())),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("the IOMMU's fault record names rid 0x0018 at IOVA 0x801000"),
+            "{f:?}"
+        );
+
+        let s = scenario("vfio-release-amdvi");
+        assert_eq!(
+            evaluate(
+                s,
+                &with_oracle(33, good, vfio_view(s, None, &amd_blocked()))
+            ),
+            Vec::<String>::new()
+        );
+        // vfio-killed failed a step and exited instead of reaching the port; vfio-next,
+        // never given the group, ran out of attempts: the kernel does not hold.
+        let failed = good
+            .replace("check dma-in-flight: ok", "check dma-round-trip: FAILED: no")
+            .replace(
+                "[WARN  guest] vfio-killed: terminated: port I/O to 0x80 not allowed (OUT 1 bytes, RIP 0x200c12)",
+                "[INFO  guest] vfio-killed: exited with status 1",
+            )
+            .replace("vfio-next: exited with status 0", "vfio-next: exited with status 1")
+            .replace("2 passed, 0 failed", "0 passed, 2 failed")
+            .replace("[INFO  boot] holding: send one byte on the serial port to finish\n", "");
+        let f = evaluate(
+            s,
+            &outcome(
+                35,
+                &failed,
+                Some(Err("the kernel never printed `holding:`".into())),
+            ),
+        );
+        assert!(
+            f.iter().any(|l| l.starts_with(
+                "vfio-killed: exited with status 1 (line 6), expected terminated: port I/O to 0x80 not allowed"
+            )),
+            "{f:?}"
+        );
+        assert!(
+            f.iter()
+                .any(|l| l == "vfio-killed: check dma-round-trip: FAILED: no"),
+            "{f:?}"
+        );
+        assert!(
+            f.iter()
+                .any(|l| l.ends_with("the IOMMU's tables were not read")),
+            "{f:?}"
+        );
+        // Killed before any check line: the run proves nothing about the DMA in flight.
+        let silent = good.replace("[INFO  guest] [vfio-killed] check dma-in-flight: ok\n", "");
+        let f = evaluate(
+            s,
+            &with_oracle(33, &silent, vfio_view(s, None, &amd_blocked())),
+        );
+        assert_eq!(f, ["vfio-killed: printed no `check NAME: ok` line"]);
     }
 
     #[test]

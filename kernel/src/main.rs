@@ -249,6 +249,25 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
             warn!(target: "hold", "no console to read from");
         }
     }
+    // The fault records the IOMMU kept while guests ran (left in its registers until now,
+    // so that they can be read from outside while the kernel holds): what DMA was
+    // blocked, by whom, where.
+    if let Some(setup) = vfio.as_mut() {
+        for fault in setup.vfio.iommu_mut().take_faults() {
+            info!(
+                target: "iommu",
+                "fault recorded on unit {}: {} by {:02x}:{:02x}.{} at IOVA {:#x}: reason {:#x} ({})",
+                fault.unit.0,
+                if fault.write { "write" } else { "read" },
+                fault.requester_id >> 8,
+                (fault.requester_id >> 3) & 0x1f,
+                fault.requester_id & 7,
+                fault.address,
+                fault.reason,
+                fault.reason_text
+            );
+        }
+    }
     info!(target: "boot", "boot complete");
     exit_qemu(ExitCode::Success)
 }

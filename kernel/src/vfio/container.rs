@@ -53,6 +53,8 @@ pub(super) struct Model {
     pub domains: BTreeMap<UnitId, DomainHandle>,
     /// By IOVA; never overlapping.
     pub mappings: BTreeMap<u64, Mapping>,
+    /// The sum of the mappings' sizes (the pinned-memory limit's count).
+    pub pinned: u64,
 }
 
 impl Model {
@@ -485,6 +487,14 @@ impl Vfio {
         if model.mappings.len() >= DMA_MAPPINGS_MAX as usize {
             return Err(Errno::ENOSPC);
         }
+        // The pinned-memory limit (Linux: RLIMIT_MEMLOCK): a container maps at most as
+        // many bytes as the guest has RAM, aliases counted each time. This bounds the
+        // page-table memory a guest can make the hypervisor allocate (sparse 4 KiB
+        // mappings cost at most three table pages each) in proportion to its own size.
+        let (_, ram_size) = mem.ram();
+        if model.pinned.saturating_add(map.size) > ram_size {
+            return Err(Errno::ENOMEM);
+        }
         let mapping = Mapping {
             iova: map.iova,
             size: map.size,
@@ -494,6 +504,7 @@ impl Vfio {
         };
         map_everywhere(&mut *self.iommu, model, &mapping).map_err(iommu_errno)?;
         model.mappings.insert(mapping.iova, mapping);
+        model.pinned = model.pinned.saturating_add(mapping.size);
         log::info!(target: "vfio", "guest {}: container {} mapped iova {:#x}+{:#x} -> gpa {:#x} ({access:?}) in {} domains; {} mappings", guest.0, id.0, map.iova, map.size, map.vaddr, model.domains.len(), model.mappings.len());
         Ok(0)
     }
@@ -564,7 +575,9 @@ impl Vfio {
                 }
             }
             for m in &victims {
-                model.mappings.remove(&m.iova);
+                if model.mappings.remove(&m.iova).is_some() {
+                    model.pinned = model.pinned.saturating_sub(m.size);
+                }
             }
         }
         log::info!(target: "vfio", "guest {}: container {} unmapped {} mappings ({bytes_unmapped:#x} bytes); {} left", guest.0, id.0, victims.len(), model.mappings.len());

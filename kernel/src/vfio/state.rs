@@ -423,6 +423,13 @@ impl Vfio {
                         }
                         end = iova.saturating_add(m.size);
                     }
+                    let pinned: u64 = model.mappings.values().map(|m| m.size).sum();
+                    if pinned != model.pinned {
+                        return Err(format!(
+                            "{id:?}: pinned count {:#x}, mappings sum to {pinned:#x}",
+                            model.pinned
+                        ));
+                    }
                 }
             }
         }

@@ -252,6 +252,8 @@ fn map_dma_failing_in_a_later_domain_is_undone() {
 #[test]
 fn the_mapping_limit() {
     let mut rig = Rig::new();
+    // Enough RAM that the pinned-memory limit (RAM size) is not reached first.
+    rig.a = super::fakes::FakeRam::new(256 << 20, 0x4000_0000);
     let (c, _) = rig.active(A, &[1]);
     // Straight to Vfio::call: checking every invariant after each of 65535 calls
     // would be quadratic.
@@ -277,6 +279,24 @@ fn the_mapping_limit() {
         Ok(u64::from(DMA_MAPPINGS_MAX) * 0x1000)
     );
     assert_eq!(rig.vfio.mapping_count(), 0);
+}
+
+#[test]
+fn the_pinned_memory_limit_is_the_guests_ram() {
+    let mut rig = Rig::new();
+    let (c, _) = rig.active(A, &[1]);
+    // RAM_SIZE bytes may be mapped in all (aliases count each time), not one page more.
+    let half = RAM_SIZE / 2;
+    assert_eq!(rig.map(A, c, 0, 0x100_0000, half), Ok(0));
+    assert_eq!(
+        rig.map(A, c, 0, 0x200_0000, half),
+        Ok(0),
+        "an alias of the same RAM"
+    );
+    assert_eq!(rig.map(A, c, 0, 0x300_0000, 0x1000), Err(Errno::ENOMEM));
+    assert_eq!(rig.unmap(A, c, 0x200_0000, half, 0), Ok(half));
+    assert_eq!(rig.map(A, c, 0, 0x300_0000, 0x1000), Ok(0));
+    rig.vfio.check_invariants().unwrap();
 }
 
 #[test]

@@ -381,6 +381,12 @@ impl Model {
                 {
                     return Err(Errno::EEXIST);
                 }
+                // The pinned-memory limit (never reached with these sizes, kept for
+                // the model's completeness).
+                let pinned: u64 = container.mappings.values().map(|&(s, _)| s).sum();
+                if pinned + size > RAM_SIZE {
+                    return Err(Errno::ENOMEM);
+                }
                 Outcome::Ok
             }
             Op::Unmap {
