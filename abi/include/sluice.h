@@ -191,7 +191,8 @@ struct sluice_guest_start_info {
 /* (RDI = g, RSI = c) -> 0. -EINVAL: already in a container, c not a container; -EPERM:
  * not viable; -ENOSPC/-ENOMEM. */
 #define SLUICE_NR_VFIO_GROUP_SET_CONTAINER UINT64_C(0x10a)
-/* (RDI = g) -> 0. -EINVAL: not in a container; -EBUSY: a device of the group is open. */
+/* (RDI = g) -> 0. -EINVAL: not in a container; -EBUSY: a device of the group is open, or
+ * the group is bound to the VM (GROUP_BIND_VM). */
 #define SLUICE_NR_VFIO_GROUP_UNSET_CONTAINER UINT64_C(0x10b)
 /* (RDI = handle) -> 0. Objects live while referenced (like file descriptors). */
 #define SLUICE_NR_VFIO_CLOSE UINT64_C(0x10c)
@@ -209,8 +210,18 @@ struct sluice_guest_start_info {
 /* (RDI = c, RSI = iova) -> lines the hypervisor logged about the container's domains,
  * devices and the page walk for iova. -EINVAL: no model set. */
 #define SLUICE_NR_VFIO_CONTAINER_DEBUG UINT64_C(0x111)
+/* (RDI = g) -> 0: the group is bound to the caller's VM (its external user): UNSET_CONTAINER
+ * is -EBUSY and the group stays open (even with its handle closed) until unbound or the
+ * guest ends. -EINVAL: no container or no IOMMU model set; -EPERM: not viable; -EBUSY:
+ * already bound. */
+#define SLUICE_NR_VFIO_GROUP_BIND_VM UINT64_C(0x112)
+/* (RDI = g) -> 0: binding dropped. -EINVAL: not bound. */
+#define SLUICE_NR_VFIO_GROUP_UNBIND_VM UINT64_C(0x113)
+/* (RDI = g, RSI = gpa of sluice_vfio_group_vm_info) -> 0: group id, unit, VM_INFO_COHERENT.
+ * -EINVAL: not bound, argsz, flags. */
+#define SLUICE_NR_VFIO_GROUP_VM_INFO UINT64_C(0x114)
 /* One past the last VFIO number of this version; one past the last reserved for VFIO. */
-#define SLUICE_NR_VFIO_END UINT64_C(0x112)
+#define SLUICE_NR_VFIO_END UINT64_C(0x115)
 #define SLUICE_NR_VFIO_RESERVED_END UINT64_C(0x200)
 
 /* ---- Extensions (CHECK_EXTENSION) and IOMMU models (CONTAINER_SET_IOMMU) ---- */
@@ -229,6 +240,7 @@ struct sluice_guest_start_info {
 #define SLUICE_VFIO_MIN_SIZE_DEVICE_INFO 16
 #define SLUICE_VFIO_MIN_SIZE_REGION_INFO 32
 #define SLUICE_VFIO_MIN_SIZE_REGION_MAP 40
+#define SLUICE_VFIO_MIN_SIZE_GROUP_VM_INFO 16
 
 /* ---- IOMMU_GET_INFO ---- */
 
@@ -346,6 +358,19 @@ struct sluice_vfio_group_list_entry {
 #define SLUICE_VFIO_DEVICE_LIST_BRIDGE (UINT32_C(1) << 0) /* a bridge or port */
 #define SLUICE_VFIO_DEVICE_LIST_HOST (UINT32_C(1) << 1)   /* used by the hypervisor */
 
+/* GROUP_VM_INFO of a group bound to the VM (Linux: vfio_external_user_iommu_id and the
+ * coherency KVM asks about). */
+struct sluice_vfio_group_vm_info {
+    uint32_t argsz;
+    uint32_t flags;    /* in: 0; out: GROUP_VM_INFO_COHERENT */
+    uint32_t group_id; /* out: the IOMMU group id */
+    uint32_t unit;     /* out: remapping unit (DRHD/IVHD order; the lowest if several) */
+};
+
+/* DMA through the group's unit(s) is cache-coherent (VT-d ECAP.C, AMD-Vi IVHD Coherent).
+ * No-snoop requests are not forced to snoop (SNP/FC clear). */
+#define SLUICE_VFIO_GROUP_VM_INFO_COHERENT (UINT32_C(1) << 0)
+
 /* ---- Devices ---- */
 
 /* Linux struct vfio_device_info. */
@@ -444,6 +469,9 @@ SLUICE_CHECK_OFFSET(sluice_vfio_group_list_entry, segment, 16);
 SLUICE_CHECK_OFFSET(sluice_vfio_group_list_entry, bus, 18);
 SLUICE_CHECK_OFFSET(sluice_vfio_group_list_entry, devfn, 19);
 SLUICE_CHECK_OFFSET(sluice_vfio_group_list_entry, device_id, 22);
+SLUICE_CHECK_SIZE(sluice_vfio_group_vm_info, 16);
+SLUICE_CHECK_OFFSET(sluice_vfio_group_vm_info, group_id, 8);
+SLUICE_CHECK_OFFSET(sluice_vfio_group_vm_info, unit, 12);
 SLUICE_CHECK_SIZE(sluice_vfio_device_info, 24);
 SLUICE_CHECK_OFFSET(sluice_vfio_device_info, cap_offset, 16);
 SLUICE_CHECK_SIZE(sluice_vfio_region_info, 32);

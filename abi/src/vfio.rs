@@ -50,10 +50,21 @@
 //! not a live handle of the caller), `ENOTTY` (the handle is of another kind) and
 //! `EFAULT`/`E2BIG` (structure not inside the caller's RAM / `argsz` above [`MAX_ARGSZ`]).
 //!
-//! When several errors apply, the first found is returned, checking in this order: the
-//! handle arguments (`EBADF`, `ENOTTY`), the object's state (e.g. `EINVAL`: no IOMMU model
-//! set), the argument structure (`EFAULT`, `E2BIG`, `EINVAL` for `argsz` and flags), then
-//! the remaining conditions in the order each row below lists them.
+//! When several errors apply, the first found is returned, checking in this order:
+//! arguments checked at decoding (the device-name length of [`nr::GROUP_GET_DEVICE`]),
+//! the handle arguments (`EBADF`, `ENOTTY`), the object's state (e.g. `EINVAL`: no IOMMU
+//! model set), the argument structure (`EFAULT` if its `argsz` field is not in the
+//! caller's RAM, `EINVAL` if `argsz` is below the minimum, `E2BIG` above [`MAX_ARGSZ`],
+//! `EFAULT` if `[gpa, gpa + argsz)` is not all RAM, `EINVAL` for unknown flags), then the
+//! remaining conditions in the order each row below lists them.
+//!
+//! Besides the errors each row lists: a call that creates a handle fails with `ENOSPC`
+//! when the caller already holds 64; calls that program the IOMMU (SET_IOMMU,
+//! SET_CONTAINER, MAP_DMA, UNMAP_DMA) can fail with `ENOMEM` (no memory for tables),
+//! `ENOSPC` (no free domain id), `ENODEV` (the unit refused the device) or `EBUSY` (the
+//! unit did not confirm an invalidation in time: logged, and the unit is not trusted
+//! afterwards); MAP_DMA and DEVICE_MAP_REGION fail with `ENOMEM` while the hypervisor's
+//! heap is down to its reserve.
 //!
 //! | nr                              | args                 | result / errors |
 //! |---------------------------------|----------------------|-----------------|
@@ -68,19 +79,47 @@
 //! | [`nr::GROUP_OPEN`]              | RDI = group id       | a group handle. `ENOENT`: no such group. `EPERM`: the command line does not give the group to the caller. `EBUSY`: open (by this or another guest) |
 //! | [`nr::GROUP_GET_STATUS`]        | RDI = g, RSI = gpa   | 0, fills [`GroupStatus`]: [`GROUP_FLAGS_VIABLE`], [`GROUP_FLAGS_CONTAINER_SET`]. `EINVAL`: `argsz`, flags |
 //! | [`nr::GROUP_SET_CONTAINER`]     | RDI = g, RSI = c     | 0; existing mappings are replayed into the group's unit. `EINVAL`: already in a container, or `c` is not a container. `EPERM`: the group is not viable. `ENOSPC`/`ENOMEM`: no domain for a new unit |
-//! | [`nr::GROUP_UNSET_CONTAINER`]   | RDI = g              | 0; the group's devices are blocked again; the last group out releases the model, the domains and every mapping. `EINVAL`: not in a container. `EBUSY`: a device of the group is open |
-//! | [`nr::CLOSE`]                   | RDI = handle         | 0 (any live handle). As with file descriptors, an object lives while referenced: a container while its handle is open or a group is in it; a group stays open (owned) while its handle or a device of it is open. When a group's last reference goes it is released: taken out of its container (devices blocked again), ready for the next owner |
+//! | [`nr::GROUP_UNSET_CONTAINER`]   | RDI = g              | 0; the group's devices are blocked again; the last group out releases the model, the domains and every mapping. `EINVAL`: not in a container. `EBUSY`: a device of the group is open, or the group is bound to the VM ([`nr::GROUP_BIND_VM`]) |
+//! | [`nr::CLOSE`]                   | RDI = handle         | 0 (any live handle). As with file descriptors, an object lives while referenced: a container while its handle is open or a group is in it; a group stays open (owned) while its handle or a device of it is open, or while it is bound to the VM ([`nr::GROUP_BIND_VM`]). When a group's last reference goes it is released: taken out of its container (devices blocked again), ready for the next owner |
 //! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`]. `ENODEV`: the name is not a function of the group that can be opened (not a bridge). `EINVAL`: the group has no container with a model set (checked after the name, as Linux does). `EBUSY`: already open |
 //! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`NUM_REGIONS`], [`NUM_IRQS`]) |
 //! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
-//! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EEXIST`: overlaps a region mapped before |
+//! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EEXIST`: overlaps a region mapped before. `ENOSPC`: the device already has 16 regions mapped. `EINVAL` also when the BAR's host address is not plain device memory (RAM, firmware tables, the APIC window, IOMMU registers or ECAM are never handed out). `ENOMEM`: no memory for nested tables |
 //! | [`nr::CONTAINER_DEBUG`]         | RDI = c, RSI = iova  | number of lines printed: the hypervisor logs each domain of the container, the context / device-table entry of each attached device and the page-table walk for `iova` (a teaching aid). `EINVAL`: no model set |
+//! | [`nr::GROUP_BIND_VM`]           | RDI = g              | 0: the group is bound to the caller's VM (the VM becomes the group's *external user*, below). `EINVAL`: the group is in no container, or its container has no IOMMU model set. `EPERM`: the group is not viable. `EBUSY`: already bound |
+//! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it). `EINVAL`: not bound |
+//! | [`nr::GROUP_VM_INFO`]           | RDI = g, RSI = gpa   | 0, fills [`GroupVmInfo`]: the group id (Linux `vfio_external_user_iommu_id`), the remapping unit translating its DMA, and [`GROUP_VM_INFO_COHERENT`]. `EINVAL`: not bound (checked first: the group's state), `argsz` below [`min_size::GROUP_VM_INFO`], flags ≠ 0 |
 //!
 //! Devices: opening a device turns on its memory decoding and bus mastering; its DMA is
 //! still confined to the container's mappings by the IOMMU. Closing it turns bus
 //! mastering off and removes its region mappings from the guest. Numbers
-//! `VFIO_BASE + 0x12..VFIO_BASE + 0x100` are reserved for the rest of the device model
-//! (region read/write, interrupts, reset, binding groups to the VM).
+//! `VFIO_BASE + 0x15..VFIO_BASE + 0x100` are reserved for the rest of the device model
+//! (region read/write, interrupts, reset).
+//!
+//! # Binding a group to the VM (the external user)
+//!
+//! Linux lets a second consumer inside the kernel (KVM) take a reference on a group that
+//! user space put in a container with an IOMMU model set: the *external user*
+//! (`vfio_group_get_external_user`, `..._from_dev`, `vfio_group_put_external_user`,
+//! `vfio_external_user_iommu_id`). In Sluice the VM itself is that consumer, and
+//! [`nr::GROUP_BIND_VM`] takes the reference on the VM's behalf (at most one binding per
+//! group; the hypervisor's own components may hold further references):
+//!
+//! - it succeeds only for a group in a container whose IOMMU model is set, and that is
+//!   viable. The checks run in that order, so a group that is not viable — which can
+//!   never be put in a container ([`nr::GROUP_SET_CONTAINER`] is `EPERM`) — gets
+//!   `EINVAL` in practice, like any group without a container;
+//! - while bound, [`nr::GROUP_UNSET_CONTAINER`] is `EBUSY` (the group's container, its
+//!   model, domains and mappings therefore stay), and the group cannot be disposed:
+//!   [`nr::CLOSE`] of its handle succeeds but, like an open device, the binding keeps the
+//!   group open, in its container and bound. Having closed the handle, the guest can no
+//!   longer name the group (to unbind it, or reopen it: `EBUSY`); the binding then lasts
+//!   until the guest ends;
+//! - [`nr::GROUP_UNBIND_VM`] drops it; when the guest ends, its bindings are dropped
+//!   first, then its handles closed.
+//!
+//! [`nr::GROUP_VM_INFO`] answers, for a bound group, what KVM asks VFIO: the group's id
+//! and whether DMA through its remapping unit is cache-coherent.
 
 use crate::Errno;
 
@@ -118,8 +157,11 @@ pub mod nr {
     pub const DEVICE_GET_REGION_INFO: u64 = VFIO_BASE + 0x0f;
     pub const DEVICE_MAP_REGION: u64 = VFIO_BASE + 0x10;
     pub const CONTAINER_DEBUG: u64 = VFIO_BASE + 0x11;
+    pub const GROUP_BIND_VM: u64 = VFIO_BASE + 0x12;
+    pub const GROUP_UNBIND_VM: u64 = VFIO_BASE + 0x13;
+    pub const GROUP_VM_INFO: u64 = VFIO_BASE + 0x14;
     /// One past the last VFIO number defined in this version.
-    pub const END: u64 = VFIO_BASE + 0x12;
+    pub const END: u64 = VFIO_BASE + 0x15;
     /// One past the last number reserved for VFIO.
     pub const RESERVED_END: u64 = VFIO_BASE + 0x100;
 }
@@ -351,6 +393,30 @@ pub const DEVICE_LIST_BRIDGE: u32 = 1 << 0;
 pub const DEVICE_LIST_HOST: u32 = 1 << 1;
 
 wire_struct! {
+    /// [`nr::GROUP_VM_INFO`]: what the VM, the group's external user, learns about a
+    /// bound group. Minimum size 16 (the whole structure).
+    pub struct GroupVmInfo (16) {
+        argsz: u32 = 0,
+        /// In: 0. Out: [`GROUP_VM_INFO_COHERENT`].
+        flags: u32 = 4,
+        /// Out: the IOMMU group id (Linux `vfio_external_user_iommu_id`), as
+        /// [`nr::GROUP_OPEN`] takes it.
+        group_id: u32 = 8,
+        /// Out: the remapping unit that translates the group's DMA, numbered in firmware
+        /// table order (DRHD / IVHD order: `dmar0`, `ivhd0` = 0); the lowest when its
+        /// functions sit behind several.
+        unit: u32 = 12,
+    }
+}
+
+/// `GroupVmInfo::flags`: DMA through the group's remapping unit (every unit, if several)
+/// is cache-coherent: the unit snoops the CPU caches (VT-d: ECAP.C; AMD-Vi: the IVHD's
+/// Coherent flag). It describes the unit; Sluice does not force a device's no-snoop
+/// requests to snoop (VT-d SNP, AMD-Vi FC stay clear), so a VM whose device issues
+/// no-snoop DMA still needs WBINVD to reach memory (Linux: KVM's non-coherent DMA).
+pub const GROUP_VM_INFO_COHERENT: u32 = 1 << 0;
+
+wire_struct! {
     /// [`nr::DEVICE_GET_INFO`] (Linux `struct vfio_device_info`). Minimum size 16.
     pub struct DeviceInfo (24) {
         argsz: u32 = 0,
@@ -486,6 +552,16 @@ pub enum VfioCall {
         container: u64,
         iova: u64,
     },
+    GroupBindVm {
+        group: u64,
+    },
+    GroupUnbindVm {
+        group: u64,
+    },
+    GroupVmInfo {
+        group: u64,
+        info: u64,
+    },
 }
 
 impl VfioCall {
@@ -510,6 +586,9 @@ impl VfioCall {
             Self::DeviceGetRegionInfo { .. } => nr::DEVICE_GET_REGION_INFO,
             Self::DeviceMapRegion { .. } => nr::DEVICE_MAP_REGION,
             Self::ContainerDebug { .. } => nr::CONTAINER_DEBUG,
+            Self::GroupBindVm { .. } => nr::GROUP_BIND_VM,
+            Self::GroupUnbindVm { .. } => nr::GROUP_UNBIND_VM,
+            Self::GroupVmInfo { .. } => nr::GROUP_VM_INFO,
         }
     }
 
@@ -540,6 +619,8 @@ impl VfioCall {
             Self::DeviceGetRegionInfo { device, info } => [device, info, 0],
             Self::DeviceMapRegion { device, map } => [device, map, 0],
             Self::ContainerDebug { container, iova } => [container, iova, 0],
+            Self::GroupBindVm { group } | Self::GroupUnbindVm { group } => [group, 0, 0],
+            Self::GroupVmInfo { group, info } => [group, info, 0],
         };
         (self.nr(), [a[0], a[1], a[2], 0, 0, 0])
     }
@@ -607,6 +688,12 @@ pub const fn decode(nr: u64, a: [u64; 6]) -> Result<VfioCall, Errno> {
             container: a[0],
             iova: a[1],
         },
+        nr::GROUP_BIND_VM => VfioCall::GroupBindVm { group: a[0] },
+        nr::GROUP_UNBIND_VM => VfioCall::GroupUnbindVm { group: a[0] },
+        nr::GROUP_VM_INFO => VfioCall::GroupVmInfo {
+            group: a[0],
+            info: a[1],
+        },
         _ => return Err(Errno::ENOSYS),
     })
 }
@@ -633,6 +720,7 @@ pub mod min_size {
     pub const DEVICE_INFO: usize = 16;
     pub const REGION_INFO: usize = 32;
     pub const REGION_MAP: usize = 40;
+    pub const GROUP_VM_INFO: usize = 16;
 }
 
 /// A PCI function's name as VFIO writes it: `SSSS:BB:DD.F`, lower-case hex.
@@ -713,6 +801,28 @@ mod tests {
         assert_eq!(RegionMap::SIZE, 40);
         assert_eq!(IovaRangeCap::SIZE, 16);
         assert_eq!(DmaAvailCap::SIZE, 16);
+        assert_eq!(GroupVmInfo::SIZE, 16);
+        assert_eq!(min_size::GROUP_VM_INFO, GroupVmInfo::SIZE);
+    }
+
+    #[test]
+    fn external_user_numbers_follow_container_debug() {
+        assert_eq!(nr::GROUP_BIND_VM, nr::CONTAINER_DEBUG + 1);
+        assert_eq!(nr::GROUP_UNBIND_VM, nr::CONTAINER_DEBUG + 2);
+        assert_eq!(nr::GROUP_VM_INFO, nr::CONTAINER_DEBUG + 3);
+        assert_eq!(nr::END, nr::GROUP_VM_INFO + 1);
+        const { assert!(nr::END < nr::RESERVED_END) };
+        assert_eq!(
+            decode(nr::GROUP_VM_INFO, [7, 0x5000, 0, 0, 0, 0]),
+            Ok(VfioCall::GroupVmInfo {
+                group: 7,
+                info: 0x5000
+            })
+        );
+        assert_eq!(
+            decode(nr::GROUP_BIND_VM, [7, 0, 0, 0, 0, 0]),
+            Ok(VfioCall::GroupBindVm { group: 7 })
+        );
     }
 
     #[test]

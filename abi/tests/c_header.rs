@@ -92,6 +92,9 @@ fn structs() -> Vec<Struct> {
             group_id, group_flags, device_flags, class_code, segment, bus, devfn,
             vendor_id, device_id,
         }),
+        layout!("sluice_vfio_group_vm_info" => vfio::GroupVmInfo {
+            argsz, flags, group_id, unit,
+        }),
         layout!("sluice_vfio_device_info" => vfio::DeviceInfo {
             argsz, flags, num_regions, num_irqs, cap_offset, _pad,
         }),
@@ -173,6 +176,9 @@ fn constants() -> Vec<(&'static str, u128)> {
         "SLUICE_NR_VFIO_DEVICE_GET_REGION_INFO" = vfio::nr::DEVICE_GET_REGION_INFO,
         "SLUICE_NR_VFIO_DEVICE_MAP_REGION" = vfio::nr::DEVICE_MAP_REGION,
         "SLUICE_NR_VFIO_CONTAINER_DEBUG" = vfio::nr::CONTAINER_DEBUG,
+        "SLUICE_NR_VFIO_GROUP_BIND_VM" = vfio::nr::GROUP_BIND_VM,
+        "SLUICE_NR_VFIO_GROUP_UNBIND_VM" = vfio::nr::GROUP_UNBIND_VM,
+        "SLUICE_NR_VFIO_GROUP_VM_INFO" = vfio::nr::GROUP_VM_INFO,
         "SLUICE_NR_VFIO_END" = vfio::nr::END,
         "SLUICE_NR_VFIO_RESERVED_END" = vfio::nr::RESERVED_END,
         // VFIO: extensions and models.
@@ -188,6 +194,7 @@ fn constants() -> Vec<(&'static str, u128)> {
         "SLUICE_VFIO_MIN_SIZE_DEVICE_INFO" = min_size::DEVICE_INFO,
         "SLUICE_VFIO_MIN_SIZE_REGION_INFO" = min_size::REGION_INFO,
         "SLUICE_VFIO_MIN_SIZE_REGION_MAP" = min_size::REGION_MAP,
+        "SLUICE_VFIO_MIN_SIZE_GROUP_VM_INFO" = min_size::GROUP_VM_INFO,
         // VFIO: flags, capability ids, indexes.
         "SLUICE_VFIO_IOMMU_INFO_PGSIZES" = vfio::IOMMU_INFO_PGSIZES,
         "SLUICE_VFIO_IOMMU_INFO_CAPS" = vfio::IOMMU_INFO_CAPS,
@@ -204,6 +211,7 @@ fn constants() -> Vec<(&'static str, u128)> {
         "SLUICE_VFIO_GROUP_LIST_VIABLE" = vfio::GROUP_LIST_VIABLE,
         "SLUICE_VFIO_DEVICE_LIST_BRIDGE" = vfio::DEVICE_LIST_BRIDGE,
         "SLUICE_VFIO_DEVICE_LIST_HOST" = vfio::DEVICE_LIST_HOST,
+        "SLUICE_VFIO_GROUP_VM_INFO_COHERENT" = vfio::GROUP_VM_INFO_COHERENT,
         "SLUICE_VFIO_DEVICE_FLAGS_RESET" = vfio::DEVICE_FLAGS_RESET,
         "SLUICE_VFIO_DEVICE_FLAGS_PCI" = vfio::DEVICE_FLAGS_PCI,
         "SLUICE_VFIO_PCI_BAR0_REGION_INDEX" = vfio::REGION_BAR0,
@@ -562,5 +570,6 @@ fn test_covers_every_rust_structure_size() {
     assert_eq!(sizes["sluice_vfio_device_info"], vfio::DeviceInfo::SIZE);
     assert_eq!(sizes["sluice_vfio_region_info"], vfio::RegionInfo::SIZE);
     assert_eq!(sizes["sluice_vfio_region_map"], vfio::RegionMap::SIZE);
-    assert_eq!(sizes.len(), 14);
+    assert_eq!(sizes["sluice_vfio_group_vm_info"], vfio::GroupVmInfo::SIZE);
+    assert_eq!(sizes.len(), 15);
 }

@@ -255,6 +255,17 @@ pub trait Iommu {
     /// Read, decode and clear the fault records of every unit.
     fn take_faults(&mut self) -> Vec<FaultRecord>;
 
+    /// Whether `unit`'s memory accesses are cache-coherent, i.e. the unit snoops the CPU
+    /// caches: VT-d ECAP.C (page-walk coherency), AMD-Vi the IVHD's Coherent flag. It is
+    /// what VFIO reports to an external user as the group's DMA coherency (Linux asks the
+    /// same question of the IOMMU, `IOMMU_CAP_CACHE_COHERENCY`).
+    ///
+    /// It describes the unit, not a promise made per mapping: Sluice's page tables never
+    /// force a device's no-snoop requests to snoop (VT-d SNP with ECAP.SC, AMD-Vi FC stay
+    /// clear), so a device issuing no-snoop DMA is not made coherent by a `true` here.
+    /// `None` when `unit` is not one of this driver's units.
+    fn dma_coherent(&self, unit: UnitId) -> Option<bool>;
+
     /// A teaching aid: describe, one line each, what the hardware reads for a DMA by
     /// `device` at `iova` in `domain` — the root/context entry (VT-d) or the device-table
     /// entry (AMD-Vi) of each requester id, then every page-table entry of the walk down

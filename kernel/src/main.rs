@@ -848,6 +848,8 @@ fn run_dmatest(
 struct VfioSetup {
     vfio: sluice_kernel::vfio::Vfio,
     group_of: alloc::collections::BTreeMap<sluice_pci::PciAddress, u32>,
+    /// Host-physical ranges no BAR mapping may touch: IOMMU registers, ECAM.
+    forbidden_mmio: Vec<(u64, u64)>,
 }
 
 /// Hand the IOMMU driver and config space to the VFIO layer, with every IOMMU group:
@@ -905,14 +907,35 @@ fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Dr
             devices,
         });
     }
+    let mut forbidden_mmio: Vec<(u64, u64)> = discovery
+        .topology
+        .units()
+        .iter()
+        .map(|u| {
+            (
+                u.register_base,
+                u.register_base.saturating_add(u.register_size),
+            )
+        })
+        .collect();
+    forbidden_mmio.extend(ecam.regions().iter().map(|r| {
+        let start = r.base + ((r.bus_start as u64) << 20);
+        (
+            start,
+            start + (((r.bus_end - r.bus_start) as u64 + 1) << 20),
+        )
+    }));
     let iommu: Box<dyn sluice_iommu::Iommu> = match driver {
         Driver::Vtd(d) => Box::new(d),
         Driver::AmdVi(d) => Box::new(d),
     };
     info!(target: "vfio", "VFIO ready: {} IOMMU groups can be given to guests (`guest=NAME:SIZE:groups=...`)", groups.len());
+    let mut vfio = Vfio::new(iommu, Box::new(ecam), groups);
+    vfio.set_heap_guard(|| HEAP.lock().free());
     VfioSetup {
-        vfio: Vfio::new(iommu, Box::new(ecam), groups),
+        vfio,
         group_of,
+        forbidden_mmio,
     }
 }
 
@@ -1012,6 +1035,10 @@ fn run_guests(
         setup.vfio.add_guest(GuestId(i as u32), &granted);
     }
     let memory_map = si.memory_map();
+    let forbidden: Vec<(u64, u64)> = vfio
+        .as_deref()
+        .map(|v| v.forbidden_mmio.clone())
+        .unwrap_or_default();
     let vfio = core::cell::RefCell::new(vfio);
     let mut lines: alloc::collections::BTreeMap<alloc::string::String, alloc::string::String> =
         Default::default();
@@ -1029,6 +1056,7 @@ fn run_guests(
                             let mut mem = VfioGuestMemory {
                                 guest: &mut *g,
                                 memory_map,
+                                forbidden: &forbidden,
                             };
                             setup.vfio.call(id, &mut mem, call)
                         }

@@ -61,7 +61,9 @@ use crate::vfio::{
     IovaRangeCap, MAX_ARGSZ, RegionMap, min_size,
 };
 
-pub use crate::vfio::{DeviceInfo, GroupListEntry, IovaRangeEntry, RegionInfo, VfioCall};
+pub use crate::vfio::{
+    DeviceInfo, GroupListEntry, GroupVmInfo, IovaRangeEntry, RegionInfo, VfioCall,
+};
 
 /// The most entries [`group_list`] returns per call (its stack buffer holds this many).
 pub const GROUP_LIST_MAX: usize = 64;
@@ -104,7 +106,8 @@ const fn memory_argument(call: &VfioCall) -> Option<u64> {
         | VfioCall::GroupGetDevice { name: gpa, .. }
         | VfioCall::DeviceGetInfo { info: gpa, .. }
         | VfioCall::DeviceGetRegionInfo { info: gpa, .. }
-        | VfioCall::DeviceMapRegion { map: gpa, .. } => Some(gpa),
+        | VfioCall::DeviceMapRegion { map: gpa, .. }
+        | VfioCall::GroupVmInfo { info: gpa, .. } => Some(gpa),
         VfioCall::GetApiVersion
         | VfioCall::CheckExtension { .. }
         | VfioCall::ContainerCreate
@@ -113,7 +116,9 @@ const fn memory_argument(call: &VfioCall) -> Option<u64> {
         | VfioCall::GroupSetContainer { .. }
         | VfioCall::GroupUnsetContainer { .. }
         | VfioCall::Close { .. }
-        | VfioCall::ContainerDebug { .. } => None,
+        | VfioCall::ContainerDebug { .. }
+        | VfioCall::GroupBindVm { .. }
+        | VfioCall::GroupUnbindVm { .. } => None,
     }
 }
 
@@ -526,6 +531,30 @@ impl Group {
         call_value(VfioCall::GroupUnsetContainer { group: self.handle }).map(drop)
     }
 
+    /// [`GROUP_BIND_VM`](crate::vfio::nr::GROUP_BIND_VM): bind the group to this VM
+    /// (the VM becomes its external user). The group must be in a container with the
+    /// IOMMU model set; while bound, [`Self::unset_container`] is `EBUSY` and closing the
+    /// handle leaves the group open and bound until the guest ends.
+    pub fn bind_vm(&self) -> Result<(), Errno> {
+        call_value(VfioCall::GroupBindVm { group: self.handle }).map(drop)
+    }
+
+    /// [`GROUP_UNBIND_VM`](crate::vfio::nr::GROUP_UNBIND_VM).
+    pub fn unbind_vm(&self) -> Result<(), Errno> {
+        call_value(VfioCall::GroupUnbindVm { group: self.handle }).map(drop)
+    }
+
+    /// [`GROUP_VM_INFO`](crate::vfio::nr::GROUP_VM_INFO) of a bound group: its id, its
+    /// remapping unit and [`GROUP_VM_INFO_COHERENT`](crate::vfio::GROUP_VM_INFO_COHERENT).
+    pub fn vm_info(&self) -> Result<GroupVmInfo, Errno> {
+        let mut buf = Aligned(GroupVmInfo::default().to_bytes());
+        call_struct(&mut buf.0, |info| VfioCall::GroupVmInfo {
+            group: self.handle,
+            info,
+        })?;
+        Ok(GroupVmInfo::from_bytes(&buf.0))
+    }
+
     /// [`GROUP_GET_DEVICE`](crate::vfio::nr::GROUP_GET_DEVICE): open the device `name`
     /// (`SSSS:BB:DD.F`, see [`crate::vfio::format_device_name`]). The name is passed as
     /// is; the hypervisor checks its length (1..=[`crate::vfio::DEVICE_NAME_MAX`]).
@@ -653,7 +682,8 @@ pub mod raw {
 
     /// Issue a call that carries no guest-memory address (`GetApiVersion`,
     /// `CheckExtension`, `ContainerCreate`, `SetIommu`, `GroupOpen`, `GroupSetContainer`,
-    /// `GroupUnsetContainer`, `Close`, `ContainerDebug`) with any values, and decode RAX.
+    /// `GroupUnsetContainer`, `Close`, `ContainerDebug`, `GroupBindVm`, `GroupUnbindVm`)
+    /// with any values, and decode RAX.
     ///
     /// # Panics
     ///
@@ -670,7 +700,7 @@ pub mod raw {
     /// `call` names must be accessible as the call's contract in [`crate::vfio`] says:
     ///
     /// * `IommuGetInfo`, `UnmapDma`, `GroupList`, `GroupGetStatus`, `DeviceGetInfo`,
-    ///   `DeviceGetRegionInfo` (the hypervisor writes the structure back) and `MapDma`,
+    ///   `DeviceGetRegionInfo`, `GroupVmInfo` (the hypervisor writes the structure back) and `MapDma`,
     ///   `DeviceMapRegion` (it reads it): `min(argsz, MAX_ARGSZ)` bytes at the address,
     ///   `argsz` being the `u32` stored there, valid for writes and not in use through
     ///   any live reference;
@@ -987,6 +1017,7 @@ mod tests {
                     | crate::vfio::nr::DEVICE_GET_INFO
                     | crate::vfio::nr::DEVICE_GET_REGION_INFO
                     | crate::vfio::nr::DEVICE_MAP_REGION
+                    | crate::vfio::nr::GROUP_VM_INFO
             );
             if nr == crate::vfio::nr::GROUP_LIST {
                 assert_eq!(memory_argument(&call), Some(1), "{call:?}");

@@ -6,7 +6,9 @@
 //!    lets this guest see and own);
 //! 2. the group of an edu (1234:11e8) that this guest may own: open it (retrying while
 //!    another guest holds it), check it is viable;
-//! 3. a container (an IO address space), the group in it, the type1v2 IOMMU model,
+//! 3. a container (an IO address space), the group in it, the type1v2 IOMMU model; the
+//!    group bound to this VM (GROUP_BIND_VM: the VM as the group's external user), its
+//!    GROUP_VM_INFO (group id, unit, DMA coherency), UNSET_CONTAINER refused while bound;
 //!    what the IOMMU offers (page sizes, IOVA ranges, how many mappings are left);
 //! 4. a 2 MiB DMA buffer mapped at IOVA 0x200000 (the edu's DMA mask is 28 bits), and
 //!    the hypervisor's explanation of that mapping (CONTAINER_DEBUG, on its log);
@@ -15,7 +17,7 @@
 //! 6. DMA RAM → edu → RAM through the IOMMU, bytes compared;
 //! 7. the buffer unmapped (UNMAP_DMA reports 2 MiB), then a DMA to the old IOVA: the
 //!    IOMMU must block it, the buffer stays as it was;
-//! 8. teardown, each result checked.
+//! 8. teardown (unbind first), each result checked.
 //!
 //! Each step is a check (`check NAME: ok` / `FAILED: why`); the program stops at the
 //! first failure. Exit status 0 only if every step passed.
@@ -31,8 +33,8 @@ use alloc::vec;
 use sluice_guest::abi::vfio::{
     self, DEVICE_FLAGS_PCI, DEVICE_LIST_BRIDGE, DEVICE_LIST_HOST, DMA_MAP_FLAG_READ,
     DMA_MAP_FLAG_WRITE, GROUP_FLAGS_CONTAINER_SET, GROUP_FLAGS_VIABLE, GROUP_LIST_BUSY,
-    GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GroupListEntry, REGION_INFO_FLAG_MMAP,
-    REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE, extension,
+    GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GROUP_VM_INFO_COHERENT, GroupListEntry,
+    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE, extension,
 };
 use sluice_guest::client::vfio::{Container, IommuInfo};
 use sluice_guest::console::Console;
@@ -313,6 +315,42 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         Ok(())
     })?;
 
+    step(c, "bind-vm", || {
+        call("GROUP_BIND_VM", group.bind_vm())?;
+        let info = call("GROUP_VM_INFO", group.vm_info())?;
+        let coherent = info.flags & GROUP_VM_INFO_COHERENT != 0;
+        println!(
+            "GROUP_BIND_VM: this VM is the group's external user; GROUP_VM_INFO: group {} on unit {}, DMA {}",
+            info.group_id,
+            info.unit,
+            if coherent {
+                "cache-coherent"
+            } else {
+                "not cache-coherent (the unit does not snoop)"
+            }
+        );
+        if info.group_id != group.id() {
+            return Err(format!(
+                "GROUP_VM_INFO says group {}, we bound group {}",
+                info.group_id,
+                group.id()
+            ));
+        }
+        match group.unset_container() {
+            Err(Errno::EBUSY) => {
+                println!(
+                    "GROUP_UNSET_CONTAINER while bound: EBUSY (the binding pins the container)"
+                )
+            }
+            other => {
+                return Err(format!(
+                    "GROUP_UNSET_CONTAINER while bound: {other:?}, expected EBUSY"
+                ));
+            }
+        }
+        Ok(())
+    })?;
+
     let info = step(c, "iommu-info", || {
         let info = call("IOMMU_GET_INFO", container.info())?;
         println!("IOMMU_GET_INFO:");
@@ -580,6 +618,11 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     // ---- 8. Teardown ----
+    step(c, "unbind-vm", || {
+        call("GROUP_UNBIND_VM", group.unbind_vm())?;
+        println!("GROUP_UNBIND_VM: the VM no longer holds the group");
+        Ok(())
+    })?;
     step(c, "close-device", || {
         call("CLOSE(device)", device.close())?;
         println!("CLOSE(device): bus mastering off, BAR0 gone from our guest-physical space");

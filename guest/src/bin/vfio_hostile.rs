@@ -24,6 +24,12 @@
 //! no or unknown flags, of MMIO (its BAR, 0xFEBF0000, the local APIC) or memory beyond
 //! its RAM, with a short `argsz` or a structure outside its RAM; UNMAP_DMA cutting its
 //! mapping, ALL with an address, unknown flags; UNSET_CONTAINER with a device open.
+//! GROUP_BIND_VM (the VM as the group's external user): without a container or model
+//! (EINVAL), on the LPC group (EINVAL: a non-viable group is never in a container, and
+//! the container is checked before viability), twice (EBUSY); UNSET_CONTAINER while
+//! bound (EBUSY); UNBIND_VM when not bound (EINVAL); GROUP_VM_INFO on an unbound group
+//! (EINVAL), with bad `argsz`/flags/placement; all three with forged, closed and
+//! wrong-kind handles.
 //!
 //! Exit status 0 only if every check passed.
 #![no_std]
@@ -39,9 +45,9 @@ use alloc::vec::Vec;
 use sluice_guest::abi::vfio::{
     self, DEVICE_LIST_HOST, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, DMA_UNMAP_FLAG_ALL, DeviceInfo,
     DmaMap, DmaUnmap, GROUP_FLAGS_CONTAINER_SET, GROUP_FLAGS_VIABLE, GROUP_LIST_BUSY,
-    GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GroupList, GroupListEntry, GroupStatus,
-    IOMMU_INFO_CAPS, IOMMU_INFO_PGSIZES, IommuType1Info, MAX_ARGSZ, REGION_INFO_FLAG_MMAP,
-    RegionInfo, RegionMap, extension, nr,
+    GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GROUP_VM_INFO_COHERENT, GroupList,
+    GroupListEntry, GroupStatus, GroupVmInfo, IOMMU_INFO_CAPS, IOMMU_INFO_PGSIZES, IommuType1Info,
+    MAX_ARGSZ, REGION_INFO_FLAG_MMAP, RegionInfo, RegionMap, extension, nr,
 };
 use sluice_guest::check::{CheckResult, ensure, expect_eq};
 use sluice_guest::client::vfio::{Container, Device, Group, raw};
@@ -217,6 +223,16 @@ impl Hostile {
     }
 }
 
+/// A GROUP_VM_INFO structure as a guest passes it in.
+fn vm_info_bytes(argsz: u32, flags: u32) -> [u8; GroupVmInfo::SIZE] {
+    GroupVmInfo {
+        argsz,
+        flags,
+        ..GroupVmInfo::default()
+    }
+    .to_bytes()
+}
+
 /// `argsz`, `flags` as the first 8 bytes of a structure.
 fn header8(argsz: u32, flags: u32) -> [u8; 8] {
     let mut b = [0u8; 8];
@@ -320,9 +336,21 @@ fn every_call_fails(h: &Hostile, handle: u64, want: Errno, what: &str) -> CheckR
                 [handle, name.as_ptr() as u64, name.len() as u64, 0, 0, 0],
             ),
         ),
+        ("GROUP_BIND_VM", raw_call(nr::GROUP_BIND_VM, a2(handle, 0))),
+        (
+            "GROUP_UNBIND_VM",
+            raw_call(nr::GROUP_UNBIND_VM, a2(handle, 0)),
+        ),
     ] {
         expect_eq(&format!("{call}({what})"), r, E(want))?;
     }
+    h.fails_with(
+        &format!("GROUP_VM_INFO({what})"),
+        nr::GROUP_VM_INFO,
+        &vm_info_bytes(GroupVmInfo::SIZE as u32, 0),
+        |g| a2(handle, g),
+        want,
+    )?;
     let status = GroupStatus {
         argsz: GroupStatus::SIZE as u32,
         flags: 0,
@@ -591,6 +619,14 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
             Err(Errno::EPERM),
         )?;
         expect_eq("status after", g.status(), Ok(s))?;
+        // Not viable, so never in a container: BIND_VM checks the container (EINVAL)
+        // before viability (EPERM), and EINVAL is what a non-viable group gets.
+        expect_eq(
+            "GROUP_BIND_VM(LPC group)",
+            raw_call(nr::GROUP_BIND_VM, a2(g.handle(), 0)),
+            E(Errno::EINVAL),
+        )?;
+        expect_eq("status after BIND_VM", g.status(), Ok(s))?;
         expect_eq(
             "SET_IOMMU of the still empty container",
             ct.set_iommu(extension::TYPE1V2_IOMMU),
@@ -662,6 +698,23 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
             Err(Errno::EINVAL),
         )?;
         expect_eq(
+            "GROUP_BIND_VM (no container)",
+            group.bind_vm(),
+            Err(Errno::EINVAL),
+        )?;
+        expect_eq(
+            "GROUP_UNBIND_VM (not bound)",
+            group.unbind_vm(),
+            Err(Errno::EINVAL),
+        )?;
+        h.fails_with(
+            "GROUP_VM_INFO (not bound)",
+            nr::GROUP_VM_INFO,
+            &vm_info_bytes(GroupVmInfo::SIZE as u32, 0),
+            |a| a2(group.handle(), a),
+            Errno::EINVAL,
+        )?;
+        expect_eq(
             "GROUP_GET_DEVICE (no container)",
             group.device(own_name).map(|d| d.handle()),
             Err(Errno::EINVAL),
@@ -708,6 +761,16 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
 
     c.check("before-set-iommu", || {
         model_not_set(h, &container, &good)?;
+        expect_eq(
+            "GROUP_BIND_VM (no model)",
+            group.bind_vm(),
+            Err(Errno::EINVAL),
+        )?;
+        expect_eq(
+            "GROUP_UNBIND_VM (no model, not bound)",
+            group.unbind_vm(),
+            Err(Errno::EINVAL),
+        )?;
         expect_eq(
             "GROUP_GET_DEVICE (no model)",
             group.device(own_name).map(|d| d.handle()),
@@ -1233,6 +1296,22 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
                 "GROUP_GET_DEVICE(device)",
                 raw_call(nr::GROUP_GET_DEVICE, [d, name.as_ptr() as u64, 12, 0, 0, 0]),
             ),
+            (
+                "GROUP_BIND_VM(container)",
+                raw_call(nr::GROUP_BIND_VM, a2(ctr, 0)),
+            ),
+            (
+                "GROUP_BIND_VM(device)",
+                raw_call(nr::GROUP_BIND_VM, a2(d, 0)),
+            ),
+            (
+                "GROUP_UNBIND_VM(container)",
+                raw_call(nr::GROUP_UNBIND_VM, a2(ctr, 0)),
+            ),
+            (
+                "GROUP_UNBIND_VM(device)",
+                raw_call(nr::GROUP_UNBIND_VM, a2(d, 0)),
+            ),
         ] {
             let want = if what == "GROUP_SET_CONTAINER(group, device)" {
                 Errno::EINVAL
@@ -1389,6 +1468,92 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
             Ok(info.dma_avail),
         )?;
         expect_eq("UNMAP_DMA(ALL) again", container.unmap_all(), Ok(0))
+    });
+
+    // ---- Binding the group to the VM: once, and it pins the container ----
+    c.check("bind-vm", || {
+        let g = group.handle();
+        for x in [container.handle(), device.handle()] {
+            h.fails_with(
+                &format!("GROUP_VM_INFO({x:#x}, not a group)"),
+                nr::GROUP_VM_INFO,
+                &vm_info_bytes(GroupVmInfo::SIZE as u32, 0),
+                |a| a2(x, a),
+                Errno::ENOTTY,
+            )?;
+        }
+        expect_eq("GROUP_BIND_VM", group.bind_vm(), Ok(()))?;
+        expect_eq("GROUP_BIND_VM again", group.bind_vm(), Err(Errno::EBUSY))?;
+        expect_eq(
+            "GROUP_UNSET_CONTAINER while bound",
+            group.unset_container(),
+            Err(Errno::EBUSY),
+        )?;
+        let info = group.vm_info().map_err(|e| format!("GROUP_VM_INFO: {e}"))?;
+        println!(
+            "GROUP_VM_INFO: group {} unit {} {}",
+            info.group_id,
+            info.unit,
+            if info.flags & GROUP_VM_INFO_COHERENT != 0 {
+                "coherent"
+            } else {
+                "not coherent"
+            }
+        );
+        expect_eq("GROUP_VM_INFO group id", info.group_id, own_edu.group_id)?;
+        ensure(info.flags & !GROUP_VM_INFO_COHERENT == 0, || {
+            format!("GROUP_VM_INFO flags {:#x}: unknown bits", info.flags)
+        })?;
+        for argsz in [0, 8, GroupVmInfo::SIZE as u32 - 1] {
+            h.fails_with(
+                &format!("GROUP_VM_INFO argsz {argsz}"),
+                nr::GROUP_VM_INFO,
+                &vm_info_bytes(argsz, 0),
+                |a| a2(g, a),
+                Errno::EINVAL,
+            )?;
+        }
+        h.fails_with(
+            "GROUP_VM_INFO flags 1",
+            nr::GROUP_VM_INFO,
+            &vm_info_bytes(GroupVmInfo::SIZE as u32, 1),
+            |a| a2(g, a),
+            Errno::EINVAL,
+        )?;
+        h.fails_with(
+            "GROUP_VM_INFO argsz above MAX_ARGSZ",
+            nr::GROUP_VM_INFO,
+            &vm_info_bytes(MAX_ARGSZ + 1, 0),
+            |a| a2(g, a),
+            Errno::E2BIG,
+        )?;
+        expect_eq(
+            "GROUP_VM_INFO outside RAM",
+            raw_call(nr::GROUP_VM_INFO, a2(g, FAR)),
+            E(Errno::EFAULT),
+        )?;
+        h.straddling_ram_end(
+            "GROUP_VM_INFO",
+            nr::GROUP_VM_INFO,
+            header8(GroupVmInfo::SIZE as u32, 0),
+            |a| a2(g, a),
+        )?;
+        expect_eq("GROUP_UNBIND_VM", group.unbind_vm(), Ok(()))?;
+        expect_eq(
+            "GROUP_UNBIND_VM again",
+            group.unbind_vm(),
+            Err(Errno::EINVAL),
+        )?;
+        expect_eq(
+            "GROUP_VM_INFO after unbind",
+            group.vm_info().map(|i| i.group_id),
+            Err(Errno::EINVAL),
+        )?;
+        expect_eq(
+            "status after",
+            group.status(),
+            Ok(GROUP_FLAGS_VIABLE | GROUP_FLAGS_CONTAINER_SET),
+        )
     });
 
     // ---- Teardown, abused too ----

@@ -1114,6 +1114,14 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
             .collect()
     }
 
+    /// The IVHD's Coherent flag (bit 5 of its flags byte: the unit's memory accesses
+    /// snoop the CPU caches), as firmware states it; QEMU's IVHD leaves it clear. (Linux
+    /// answers `IOMMU_CAP_CACHE_COHERENCY` with true on every AMD IOMMU, as it always
+    /// sets Control.Coherent; this reports what the firmware says of the unit instead.)
+    fn dma_coherent(&self, unit: UnitId) -> Option<bool> {
+        self.unit(unit).map(|u| u.coherent)
+    }
+
     /// Reads, for each DeviceID of `device` (own first, then its aliases, then the IVRS
     /// aliases of those: the ids attach writes), its device table entry from
     /// `device.unit`'s table, then the page-table entries the unit reads for `iova`, down

@@ -283,6 +283,12 @@ fn without_invalidate_all_every_entry_and_domain_is_invalidated() {
 #[test]
 fn coherent_units_are_not_flushed_and_others_are() {
     let (rig, mut driver) = qemu72();
+    assert_eq!(
+        driver.dma_coherent(U0),
+        Some(false),
+        "QEMU's IVHD lacks Coherent"
+    );
+    assert_eq!(driver.dma_coherent(UnitId(1)), None);
     rig.clear_log();
     let domain = driver.create_domain().unwrap();
     driver.attach(domain, &edu()).unwrap();
@@ -305,6 +311,8 @@ fn coherent_units_are_not_flushed_and_others_are() {
     let (rig, fakes) = make_rig(&coherent, &pci, &[QEMU_EFR]);
     let mut driver = start(&rig, fakes, DriverConfig::default()).unwrap();
     assert!(driver.format().coherent);
+    assert_eq!(driver.dma_coherent(U0), Some(true));
+    assert_eq!(driver.dma_coherent(UnitId(1)), None);
     rig.clear_log();
     let domain = driver.create_domain().unwrap();
     driver.attach(domain, &edu()).unwrap();

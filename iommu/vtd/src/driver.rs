@@ -876,6 +876,11 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
         records
     }
 
+    /// ECAP.C (page-walk coherency) of the unit, as read at bring-up.
+    fn dma_coherent(&self, unit: UnitId) -> Option<bool> {
+        self.units.iter().find(|u| u.id == unit).map(|u| u.ecap.c)
+    }
+
     /// Reads, for each requester id of `device` (own first, then aliases), its root and
     /// context entries from `device.unit`'s tables, then the second-level entries the
     /// unit reads for `iova`, down to the leaf or the level where the walk stops; one

@@ -297,6 +297,22 @@ fn format_page_sizes_and_ranges() {
 }
 
 #[test]
+fn dma_coherent_is_ecap_c() {
+    // QEMU's unit: ECAP.C clear.
+    let (_rig, driver) = qemu();
+    assert_eq!(driver.dma_coherent(U0), Some(false));
+    assert_eq!(driver.dma_coherent(UnitId(1)), None);
+    // Per unit: one coherent, one not.
+    let (_rig, driver) = setup(&[(QEMU_CAP, coherent(QEMU_ECAP)), (QEMU_CAP, QEMU_ECAP)]);
+    assert_eq!(driver.dma_coherent(U0), Some(true));
+    assert_eq!(driver.dma_coherent(UnitId(1)), Some(false));
+    assert_eq!(driver.dma_coherent(UnitId(2)), None);
+    // Snoop control (ECAP.SC, bit 7) alone does not make a unit coherent.
+    let (_rig, driver) = setup(&[(QEMU_CAP, QEMU_ECAP | 1 << 7)]);
+    assert_eq!(driver.dma_coherent(U0), Some(false));
+}
+
+#[test]
 fn builds_from_the_qemu_dmar() {
     let table = DeviceTable::new(Vec::new());
     let topology =

@@ -495,6 +495,12 @@ impl Vfio {
         if model.pinned.saturating_add(map.size) > ram_size {
             return Err(Errno::ENOMEM);
         }
+        if let Some(free) = self.heap_free {
+            if free() < super::state::HEAP_RESERVE {
+                log::warn!(target: "vfio", "hypervisor heap down to its reserve: MAP_DMA refused");
+                return Err(Errno::ENOMEM);
+            }
+        }
         let mapping = Mapping {
             iova: map.iova,
             size: map.size,
@@ -505,7 +511,7 @@ impl Vfio {
         map_everywhere(&mut *self.iommu, model, &mapping).map_err(iommu_errno)?;
         model.mappings.insert(mapping.iova, mapping);
         model.pinned = model.pinned.saturating_add(mapping.size);
-        log::info!(target: "vfio", "guest {}: container {} mapped iova {:#x}+{:#x} -> gpa {:#x} ({access:?}) in {} domains; {} mappings", guest.0, id.0, map.iova, map.size, map.vaddr, model.domains.len(), model.mappings.len());
+        log::debug!(target: "vfio", "guest {}: container {} mapped iova {:#x}+{:#x} -> gpa {:#x} ({access:?}) in {} domains; {} mappings", guest.0, id.0, map.iova, map.size, map.vaddr, model.domains.len(), model.mappings.len());
         Ok(0)
     }
 
@@ -580,7 +586,7 @@ impl Vfio {
                 }
             }
         }
-        log::info!(target: "vfio", "guest {}: container {} unmapped {} mappings ({bytes_unmapped:#x} bytes); {} left", guest.0, id.0, victims.len(), model.mappings.len());
+        log::debug!(target: "vfio", "guest {}: container {} unmapped {} mappings ({bytes_unmapped:#x} bytes); {} left", guest.0, id.0, victims.len(), model.mappings.len());
         if let Some(e) = first_error {
             return Err(iommu_errno(e));
         }

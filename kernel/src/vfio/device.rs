@@ -6,6 +6,9 @@
 //! guest today. Region read/write (I/O BARs, config space, ROM) and interrupts are later
 //! work: those regions report their size with no access flags.
 
+/// The most regions one open device may have mapped at once (`ENOSPC` beyond).
+pub const MAX_REGION_MAPPINGS: usize = 16;
+
 use alloc::vec::Vec;
 
 use sluice_abi::Errno;
@@ -257,6 +260,15 @@ impl Vfio {
         if taken {
             return Err(Errno::EEXIST);
         }
+        // Bounded: each region mapping costs heap and nested-table pages.
+        if self
+            .devices
+            .get(&d)
+            .is_some_and(|dev| dev.regions.len() >= MAX_REGION_MAPPINGS)
+        {
+            return Err(Errno::ENOSPC);
+        }
+        self.check_heap()?;
         // Cannot overflow: mappable() checked address + size, and offset < size.
         let hpa = bar.address + map.offset;
         let address = function.address;
@@ -268,7 +280,7 @@ impl Vfio {
                 hpa,
             });
         }
-        log::info!(target: "vfio", "guest {}: device {address} BAR{} {:#x}+{:#x} mapped at gpa {:#x}", guest.0, map.index, map.offset, map.size, map.gpa);
+        log::debug!(target: "vfio", "guest {}: device {address} BAR{} {:#x}+{:#x} mapped at gpa {:#x}", guest.0, map.index, map.offset, map.size, map.gpa);
         Ok(0)
     }
 }

@@ -1,7 +1,7 @@
 //! Groups: the unit of ownership. A guest opens a group the command line gives it,
 //! puts it in a container, and opens devices through it.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use sluice_abi::Errno;
@@ -110,6 +110,8 @@ impl Vfio {
             handle_open: true,
             container: None,
             open: BTreeMap::new(),
+            external: BTreeSet::new(),
+            vm_binding: None,
         });
         log::info!(target: "vfio", "guest {}: group {} opened ({} functions{})", guest.0, group.desc.id, group.desc.devices.len(), if group.viable { "" } else { ", not viable" });
         Ok(handle)
@@ -185,7 +187,7 @@ impl Vfio {
     }
 
     /// `GROUP_UNSET_CONTAINER`: `EINVAL` when not in one, `EBUSY` while a device of
-    /// the group is open.
+    /// the group is open or an external user (the VM binding) holds it.
     pub(super) fn group_unset_container(
         &mut self,
         guest: GuestId,
@@ -200,7 +202,7 @@ impl Vfio {
         if owner.container.is_none() {
             return Err(Errno::EINVAL);
         }
-        if !owner.open.is_empty() {
+        if !owner.open.is_empty() || !owner.external.is_empty() {
             return Err(Errno::EBUSY);
         }
         self.leave_container(index);

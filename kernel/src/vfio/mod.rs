@@ -13,7 +13,9 @@
 //!   *grouped* (groups, no IOMMU model) or *active* (type1v2 set: one IOMMU domain per
 //!   unit its groups span, and the DMA mappings, replayed into every domain);
 //! - a **device** is open through its group, which it holds (the group cannot leave its
-//!   container, or be closed, while a device is open).
+//!   container, or be closed, while a device is open);
+//! - an **external user** ([`ExternalUser`]: the VM binding of `GROUP_BIND_VM`, or an
+//!   in-hypervisor component) holds an open group in its active container the same way.
 //!
 //! Every guest has a handle table; a handle carries a generation, so a closed or forged
 //! handle is `EBADF`, never another object, and handles never cross guests.
@@ -28,6 +30,7 @@
 //!   [`Vfio::check_invariants`];
 //! - `handles`: the per-guest handle tables (generations, `EBADF`);
 //! - `container`, `group`, `device`: the calls on each kind of object;
+//! - `external`: external users ([`Vfio::external_user_get`] and the VM binding calls);
 //! - `args`: reading and writing argument structures in guest memory;
 //! - `errors`: what an [`sluice_iommu::IommuError`] becomes for the guest
 //!   ([`iommu_errno`]).
@@ -36,6 +39,7 @@ mod args;
 mod container;
 mod device;
 mod errors;
+mod external;
 mod group;
 mod handles;
 mod state;
@@ -51,9 +55,11 @@ use sluice_pci::{Bar, PciAddress};
 pub use sluice_abi::vfio::VfioCall;
 
 pub use self::container::Mapping;
+pub use self::device::MAX_REGION_MAPPINGS;
 pub use self::errors::iommu_errno;
+pub use self::external::{ExternalUser, external_user_iommu_id};
 pub use self::handles::{ContainerId, DeviceId, GroupIndex, MAX_HANDLES};
-pub use self::state::Vfio;
+pub use self::state::{HEAP_RESERVE, Vfio};
 
 /// Which guest makes a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -7,10 +7,12 @@
 //!   `Container::refs == handle_open + groups.len()`. At zero it is destroyed. Its IOMMU
 //!   model lives while a group is in it: the last group out releases the model (domains
 //!   destroyed, mappings forgotten).
-//! - A **group** is owned by a guest while referenced by its handle (while open) and by
-//!   each open device of it: `Owner::refs == handle_open + open.len()`. At zero it is
-//!   released: taken out of its container (its devices detached, so their DMA is
-//!   blocked), and free for its next owner.
+//! - A **group** is owned by a guest while referenced by its handle (while open), by
+//!   each open device of it and by each external user (the VM binding, in-hypervisor
+//!   users: see `external`): `Owner::refs == handle_open + open.len() +
+//!   external.len()`. At zero it is released: taken out of its container (its devices
+//!   detached, so their DMA is blocked), and free for its next owner. While it has an
+//!   external user it cannot leave its container (`EBUSY`).
 //! - A **device** is referenced by its handle only; closing it turns bus mastering off,
 //!   removes its region mappings and drops its group reference.
 //!
@@ -30,6 +32,7 @@ use sluice_iommu::{DeviceDma, Iommu, UnitId};
 use sluice_pci::{ConfigSpace, reg};
 
 use super::container::{Mapping, Model, leave};
+use super::external::ExternalUser;
 use super::handles::{ContainerId, DeviceId, Generations, GroupIndex, HandleTable, Object};
 use super::{GroupDesc, GuestId, GuestRam};
 
@@ -46,7 +49,15 @@ pub struct Vfio {
     pub(super) generations: Generations,
     pub(super) next_container: u64,
     pub(super) next_device: u64,
+    /// Serial number of the next external user (never reused).
+    pub(super) next_external: u64,
+    /// How many bytes the hypervisor's heap has free, when the platform can tell
+    /// ([`Vfio::set_heap_guard`]).
+    pub(super) heap_free: Option<fn() -> usize>,
 }
+
+/// Heap bytes kept free from guest-driven growth (see [`Vfio::set_heap_guard`]).
+pub const HEAP_RESERVE: usize = 6 << 20;
 
 /// A group and, while a guest owns it, its state.
 pub(super) struct Group {
@@ -73,12 +84,16 @@ impl Group {
 /// An owned (open) group.
 pub(super) struct Owner {
     pub guest: GuestId,
-    /// `handle_open as u32 + open.len()`; the group is released at 0.
+    /// `handle_open as u32 + open.len() + external.len()`; the group is released at 0.
     pub refs: u32,
     pub handle_open: bool,
     pub container: Option<ContainerId>,
     /// Open devices by index into the group's `devices`.
     pub open: BTreeMap<usize, DeviceId>,
+    /// Serial numbers of the live external users (each one reference).
+    pub external: BTreeSet<u64>,
+    /// The VM binding (`GROUP_BIND_VM`): one of `external`, its token kept here.
+    pub vm_binding: Option<ExternalUser>,
 }
 
 pub(super) struct Container {
@@ -153,11 +168,33 @@ impl Vfio {
             generations: Generations::default(),
             next_container: 1,
             next_device: 1,
+            next_external: 1,
+            heap_free: None,
         }
     }
 
     /// Register `guest` and the groups its command line gives it (`groups=`). Ids that
     /// name no group are ignored with a warning. Calling it again adds grants.
+    /// Tell the VFIO layer how to read the hypervisor heap's free bytes. Calls that make
+    /// the heap grow (MAP_DMA, DEVICE_MAP_REGION) then fail with `ENOMEM` while fewer
+    /// than [`HEAP_RESERVE`] bytes are free, so no guest can exhaust the heap (an
+    /// allocation failure would stop the hypervisor); the reserve also covers the
+    /// transient peak of an unmap of every mapping.
+    pub fn set_heap_guard(&mut self, free_bytes: fn() -> usize) {
+        self.heap_free = Some(free_bytes);
+    }
+
+    /// `ENOMEM` when the heap is down to its reserve.
+    pub(super) fn check_heap(&self) -> Result<(), Errno> {
+        match self.heap_free {
+            Some(free) if free() < HEAP_RESERVE => {
+                log::warn!(target: "vfio", "hypervisor heap down to its {} KiB reserve: refusing to grow it", HEAP_RESERVE >> 10);
+                Err(Errno::ENOMEM)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn add_guest(&mut self, guest: GuestId, groups: &[u32]) {
         let mut grants = BTreeSet::new();
         for &id in groups {
@@ -225,6 +262,9 @@ impl Vfio {
             VfioCall::ContainerDebug { container, iova } => {
                 self.container_debug(guest, container, iova)
             }
+            VfioCall::GroupBindVm { group } => self.group_bind_vm(guest, group),
+            VfioCall::GroupUnbindVm { group } => self.group_unbind_vm(guest, group),
+            VfioCall::GroupVmInfo { group, info } => self.group_vm_info(guest, mem, group, info),
         };
         if let Err(e) = result {
             log::debug!(target: "vfio", "guest {}: {call:?} -> {e:?}", guest.0);
@@ -232,11 +272,16 @@ impl Vfio {
         result
     }
 
-    /// The guest ended or was killed: close every handle it holds, as `CLOSE` would
-    /// (devices: bus mastering off; groups: detached, DMA blocked; containers:
-    /// destroyed with their domains and mappings), and forget its grants. Its memory is
-    /// gone, so region mappings are forgotten rather than unmapped.
+    /// The guest ended or was killed: drop its VM bindings and revoke any other
+    /// external user of its groups (see `external`), then close every handle it holds,
+    /// as `CLOSE` would (devices: bus mastering off; groups: detached, DMA blocked;
+    /// containers: destroyed with their domains and mappings), and forget its grants. Its
+    /// memory is gone, so region mappings are forgotten rather than unmapped.
     pub fn release_guest(&mut self, guest: GuestId) {
+        if !self.guests.contains_key(&guest) {
+            return;
+        }
+        self.release_external_users(guest);
         let Some(state) = self.guests.get(&guest) else {
             return;
         };
@@ -448,12 +493,36 @@ impl Vfio {
                     owner.handle_open
                 ));
             }
-            let expected = u32::from(owner.handle_open) + owner.open.len() as u32;
+            let expected = u32::from(owner.handle_open)
+                + owner.open.len() as u32
+                + owner.external.len() as u32;
             if owner.refs != expected || owner.refs == 0 {
                 return Err(format!(
                     "{g:?}: refs {} but {expected} references",
                     owner.refs
                 ));
+            }
+            if !self.guests.contains_key(&owner.guest) {
+                return Err(format!("{g:?} owned by unknown guest {}", owner.guest.0));
+            }
+            if let Some(binding) = &owner.vm_binding {
+                if binding.guest() != owner.guest
+                    || binding.group() != g
+                    || !owner.external.contains(&binding.serial())
+                {
+                    return Err(format!("{g:?}: VM binding {binding:?} disagrees"));
+                }
+            }
+            if !owner.external.is_empty() {
+                let active = owner
+                    .container
+                    .and_then(|c| self.containers.get(&c))
+                    .is_some_and(|c| c.model.is_some());
+                if !active || !group.viable {
+                    return Err(format!(
+                        "{g:?}: external users without an active container, or not viable"
+                    ));
+                }
             }
             if let Some(c) = owner.container {
                 let listed = self

@@ -309,8 +309,11 @@ impl<F: NestedFormat> GuestMemory<F> {
     }
 
     /// Remove a mapping made by [`Self::map_mmio`]. The caller must flush the guest's
-    /// TLB before it runs again ([`super::VirtualCpu::flush_tlb`]); emptied tables stay
-    /// retired until the guest's memory is freed (MMIO unmaps are rare).
+    /// TLB before it runs again ([`super::VirtualCpu::flush_tlb`]). Tables the unmap
+    /// emptied are freed at once: the guest is not running (one CPU, and it is the caller
+    /// who holds it), and its cached walks are flushed before it runs again; no other
+    /// address space ever pointed at them. Without this, map/unmap loops would leak
+    /// host frames.
     pub fn unmap_mmio(&mut self, gpa: u64, size: u64) {
         let overlaps_ram = gpa < self.ram_end() && gpa.saturating_add(size) > self.ram_base;
         if overlaps_ram {
@@ -318,6 +321,7 @@ impl<F: NestedFormat> GuestMemory<F> {
         }
         if let Some(npt) = self.npt.as_mut() {
             let _ = npt.unmap(self.backing.as_dma(), gpa, size);
+            npt.reclaim(self.backing.as_dma());
         }
     }
 
@@ -687,8 +691,19 @@ mod tests {
         );
         let t = mem.nested_translate(0xc000_1000).expect("mapped");
         assert_eq!(t.paddr, 0xfe00_1000);
+        let tables = mem.nested_tables().table_pages();
         mem.unmap_mmio(0xc000_0000, 0x10_0000);
         assert!(mem.nested_translate(0xc000_1000).is_none());
+        // The emptied tables are freed, not kept: map/unmap loops leak nothing.
+        assert!(mem.nested_tables().table_pages() < tables);
+        assert_eq!(mem.nested_tables().retired_tables(), 0);
+        let after_unmap = mem.nested_tables().table_pages();
+        for _ in 0..100 {
+            mem.map_mmio(0x80_0000_0000, 0xfe00_0000, 4096).unwrap();
+            mem.unmap_mmio(0x80_0000_0000, 4096);
+        }
+        assert_eq!(mem.nested_tables().table_pages(), after_unmap);
+        assert_eq!(mem.nested_tables().retired_tables(), 0);
         // RAM stays mapped whatever unmap_mmio is asked.
         mem.unmap_mmio(0, 16 * MIB);
         assert!(mem.nested_translate(0x20_0000).is_some());

@@ -480,3 +480,41 @@ fn region_mappings_overlap_per_guest_across_devices() {
     assert_eq!(rig.vfio.region_mapping_count(A), 2);
     assert_eq!(rig.vfio.region_mapping_count(B), 1);
 }
+
+#[test]
+fn region_mappings_are_bounded_per_device() {
+    let mut rig = Rig::new();
+    let (_, _, d) = open_edu(&mut rig);
+    let gpa = 0x2_0000_0000;
+    for i in 0..crate::vfio::MAX_REGION_MAPPINGS as u64 {
+        assert_eq!(
+            map_region(&mut rig, d, 0, 0, 0x1000, gpa + i * 0x1000),
+            Ok(0)
+        );
+    }
+    let next = gpa + 0x10_0000;
+    assert_eq!(
+        map_region(&mut rig, d, 0, 0, 0x1000, next),
+        Err(Errno::ENOSPC)
+    );
+    assert_eq!(
+        rig.vfio.region_mapping_count(A),
+        crate::vfio::MAX_REGION_MAPPINGS
+    );
+}
+
+#[test]
+fn a_heap_at_its_reserve_refuses_to_grow() {
+    let mut rig = Rig::new();
+    let (c, _, d) = open_edu(&mut rig);
+    rig.vfio.set_heap_guard(|| 0);
+    assert_eq!(
+        map_region(&mut rig, d, 0, 0, 0x1000, 0x2_0000_0000),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(rig.map(A, c, 0, 0x10_0000, 0x1000), Err(Errno::ENOMEM));
+    assert_eq!(rig.vfio.mapping_count(), 0);
+    rig.vfio.set_heap_guard(|| usize::MAX);
+    assert_eq!(map_region(&mut rig, d, 0, 0, 0x1000, 0x2_0000_0000), Ok(0));
+    assert_eq!(rig.map(A, c, 0, 0x10_0000, 0x1000), Ok(0));
+}

@@ -279,6 +279,15 @@ impl Iommu for FakeIommu {
         Vec::new()
     }
 
+    /// Unit 0 coherent, unit 1 not, no other unit.
+    fn dma_coherent(&self, unit: UnitId) -> Option<bool> {
+        match unit.0 {
+            0 => Some(true),
+            1 => Some(false),
+            _ => None,
+        }
+    }
+
     fn explain(&self, domain: DomainHandle, device: &DeviceDma, iova: u64) -> Vec<String> {
         vec![
             alloc::format!("context of {} -> domain {}", device.device, domain.0),

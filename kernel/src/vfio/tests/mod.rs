@@ -4,6 +4,7 @@
 
 mod containers;
 mod devices;
+mod external;
 mod fakes;
 mod groups;
 mod lifecycle;
@@ -17,7 +18,8 @@ use core::cell::RefCell;
 
 use sluice_abi::Errno;
 use sluice_abi::vfio::{
-    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, DmaMap, DmaUnmap, GroupStatus, VfioCall, extension,
+    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, DmaMap, DmaUnmap, GroupStatus, GroupVmInfo, VfioCall,
+    extension,
 };
 use sluice_iommu::{DeviceDma, UnitId};
 use sluice_pci::fake::{FakeConfigSpace, FakeFunction};
@@ -345,6 +347,27 @@ impl Rig {
         let mut out = [0u8; GroupStatus::SIZE];
         out.copy_from_slice(self.ram(guest).get(ARGS, GroupStatus::SIZE));
         Ok(GroupStatus::from_bytes(&out).flags)
+    }
+
+    pub fn bind(&mut self, guest: GuestId, group: u64) -> Result<u64, Errno> {
+        self.call(guest, VfioCall::GroupBindVm { group })
+    }
+
+    pub fn unbind(&mut self, guest: GuestId, group: u64) -> Result<u64, Errno> {
+        self.call(guest, VfioCall::GroupUnbindVm { group })
+    }
+
+    /// GROUP_VM_INFO, the structure as written back.
+    pub fn vm_info(&mut self, guest: GuestId, group: u64) -> Result<GroupVmInfo, Errno> {
+        let info = GroupVmInfo {
+            argsz: GroupVmInfo::SIZE as u32,
+            ..GroupVmInfo::default()
+        };
+        self.ram(guest).put(ARGS, &info.to_bytes());
+        self.call(guest, VfioCall::GroupVmInfo { group, info: ARGS })?;
+        let mut out = [0u8; GroupVmInfo::SIZE];
+        out.copy_from_slice(self.ram(guest).get(ARGS, GroupVmInfo::SIZE));
+        Ok(GroupVmInfo::from_bytes(&out))
     }
 
     pub fn command(&self, address: PciAddress) -> u16 {

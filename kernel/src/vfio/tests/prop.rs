@@ -79,6 +79,10 @@ enum Op {
         all: bool,
     },
     MapRegion(Sel, u64),
+    /// GROUP_BIND_VM, GROUP_UNBIND_VM, GROUP_VM_INFO.
+    Bind(Sel),
+    Unbind(Sel),
+    VmInfo(Sel),
     /// The guest ends and is started again with the same grants.
     Restart,
 }
@@ -117,6 +121,9 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (sel(Kind::Container), 0..18u64, 1..6u64, prop_oneof![5 => Just(false), 1 => Just(true)])
             .prop_map(|(c, iova_page, pages, all)| Op::Unmap { c, iova_page, pages, all }),
         4 => (sel(Kind::Device), 0..4u64).prop_map(|(d, slot)| Op::MapRegion(d, slot)),
+        3 => sel(Kind::Group).prop_map(Op::Bind),
+        2 => sel(Kind::Group).prop_map(Op::Unbind),
+        1 => sel(Kind::Group).prop_map(Op::VmInfo),
         1 => Just(Op::Restart),
     ]
 }
@@ -149,7 +156,10 @@ struct MGroup {
 
 #[derive(Clone, Debug)]
 struct MOwner {
+    guest: GuestId,
     handle_open: bool,
+    /// Bound to the VM (GROUP_BIND_VM).
+    bound: bool,
     container: Option<u32>,
     open: BTreeSet<PciAddress>,
 }
@@ -314,8 +324,30 @@ impl Model {
                 if owner.container.is_none() {
                     return Err(Errno::EINVAL);
                 }
-                if !owner.open.is_empty() {
+                if !owner.open.is_empty() || owner.bound {
                     return Err(Errno::EBUSY);
+                }
+                Outcome::Ok
+            }
+            Op::Bind(g) => {
+                let g = self.group(guest, h(g))?;
+                let group = &self.groups[&g];
+                let owner = group.owner.as_ref().unwrap();
+                if !owner.container.is_some_and(|c| self.containers[&c].active) {
+                    return Err(Errno::EINVAL);
+                }
+                if !group.viable {
+                    return Err(Errno::EPERM);
+                }
+                if owner.bound {
+                    return Err(Errno::EBUSY);
+                }
+                Outcome::Ok
+            }
+            Op::Unbind(g) | Op::VmInfo(g) => {
+                let g = self.group(guest, h(g))?;
+                if !self.groups[&g].owner.as_ref().unwrap().bound {
+                    return Err(Errno::EINVAL);
                 }
                 Outcome::Ok
             }
@@ -476,7 +508,9 @@ impl Model {
             Op::Open(id) => {
                 let id = id as u32;
                 self.groups.get_mut(&id).unwrap().owner = Some(MOwner {
+                    guest,
                     handle_open: true,
+                    bound: false,
                     container: None,
                     open: BTreeSet::new(),
                 });
@@ -589,7 +623,30 @@ impl Model {
                     .regions
                     .push((gpa, REGION_SIZE, bar));
             }
+            Op::Bind(g) | Op::Unbind(g) => {
+                let MObj::Group(g) = self.lookup(guest, h(g)).unwrap() else {
+                    unreachable!()
+                };
+                let owner = self.groups.get_mut(&g).unwrap().owner.as_mut().unwrap();
+                // Unbinding needs the group's handle: the group stays open.
+                owner.bound = matches!(op, Op::Bind(_));
+            }
+            Op::VmInfo(_) => {}
             Op::Restart => {
+                // Bindings first: a bound group whose handle is closed goes here.
+                let owned: Vec<u32> = self
+                    .groups
+                    .iter()
+                    .filter(|(_, g)| g.owner.as_ref().is_some_and(|o| o.guest == guest))
+                    .map(|(&id, _)| id)
+                    .collect();
+                for g in owned {
+                    let owner = self.groups.get_mut(&g).unwrap().owner.as_mut().unwrap();
+                    owner.bound = false;
+                    if !owner.handle_open && owner.open.is_empty() {
+                        self.release(g);
+                    }
+                }
                 let handles = core::mem::take(self.handles.get_mut(&guest).unwrap());
                 for (_, object) in handles {
                     self.close(object);
@@ -611,7 +668,7 @@ impl Model {
             MObj::Group(g) => {
                 let owner = self.groups.get_mut(&g).unwrap().owner.as_mut().unwrap();
                 owner.handle_open = false;
-                if owner.open.is_empty() {
+                if owner.open.is_empty() && !owner.bound {
                     self.release(g);
                 }
             }
@@ -625,7 +682,7 @@ impl Model {
                     .as_mut()
                     .unwrap();
                 owner.open.remove(&device.address);
-                if owner.open.is_empty() && !owner.handle_open {
+                if owner.open.is_empty() && !owner.handle_open && !owner.bound {
                     self.release(device.group);
                 }
             }
@@ -828,6 +885,9 @@ fn real_call(rig: &mut Rig, guest: GuestId, op: &Op, h: &dyn Fn(Sel) -> u64) -> 
                 },
             )
         }
+        Op::Bind(g) => rig.call(guest, VfioCall::GroupBindVm { group: h(g) }),
+        Op::Unbind(g) => rig.call(guest, VfioCall::GroupUnbindVm { group: h(g) }),
+        Op::VmInfo(g) => rig.vm_info(guest, h(g)).map(|_| 0),
         Op::Restart => {
             rig.release(guest);
             *rig.ram(guest) = FakeRam::new(RAM_SIZE, host_base(guest));
@@ -844,7 +904,8 @@ fn sels(op: &Op) -> Vec<(Sel, Prefer)> {
         Op::Set(g, c) => vec![(g, Prefer::FreeGroup), (c, Prefer::Any)],
         Op::SetIommu(c, _) => vec![(c, Prefer::ReadyContainer)],
         Op::Map { c, .. } | Op::Unmap { c, .. } => vec![(c, Prefer::ActiveContainer)],
-        Op::GetDevice(g, _) => vec![(g, Prefer::ActiveGroup)],
+        Op::GetDevice(g, _) | Op::Bind(g) => vec![(g, Prefer::ActiveGroup)],
+        Op::Unbind(g) | Op::VmInfo(g) => vec![(g, Prefer::BoundGroup)],
         Op::Unset(x) | Op::Close(x) | Op::MapRegion(x, _) => vec![(x, Prefer::Any)],
         Op::Create | Op::Open(_) | Op::Restart => vec![],
     }
@@ -861,6 +922,8 @@ enum Prefer {
     ActiveContainer,
     /// A group in an active container.
     ActiveGroup,
+    /// A group bound to the VM.
+    BoundGroup,
 }
 
 impl Model {
@@ -881,6 +944,9 @@ impl Model {
                 .as_ref()
                 .and_then(|o| o.container.as_ref())
                 .is_some_and(active),
+            (Prefer::BoundGroup, MObj::Group(g)) => {
+                self.groups[&g].owner.as_ref().is_some_and(|o| o.bound)
+            }
             _ => false,
         }
     }
@@ -916,14 +982,20 @@ fn resolve_name(model: &Model, guest: GuestId, op: &Op, h: &dyn Fn(Sel) -> u64) 
 }
 
 /// What a guest can observe: its functions' mappings in the IOMMU, its region
-/// mappings, and what each handle it was ever given answers to two read-only calls
-/// (GROUP_GET_STATUS and CONTAINER_DEBUG).
+/// mappings, and what each handle it was ever given answers to three read-only calls
+/// (GROUP_GET_STATUS, CONTAINER_DEBUG and GROUP_VM_INFO).
 #[derive(Debug, PartialEq)]
 struct View {
     attached: AttachedView,
     regions: BTreeMap<u64, (u64, u64)>,
-    probes: Vec<(Result<u32, Errno>, Result<u64, Errno>)>,
+    probes: Vec<Probe>,
 }
+
+type Probe = (
+    Result<u32, Errno>,
+    Result<u64, Errno>,
+    Result<sluice_abi::vfio::GroupVmInfo, Errno>,
+);
 
 fn view(rig: &mut Rig, guest: GuestId, received: &[u64]) -> View {
     let owned: BTreeSet<PciAddress> = super::groups()
@@ -948,7 +1020,8 @@ fn view(rig: &mut Rig, guest: GuestId, received: &[u64]) -> View {
                     iova: 0,
                 },
             );
-            (status, debug)
+            let vm_info = rig.vm_info(guest, h);
+            (status, debug, vm_info)
         })
         .collect();
     View {
