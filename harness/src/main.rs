@@ -62,6 +62,10 @@ TOPOLOGIES
                            target/guests/run.img (-initrd) and started with kernel words
                            guest=NAME:SIZE[:groups=...]; a guest that must be stopped
                            needs --append expect=NAME:terminated
+  --no-demo                boot the bare machine (flat topology, no guest) instead of the
+                           default passthrough demo (topology vfio + guest vfio-edu owning
+                           edu 00:03.0's group); any --guest, --topology, --kernel or
+                           --iommu none also replaces the demo
   --print                  print the QEMU command line and exit
   --qemu PATH              QEMU binary (default $QEMU, else qemu-system-x86_64)
   -- ARGS...               extra QEMU arguments, appended last
@@ -146,6 +150,34 @@ struct Options {
     timeout_set: bool,
     /// `--guest NAME[:SIZE]` (run).
     guests: Vec<GuestSpec>,
+    /// `--no-demo` (run): boot the bare machine instead of the passthrough demo.
+    no_demo: bool,
+    topology_set: bool,
+}
+
+/// The guest `./qemu-run.sh` runs by default: the passthrough demo.
+pub const DEMO_GUEST: &str = "vfio-edu:16M:groups=00:03.0";
+
+/// `./qemu-run.sh` with no `--guest` shows the passthrough demo: the `vfio` topology
+/// (edu e1 at 00:03.0, e2 at 00:04.0) and the demo guest owning e1's group, on the IOMMU
+/// chosen (intel-iommu by default; amd-iommu with `pt=off` unless `--amd-pt` says
+/// otherwise). `--no-demo`, `--guest`, `--topology`, `--iommu none` or `--kernel` boot
+/// what they say instead.
+fn apply_demo(o: &mut Options) -> Result<(), String> {
+    let wants_demo = o.mode == Mode::Run
+        && !o.no_demo
+        && o.guests.is_empty()
+        && !o.topology_set
+        && o.kernel.is_none()
+        && o.machine.iommu != Some(Iommu::None);
+    if wants_demo {
+        o.machine.topology = Topology::Vfio;
+        if o.machine.iommu == Some(Iommu::AmdVi) && o.machine.amd_pt.is_none() {
+            o.machine.amd_pt = Some(false);
+        }
+        o.guests.push(GuestSpec::parse(DEMO_GUEST)?);
+    }
+    Ok(())
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -167,6 +199,8 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         check: false,
         timeout_set: false,
         guests: Vec::new(),
+        no_demo: false,
+        topology_set: false,
     };
     let mut it = args.iter();
     let mut first = true;
@@ -215,6 +249,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--topology" => {
                 o.machine.topology = Topology::parse(&value("--topology")?)?;
                 o.machine_set = true;
+                o.topology_set = true;
             }
             "--qemu" => o.qemu = Some(PathBuf::from(value("--qemu")?)),
             "--gdb" => o.gdb = true,
@@ -232,6 +267,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 .extend(value("--append")?.split_whitespace().map(String::from)),
             "--kernel" => o.kernel = Some(PathBuf::from(value("--kernel")?)),
             "--guest" => o.guests.push(GuestSpec::parse(&value("--guest")?)?),
+            "--no-demo" => o.no_demo = true,
             "--print" | "--dry-run" => o.print_only = true,
             "--filter" => o.filter = Some(value("--filter")?),
             "--timeout" => {
@@ -296,7 +332,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         Mode::Run | Mode::Test | Mode::List | Mode::Help | Mode::Bench if o.check => {
             Err("--check applies to capture".into())
         }
-        _ => Ok(o),
+        Mode::Test | Mode::List | Mode::Help | Mode::Bench | Mode::Capture if o.no_demo => {
+            Err("--no-demo applies to run".into())
+        }
+        _ => {
+            apply_demo(&mut o)?;
+            Ok(o)
+        }
     }
 }
 
@@ -880,6 +922,37 @@ mod tests {
     }
 
     #[test]
+    fn the_passthrough_demo_is_the_default() {
+        let demo = GuestSpec::parse(DEMO_GUEST).unwrap();
+        for args in ["", "run", "run --log debug", "--iommu vtd --aw-bits 48"] {
+            let o = parse(args).unwrap();
+            assert_eq!(o.guests, [demo.clone()], "{args:?}");
+            assert_eq!(o.machine.topology, Topology::Vfio, "{args:?}");
+            assert_eq!(run_cmdline(&o).last().unwrap(), "guest=vfio-edu:16M:groups=00:03.0");
+        }
+        let o = parse("--iommu amdvi").unwrap();
+        assert_eq!((o.machine.topology, o.machine.amd_pt), (Topology::Vfio, Some(false)));
+        let o = parse("--iommu amdvi --amd-pt on").unwrap();
+        assert_eq!(o.machine.amd_pt, Some(true), "the user's choice stands");
+        for args in [
+            "--no-demo",
+            "--topology bridges",
+            "--iommu none",
+            "--kernel /tmp/k",
+            "--guest hello",
+        ] {
+            let o = parse(args).unwrap();
+            assert!(
+                o.guests.iter().all(|g| g.name != "vfio-edu"),
+                "{args:?} replaces the demo"
+            );
+            assert_ne!(o.machine.topology, Topology::Vfio, "{args:?}");
+        }
+        assert!(parse("test --no-demo").unwrap_err().contains("--no-demo applies to run"));
+        assert!(parse("test").unwrap().guests.is_empty(), "scenarios define their guests");
+    }
+
+    #[test]
     fn guest_options() {
         let o = parse("--guest hello --guest sse:32M --log debug --append expect=x:terminated")
             .unwrap();
@@ -909,7 +982,7 @@ mod tests {
             ]
         );
         assert_eq!(kernel_cmdline(&o), ["log=debug", "expect=x:terminated"]);
-        assert!(parse("run").unwrap().guests.is_empty());
+        assert!(parse("run --no-demo").unwrap().guests.is_empty());
         for (args, needle) in [
             ("--guest", "needs a value"),
             ("--guest a:3M", "multiple of 2M"),
