@@ -220,8 +220,26 @@ struct sluice_guest_start_info {
 /* (RDI = g, RSI = gpa of sluice_vfio_group_vm_info) -> 0: group id, unit, VM_INFO_COHERENT.
  * -EINVAL: not bound, argsz, flags. */
 #define SLUICE_NR_VFIO_GROUP_VM_INFO UINT64_C(0x114)
+/* (RDI = d, RSI = gpa of sluice_vfio_irq_info) -> 0: flags and count of interrupt index.
+ * -EINVAL: index >= NUM_IRQS, argsz, flags. */
+#define SLUICE_NR_VFIO_DEVICE_GET_IRQ_INFO UINT64_C(0x115)
+/* (RDI = d, RSI = gpa of sluice_vfio_irq_set + data) -> 0: bind virtual vectors
+ * (DATA_EVENTFD: i32 each, 32..255, -1 unbinds), fire a loopback, mask/unmask, or disable
+ * (DATA_NONE | ACTION_TRIGGER, count 0). MSI only. -EINVAL: flags, index, range, short
+ * data, vector, another index active. -EPERM: group not bound to the VM. -ENOSPC: no
+ * host vectors. */
+#define SLUICE_NR_VFIO_DEVICE_SET_IRQS UINT64_C(0x116)
+/* (RDI = d) -> 0: the function was reset (FLR, else PM reset, else secondary bus reset)
+ * and its config header restored. -EINVAL: no reset method (DEVICE_FLAGS_RESET clear). */
+#define SLUICE_NR_VFIO_DEVICE_RESET UINT64_C(0x117)
+/* (RDI = d, RSI = gpa of sluice_vfio_region_access) -> 0: size bytes at offset of region
+ * index read into data. -EINVAL: flags, region not readable, size, misaligned, out of range. */
+#define SLUICE_NR_VFIO_DEVICE_REGION_READ UINT64_C(0x118)
+/* (RDI = d, RSI = gpa of sluice_vfio_region_access) -> 0: the low size bytes of data
+ * written at offset of region index (config space mediated). Errors as REGION_READ. */
+#define SLUICE_NR_VFIO_DEVICE_REGION_WRITE UINT64_C(0x119)
 /* One past the last VFIO number of this version; one past the last reserved for VFIO. */
-#define SLUICE_NR_VFIO_END UINT64_C(0x115)
+#define SLUICE_NR_VFIO_END UINT64_C(0x11a)
 #define SLUICE_NR_VFIO_RESERVED_END UINT64_C(0x200)
 
 /* ---- Extensions (CHECK_EXTENSION) and IOMMU models (CONTAINER_SET_IOMMU) ---- */
@@ -241,6 +259,9 @@ struct sluice_guest_start_info {
 #define SLUICE_VFIO_MIN_SIZE_REGION_INFO 32
 #define SLUICE_VFIO_MIN_SIZE_REGION_MAP 40
 #define SLUICE_VFIO_MIN_SIZE_GROUP_VM_INFO 16
+#define SLUICE_VFIO_MIN_SIZE_REGION_ACCESS 32
+#define SLUICE_VFIO_MIN_SIZE_IRQ_INFO 16
+#define SLUICE_VFIO_MIN_SIZE_IRQ_SET 24
 
 /* ---- IOMMU_GET_INFO ---- */
 
@@ -428,6 +449,58 @@ struct sluice_vfio_region_map {
     uint64_t gpa;    /* page aligned, outside the caller's RAM */
 };
 
+/* DEVICE_REGION_READ / DEVICE_REGION_WRITE: one access inside region index (Linux: pread /
+ * pwrite of the device file at (index << 40) + offset). */
+struct sluice_vfio_region_access {
+    uint32_t argsz;
+    uint32_t flags;  /* 0 */
+    uint32_t index;  /* BAR0..BAR5 (memory BARs), CONFIG */
+    uint32_t size;   /* 1, 2, 4 or 8 (8: BARs only); offset a multiple of it */
+    uint64_t offset; /* inside the region */
+    uint64_t data;   /* write: the value; read: written back, zero-extended */
+};
+
+/* DEVICE_GET_IRQ_INFO (Linux struct vfio_irq_info). */
+struct sluice_vfio_irq_info {
+    uint32_t argsz;
+    uint32_t flags; /* in: 0; out: IRQ_INFO_EVENTFD | MASKABLE | AUTOMASKED | NORESIZE */
+    uint32_t index; /* in: PCI_INTX_IRQ_INDEX .. PCI_REQ_IRQ_INDEX */
+    uint32_t count; /* out */
+};
+
+#define SLUICE_VFIO_IRQ_INFO_EVENTFD (UINT32_C(1) << 0)
+#define SLUICE_VFIO_IRQ_INFO_MASKABLE (UINT32_C(1) << 1)
+#define SLUICE_VFIO_IRQ_INFO_AUTOMASKED (UINT32_C(1) << 2)
+#define SLUICE_VFIO_IRQ_INFO_NORESIZE (UINT32_C(1) << 3)
+
+#define SLUICE_VFIO_PCI_INTX_IRQ_INDEX 0
+#define SLUICE_VFIO_PCI_MSI_IRQ_INDEX 1
+#define SLUICE_VFIO_PCI_MSIX_IRQ_INDEX 2
+#define SLUICE_VFIO_PCI_ERR_IRQ_INDEX 3
+#define SLUICE_VFIO_PCI_REQ_IRQ_INDEX 4
+
+/* DEVICE_SET_IRQS (Linux struct vfio_irq_set with explicit padding); count data items
+ * follow at offset 24: none, uint8_t (DATA_BOOL) or int32_t virtual vectors (DATA_EVENTFD). */
+struct sluice_vfio_irq_set {
+    uint32_t argsz; /* 24 + the data */
+    uint32_t flags; /* one DATA_* and one ACTION_* bit */
+    uint32_t index;
+    uint32_t start;
+    uint32_t count;
+    uint32_t _pad;
+};
+
+#define SLUICE_VFIO_IRQ_SET_DATA_NONE (UINT32_C(1) << 0)
+#define SLUICE_VFIO_IRQ_SET_DATA_BOOL (UINT32_C(1) << 1)
+#define SLUICE_VFIO_IRQ_SET_DATA_EVENTFD (UINT32_C(1) << 2)
+#define SLUICE_VFIO_IRQ_SET_ACTION_MASK (UINT32_C(1) << 3)
+#define SLUICE_VFIO_IRQ_SET_ACTION_UNMASK (UINT32_C(1) << 4)
+#define SLUICE_VFIO_IRQ_SET_ACTION_TRIGGER (UINT32_C(1) << 5)
+#define SLUICE_VFIO_IRQ_SET_DATA_TYPE_MASK UINT32_C(0x7)
+#define SLUICE_VFIO_IRQ_SET_ACTION_TYPE_MASK UINT32_C(0x38)
+/* Virtual vectors: 32..255; -1 unbinds that subindex. */
+#define SLUICE_VFIO_IRQ_VECTOR_MIN 32
+
 /* ===================================================================================== */
 /* Layout checks (the same as the Rust crate's)                                          */
 /* ===================================================================================== */
@@ -480,6 +553,13 @@ SLUICE_CHECK_OFFSET(sluice_vfio_region_info, offset, 24);
 SLUICE_CHECK_SIZE(sluice_vfio_region_map, 40);
 SLUICE_CHECK_OFFSET(sluice_vfio_region_map, offset, 16);
 SLUICE_CHECK_OFFSET(sluice_vfio_region_map, gpa, 32);
+SLUICE_CHECK_SIZE(sluice_vfio_region_access, 32);
+SLUICE_CHECK_OFFSET(sluice_vfio_region_access, offset, 16);
+SLUICE_CHECK_OFFSET(sluice_vfio_region_access, data, 24);
+SLUICE_CHECK_SIZE(sluice_vfio_irq_info, 16);
+SLUICE_CHECK_OFFSET(sluice_vfio_irq_info, count, 12);
+SLUICE_CHECK_SIZE(sluice_vfio_irq_set, 24);
+SLUICE_CHECK_OFFSET(sluice_vfio_irq_set, count, 16);
 
 #undef SLUICE_CHECK_SIZE
 #undef SLUICE_CHECK_OFFSET

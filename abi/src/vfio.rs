@@ -82,19 +82,113 @@
 //! | [`nr::GROUP_UNSET_CONTAINER`]   | RDI = g              | 0; the group's devices are blocked again; the last group out releases the model, the domains and every mapping. `EINVAL`: not in a container. `EBUSY`: a device of the group is open, or the group is bound to the VM ([`nr::GROUP_BIND_VM`]) |
 //! | [`nr::CLOSE`]                   | RDI = handle         | 0 (any live handle). As with file descriptors, an object lives while referenced: a container while its handle is open or a group is in it; a group stays open (owned) while its handle or a device of it is open, or while it is bound to the VM ([`nr::GROUP_BIND_VM`]). When a group's last reference goes it is released: taken out of its container (devices blocked again), ready for the next owner |
 //! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`]. `ENODEV`: the name is not a function of the group that can be opened (not a bridge). `EINVAL`: the group has no container with a model set (checked after the name, as Linux does). `EBUSY`: already open |
-//! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`NUM_REGIONS`], [`NUM_IRQS`]) |
-//! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
+//! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`DEVICE_FLAGS_RESET`] when a reset method exists (see [`nr::DEVICE_RESET`]), [`NUM_REGIONS`], [`NUM_IRQS`]) |
+//! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`: memory BARs READ|WRITE (and MMAP when mappable), config READ|WRITE, I/O BARs, ROM and VGA size only. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
 //! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EEXIST`: overlaps a region mapped before. `ENOSPC`: the device already has 16 regions mapped. `EINVAL` also when the BAR's host address is not plain device memory (RAM, firmware tables, the APIC window, IOMMU registers or ECAM are never handed out). `ENOMEM`: no memory for nested tables |
 //! | [`nr::CONTAINER_DEBUG`]         | RDI = c, RSI = iova  | number of lines printed: the hypervisor logs each domain of the container, the context / device-table entry of each attached device and the page-table walk for `iova` (a teaching aid). `EINVAL`: no model set |
 //! | [`nr::GROUP_BIND_VM`]           | RDI = g              | 0: the group is bound to the caller's VM (the VM becomes the group's *external user*, below). `EINVAL`: the group is in no container, or its container has no IOMMU model set. `EPERM`: the group is not viable. `EBUSY`: already bound |
 //! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it). `EINVAL`: not bound |
 //! | [`nr::GROUP_VM_INFO`]           | RDI = g, RSI = gpa   | 0, fills [`GroupVmInfo`]: the group id (Linux `vfio_external_user_iommu_id`), the remapping unit translating its DMA, and [`GROUP_VM_INFO_COHERENT`]. `EINVAL`: not bound (checked first: the group's state), `argsz` below [`min_size::GROUP_VM_INFO`], flags ≠ 0 |
+//! | [`nr::DEVICE_RESET`]            | RDI = d              | 0: the function was reset (FLR, else PM reset, else secondary bus reset; see *Reset*) and its config header restored. `EINVAL`: no reset method (as Linux). `ENODEV`: the function did not answer after the reset |
+//! | [`nr::DEVICE_REGION_READ`]      | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: reads `size` bytes at `offset` of region `index` and writes them back in `data`. `EINVAL`: flags ≠ 0; `index` not a readable region (config, or a memory BAR); `size` not 1, 2, 4 (config) or 1, 2, 4, 8 (BARs); `offset` not a multiple of `size`; `offset + size` beyond the region |
+//! | [`nr::DEVICE_REGION_WRITE`]     | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: writes the low `size` bytes of `data` at `offset` of region `index` (config writes are mediated, see *Config space*). Errors as [`nr::DEVICE_REGION_READ`] |
+//! | [`nr::DEVICE_GET_IRQ_INFO`]    | RDI = d, RSI = gpa   | 0, fills [`IrqInfo`] for `index` (see *Interrupts*). `EINVAL`: index ≥ [`NUM_IRQS`], `argsz` below [`min_size::IRQ_INFO`], flags ≠ 0 |
+//! | [`nr::DEVICE_SET_IRQS`]         | RDI = d, RSI = gpa   | 0; [`IrqSet`] + data: binds, fires, masks or disables interrupts of `index` (see *Interrupts*). `EINVAL`: flags not exactly one `DATA_*` and one `ACTION_*` bit (or unknown bits); index ≥ [`NUM_IRQS`]; `start + count` beyond the index's count; `argsz` shorter than `24 + count × (1 for BOOL, 4 for EVENTFD)`; an index other than MSI (not offered yet); a virtual vector outside 32..=255 (or -1); enabling MSI while another index is active; a `start + count` beyond the vectors MSI was enabled with; MASK/UNMASK/loopback while MSI is off; `DATA_EVENTFD` with MASK/UNMASK. `EPERM`: binding vectors or a loopback while the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]). `ENOSPC`: no free host vectors |
 //!
 //! Devices: opening a device turns on its memory decoding and bus mastering; its DMA is
 //! still confined to the container's mappings by the IOMMU. Closing it turns bus
 //! mastering off and removes its region mappings from the guest. Numbers
-//! `VFIO_BASE + 0x15..VFIO_BASE + 0x100` are reserved for the rest of the device model
-//! (region read/write, interrupts, reset).
+//! [`nr::END`]`..VFIO_BASE + 0x100` are reserved for the rest of the device model.
+//!
+//! # Reset
+//!
+//! A function has a reset method when it has one of, tried in this order: Function
+//! Level Reset (PCIe Device Capabilities bit 28: Initiate FLR, wait 100 ms), a PM reset
+//! (a power-management capability whose PMCSR No_Soft_Reset bit is 0: D3hot, 10 ms, D0,
+//! 10 ms), or a secondary bus reset (the parent bridge's Bridge Control bit 6), offered
+//! only when every function on that bus is in the device's IOMMU group. The config
+//! header (command, BARs, expansion ROM, interrupt line, cache line / latency timer)
+//! and MSI / MSI-X control are saved before and restored after the reset, so the
+//! device decodes the same addresses again; its internal state is gone. The hypervisor
+//! also resets every function of a group that has a method when the group is released
+//! (after its DMA is blocked, before any next owner), and logs the method used.
+//!
+//! # Config space (region [`REGION_CONFIG`])
+//!
+//! Reads and writes through [`nr::DEVICE_REGION_READ`] / [`nr::DEVICE_REGION_WRITE`]
+//! are mediated, so the owner can never reprogram what the host relies on:
+//!
+//! - BARs and the expansion ROM BAR are virtual registers: writing all-ones then
+//!   reading gives the size mask (sizing works), any other write is kept virtually and
+//!   read back (with the BAR's read-only flag bits); nothing reaches the hardware, which
+//!   keeps decoding the addresses the host assigned (those [`nr::DEVICE_MAP_REGION`]
+//!   maps). The upper half of a 64-bit BAR and unimplemented BARs size as 0.
+//! - a bridge's bus numbers (0x18..0x1B) read the hardware; writes are dropped.
+//! - MSI address and data are virtual: writes are kept and read back, never reach the
+//!   hardware (the hypervisor owns them). MSI-X's address and data live in its table,
+//!   inside a BAR: not virtualised in this version (a mapped BAR exposes the table).
+//! - Device Control's Initiate FLR becomes the hypervisor's reset (as
+//!   [`nr::DEVICE_RESET`]); PMCSR's power state is kept (a D3hot round trip would reset
+//!   the function behind the host's back).
+//! - COMMAND: only memory space, bus master and INTx disable pass through; the I/O
+//!   space bit and the rest are dropped (reads show the hardware).
+//! - everything else reads and writes the hardware. Accesses of 1, 2 or 4 bytes,
+//!   naturally aligned, inside the 4096 bytes; anything else is `EINVAL`.
+//!
+//! BAR regions: memory BARs are readable and writable through the call (1, 2, 4, 8
+//! bytes, aligned, in bounds) whether or not they are mappable; I/O BARs are not
+//! offered yet (`EINVAL`).
+//!
+//! # Interrupts
+//!
+//! A device's MSI reaches the hypervisor and is injected into the owning guest as the
+//! vector the guest chose (Linux: VFIO signals an eventfd, KVM's irqfd injects it; here
+//! both are the hypervisor). Indexes ([`IRQ_INDEX_INTX`] ...) and flags are Linux's;
+//! where Linux passes an eventfd the guest passes a *virtual vector* (an `i32`, 32..=255;
+//! -1 unbinds that one).
+//!
+//! [`nr::DEVICE_GET_IRQ_INFO`] reports, per index: INTx count 1 when the interrupt pin
+//! is set, flags 0 (INTx is not offered: the hypervisor does not route the I/O APIC);
+//! MSI count = the vectors the MSI capability can request (0 without one), flags
+//! [`IRQ_INFO_EVENTFD`] | [`IRQ_INFO_MASKABLE`] | [`IRQ_INFO_NORESIZE`]; MSI-X count
+//! = its table size, flags 0 (not offered yet); ERR and REQ count 0.
+//!
+//! [`nr::DEVICE_SET_IRQS`] (Linux `VFIO_DEVICE_SET_IRQS`), on MSI:
+//!
+//! - `DATA_EVENTFD | ACTION_TRIGGER`: `count` × `i32` virtual vectors for subindexes
+//!   `start..start + count`. The first binding enables MSI with `start + count` vectors
+//!   (the device is programmed for the next power of two); later calls may only
+//!   (re)bind or unbind (-1) vectors inside that count. An unbound vector's interrupts
+//!   are dropped. Needs the VM binding (`EPERM`), as KVM needs kvm-vfio.
+//! - `DATA_NONE | ACTION_TRIGGER` with `count` 0: disable MSI (every vector unbound; no
+//!   VM binding needed). With `count` > 0, and `DATA_BOOL` (one `u8` per vector,
+//!   non-zero = fire): fire the bound vectors as if the device had sent them (a loopback
+//!   test).
+//! - `ACTION_MASK` / `ACTION_UNMASK` with `DATA_NONE` (the whole range) or `DATA_BOOL`
+//!   (the vectors whose byte is non-zero): masked vectors are held, not injected; an
+//!   interrupt that arrives while masked is pending and injected once on unmask (as the
+//!   MSI pending bit would). The capability's per-vector mask bits are set too when it
+//!   has them; otherwise the mask is the hypervisor's alone.
+//!
+//! Errors are checked in this order: the structure (flags, index, range, data length)
+//! and an index other than MSI (`EINVAL`); the VM binding (`EPERM`); the vectors'
+//! values and the MSI state (`EINVAL`); host vectors (`ENOSPC`). "Enabling one
+//! interrupt type while another is active" cannot happen yet (only MSI can be enabled).
+//!
+//! How it works: each enabled MSI gets an aligned block of host vectors (from
+//! 0x40..=0xEF); the device's MSI capability is programmed with the host's local APIC
+//! (address `0xFEE00000 | apic_id << 12`, fixed, edge) and the block's first vector as
+//! data, MSI enabled with the Multiple Message Enable for the block, INTx disabled
+//! (COMMAND bit 10) while MSI is on. The host interrupt handler records the vector; after
+//! each guest exit (and while every guest waits in HLT) the hypervisor maps it to
+//! (guest, virtual vector) and injects it (waking a guest halted in HLT). Interrupt
+//! remapping is not used, even where the IOMMU offers it: the device's MSI write is
+//! passed through in compatibility format (VT-d without IR enabled; AMD-Vi with the
+//! device-table entry's interrupt map off), so nothing stops a device from writing
+//! another interrupt message than the one programmed: a guest that controls the
+//! device's DMA engine could send any host vector. Closing the device, unbinding its
+//! group from the VM, or the guest's end disables MSI in the capability, frees the host
+//! vectors and drops the routes.
 //!
 //! # Binding a group to the VM (the external user)
 //!
@@ -160,8 +254,15 @@ pub mod nr {
     pub const GROUP_BIND_VM: u64 = VFIO_BASE + 0x12;
     pub const GROUP_UNBIND_VM: u64 = VFIO_BASE + 0x13;
     pub const GROUP_VM_INFO: u64 = VFIO_BASE + 0x14;
+    // Device interrupts.
+    pub const DEVICE_GET_IRQ_INFO: u64 = VFIO_BASE + 0x15;
+    pub const DEVICE_SET_IRQS: u64 = VFIO_BASE + 0x16;
+    // Device reset and region access (the device model).
+    pub const DEVICE_RESET: u64 = VFIO_BASE + 0x17;
+    pub const DEVICE_REGION_READ: u64 = VFIO_BASE + 0x18;
+    pub const DEVICE_REGION_WRITE: u64 = VFIO_BASE + 0x19;
     /// One past the last VFIO number defined in this version.
-    pub const END: u64 = VFIO_BASE + 0x15;
+    pub const END: u64 = VFIO_BASE + 0x1a;
     /// One past the last number reserved for VFIO.
     pub const RESERVED_END: u64 = VFIO_BASE + 0x100;
 }
@@ -389,7 +490,8 @@ pub const GROUP_LIST_BUSY: u32 = 1 << 2;
 pub const GROUP_LIST_VIABLE: u32 = 1 << 3;
 /// The function is a bridge or port (doesn't count for viability, is never a device).
 pub const DEVICE_LIST_BRIDGE: u32 = 1 << 0;
-/// The hypervisor uses the function itself (its group is not viable for anyone).
+/// The hypervisor uses the function itself, or firmware reserves host memory for it
+/// (RMRR / IVMD): its group is not viable for anyone.
 pub const DEVICE_LIST_HOST: u32 = 1 << 1;
 
 wire_struct! {
@@ -485,6 +587,98 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// [`nr::DEVICE_REGION_READ`] / [`nr::DEVICE_REGION_WRITE`]: one access of `size`
+    /// bytes at `offset` inside region `index` (Linux: `pread`/`pwrite` of the device
+    /// file at `(index << 40) + offset`). Minimum size 32 (the whole structure).
+    pub struct RegionAccess (32) {
+        argsz: u32 = 0,
+        /// 0.
+        flags: u32 = 4,
+        /// The region ([`REGION_BAR0`]..=[`REGION_BAR5`], [`REGION_CONFIG`]).
+        index: u32 = 8,
+        /// Bytes: 1, 2, 4 or 8 (8: BARs only); `offset` must be a multiple of it.
+        size: u32 = 12,
+        /// Offset inside the region.
+        offset: u64 = 16,
+        /// Write: the value (low `size` bytes). Read: written back with the value read,
+        /// zero-extended.
+        data: u64 = 24,
+    }
+}
+
+wire_struct! {
+    /// [`nr::DEVICE_GET_IRQ_INFO`] (Linux `struct vfio_irq_info`). Minimum size 16 (the
+    /// whole structure).
+    pub struct IrqInfo (16) {
+        argsz: u32 = 0,
+        /// In: 0. Out: [`IRQ_INFO_EVENTFD`], [`IRQ_INFO_MASKABLE`],
+        /// [`IRQ_INFO_AUTOMASKED`], [`IRQ_INFO_NORESIZE`].
+        flags: u32 = 4,
+        /// In: the index ([`IRQ_INDEX_INTX`] ..= [`IRQ_INDEX_REQ`]).
+        index: u32 = 8,
+        /// Out: how many interrupts the index has.
+        count: u32 = 12,
+    }
+}
+
+/// `IrqInfo::flags`: vectors can be bound ([`IRQ_SET_DATA_EVENTFD`]; Linux: eventfds).
+pub const IRQ_INFO_EVENTFD: u32 = 1 << 0;
+/// `IrqInfo::flags`: [`IRQ_SET_ACTION_MASK`] / [`IRQ_SET_ACTION_UNMASK`] work.
+pub const IRQ_INFO_MASKABLE: u32 = 1 << 1;
+/// `IrqInfo::flags`: the interrupt masks itself when it fires (level-triggered INTx).
+pub const IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
+/// `IrqInfo::flags`: the number of vectors is fixed once enabled.
+pub const IRQ_INFO_NORESIZE: u32 = 1 << 3;
+
+/// Interrupt indexes of a PCI device (Linux `VFIO_PCI_*_IRQ_INDEX`).
+pub const IRQ_INDEX_INTX: u32 = 0;
+pub const IRQ_INDEX_MSI: u32 = 1;
+pub const IRQ_INDEX_MSIX: u32 = 2;
+pub const IRQ_INDEX_ERR: u32 = 3;
+pub const IRQ_INDEX_REQ: u32 = 4;
+
+wire_struct! {
+    /// [`nr::DEVICE_SET_IRQS`] (Linux `struct vfio_irq_set`, with explicit padding):
+    /// this header, then `count` data items from offset 24: none
+    /// ([`IRQ_SET_DATA_NONE`]), `u8` ([`IRQ_SET_DATA_BOOL`]) or `i32` virtual vectors
+    /// ([`IRQ_SET_DATA_EVENTFD`]). Minimum size 24; `argsz` covers the data.
+    pub struct IrqSet (24) {
+        argsz: u32 = 0,
+        /// Exactly one `IRQ_SET_DATA_*` and one `IRQ_SET_ACTION_*` bit.
+        flags: u32 = 4,
+        index: u32 = 8,
+        /// First subindex.
+        start: u32 = 12,
+        /// Subindexes `start..start + count`.
+        count: u32 = 16,
+        _pad: u32 = 20,
+    }
+}
+
+/// `IrqSet::flags`: no data (the whole range).
+pub const IRQ_SET_DATA_NONE: u32 = 1 << 0;
+/// `IrqSet::flags`: one `u8` per subindex (non-zero: act on it).
+pub const IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+/// `IrqSet::flags`: one `i32` per subindex: the virtual vector (32..=255) to inject, or
+/// -1 to unbind (Linux: an eventfd).
+pub const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+/// `IrqSet::flags`: mask (hold) the interrupts.
+pub const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+/// `IrqSet::flags`: unmask them (a held one is injected).
+pub const IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+/// `IrqSet::flags`: bind (EVENTFD), fire as a loopback (NONE/BOOL), or with NONE and
+/// `count` 0 disable the index.
+pub const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+/// All `IRQ_SET_DATA_*` bits.
+pub const IRQ_SET_DATA_TYPE_MASK: u32 = 0x7;
+/// All `IRQ_SET_ACTION_*` bits.
+pub const IRQ_SET_ACTION_TYPE_MASK: u32 = 0x38;
+/// The lowest virtual vector a guest may bind (0..=31 are exceptions).
+pub const IRQ_VECTOR_MIN: i32 = 32;
+/// Unbind a subindex ([`IRQ_SET_DATA_EVENTFD`]).
+pub const IRQ_VECTOR_NONE: i32 = -1;
+
 /// A decoded VFIO hypercall. Structure arguments are guest-physical addresses, still to
 /// be validated against the caller's RAM; handles are still to be looked up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -562,6 +756,25 @@ pub enum VfioCall {
         group: u64,
         info: u64,
     },
+    DeviceGetIrqInfo {
+        device: u64,
+        info: u64,
+    },
+    DeviceSetIrqs {
+        device: u64,
+        set: u64,
+    },
+    DeviceReset {
+        device: u64,
+    },
+    DeviceRegionRead {
+        device: u64,
+        access: u64,
+    },
+    DeviceRegionWrite {
+        device: u64,
+        access: u64,
+    },
 }
 
 impl VfioCall {
@@ -589,6 +802,11 @@ impl VfioCall {
             Self::GroupBindVm { .. } => nr::GROUP_BIND_VM,
             Self::GroupUnbindVm { .. } => nr::GROUP_UNBIND_VM,
             Self::GroupVmInfo { .. } => nr::GROUP_VM_INFO,
+            Self::DeviceGetIrqInfo { .. } => nr::DEVICE_GET_IRQ_INFO,
+            Self::DeviceSetIrqs { .. } => nr::DEVICE_SET_IRQS,
+            Self::DeviceReset { .. } => nr::DEVICE_RESET,
+            Self::DeviceRegionRead { .. } => nr::DEVICE_REGION_READ,
+            Self::DeviceRegionWrite { .. } => nr::DEVICE_REGION_WRITE,
         }
     }
 
@@ -621,6 +839,11 @@ impl VfioCall {
             Self::ContainerDebug { container, iova } => [container, iova, 0],
             Self::GroupBindVm { group } | Self::GroupUnbindVm { group } => [group, 0, 0],
             Self::GroupVmInfo { group, info } => [group, info, 0],
+            Self::DeviceGetIrqInfo { device, info } => [device, info, 0],
+            Self::DeviceSetIrqs { device, set } => [device, set, 0],
+            Self::DeviceReset { device } => [device, 0, 0],
+            Self::DeviceRegionRead { device, access }
+            | Self::DeviceRegionWrite { device, access } => [device, access, 0],
         };
         (self.nr(), [a[0], a[1], a[2], 0, 0, 0])
     }
@@ -694,6 +917,23 @@ pub const fn decode(nr: u64, a: [u64; 6]) -> Result<VfioCall, Errno> {
             group: a[0],
             info: a[1],
         },
+        nr::DEVICE_GET_IRQ_INFO => VfioCall::DeviceGetIrqInfo {
+            device: a[0],
+            info: a[1],
+        },
+        nr::DEVICE_SET_IRQS => VfioCall::DeviceSetIrqs {
+            device: a[0],
+            set: a[1],
+        },
+        nr::DEVICE_RESET => VfioCall::DeviceReset { device: a[0] },
+        nr::DEVICE_REGION_READ => VfioCall::DeviceRegionRead {
+            device: a[0],
+            access: a[1],
+        },
+        nr::DEVICE_REGION_WRITE => VfioCall::DeviceRegionWrite {
+            device: a[0],
+            access: a[1],
+        },
         _ => return Err(Errno::ENOSYS),
     })
 }
@@ -721,6 +961,9 @@ pub mod min_size {
     pub const REGION_INFO: usize = 32;
     pub const REGION_MAP: usize = 40;
     pub const GROUP_VM_INFO: usize = 16;
+    pub const REGION_ACCESS: usize = 32;
+    pub const IRQ_INFO: usize = 16;
+    pub const IRQ_SET: usize = 24;
 }
 
 /// A PCI function's name as VFIO writes it: `SSSS:BB:DD.F`, lower-case hex.
@@ -810,7 +1053,7 @@ mod tests {
         assert_eq!(nr::GROUP_BIND_VM, nr::CONTAINER_DEBUG + 1);
         assert_eq!(nr::GROUP_UNBIND_VM, nr::CONTAINER_DEBUG + 2);
         assert_eq!(nr::GROUP_VM_INFO, nr::CONTAINER_DEBUG + 3);
-        assert_eq!(nr::END, nr::GROUP_VM_INFO + 1);
+        const { assert!(nr::END > nr::GROUP_VM_INFO) };
         const { assert!(nr::END < nr::RESERVED_END) };
         assert_eq!(
             decode(nr::GROUP_VM_INFO, [7, 0x5000, 0, 0, 0, 0]),
@@ -822,6 +1065,77 @@ mod tests {
         assert_eq!(
             decode(nr::GROUP_BIND_VM, [7, 0, 0, 0, 0, 0]),
             Ok(VfioCall::GroupBindVm { group: 7 })
+        );
+    }
+
+    #[test]
+    fn reset_and_region_access_numbers() {
+        assert_eq!(nr::DEVICE_RESET, crate::nr::VFIO_BASE + 0x17);
+        assert_eq!(nr::DEVICE_REGION_READ, crate::nr::VFIO_BASE + 0x18);
+        assert_eq!(nr::DEVICE_REGION_WRITE, crate::nr::VFIO_BASE + 0x19);
+        assert_eq!(nr::END, crate::nr::VFIO_BASE + 0x1a);
+        assert_eq!(RegionAccess::SIZE, 32);
+        assert_eq!(min_size::REGION_ACCESS, RegionAccess::SIZE);
+        assert_eq!(
+            decode(nr::DEVICE_RESET, [9, 0, 0, 0, 0, 0]),
+            Ok(VfioCall::DeviceReset { device: 9 })
+        );
+        assert_eq!(
+            decode(nr::DEVICE_REGION_WRITE, [9, 0x4000, 0, 0, 0, 0]),
+            Ok(VfioCall::DeviceRegionWrite {
+                device: 9,
+                access: 0x4000
+            })
+        );
+        let a = RegionAccess {
+            argsz: 32,
+            flags: 0,
+            index: 7,
+            size: 4,
+            offset: 0x10,
+            data: 0xffff_ffff,
+        };
+        let b = a.to_bytes();
+        assert_eq!(&b[8..12], &7u32.to_le_bytes());
+        assert_eq!(&b[16..24], &0x10u64.to_le_bytes());
+        assert_eq!(RegionAccess::from_bytes(&b), a);
+    }
+
+    #[test]
+    fn irq_numbers_and_layouts() {
+        assert_eq!(nr::DEVICE_GET_IRQ_INFO, crate::nr::VFIO_BASE + 0x15);
+        assert_eq!(nr::DEVICE_SET_IRQS, crate::nr::VFIO_BASE + 0x16);
+        assert_eq!(IrqInfo::SIZE, 16);
+        assert_eq!(IrqSet::SIZE, 24);
+        assert_eq!(min_size::IRQ_INFO, IrqInfo::SIZE);
+        assert_eq!(min_size::IRQ_SET, IrqSet::SIZE);
+        // Linux's bit values.
+        assert_eq!(
+            (IRQ_SET_DATA_NONE, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD),
+            (1, 2, 4)
+        );
+        assert_eq!(
+            (
+                IRQ_SET_ACTION_MASK,
+                IRQ_SET_ACTION_UNMASK,
+                IRQ_SET_ACTION_TRIGGER
+            ),
+            (8, 16, 32)
+        );
+        assert_eq!(IRQ_INDEX_REQ + 1, NUM_IRQS);
+        assert_eq!(
+            decode(nr::DEVICE_SET_IRQS, [3, 0x6000, 0, 0, 0, 0]),
+            Ok(VfioCall::DeviceSetIrqs {
+                device: 3,
+                set: 0x6000
+            })
+        );
+        assert_eq!(
+            decode(nr::DEVICE_GET_IRQ_INFO, [3, 0x6000, 0, 0, 0, 0]),
+            Ok(VfioCall::DeviceGetIrqInfo {
+                device: 3,
+                info: 0x6000
+            })
         );
     }
 

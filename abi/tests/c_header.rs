@@ -104,6 +104,13 @@ fn structs() -> Vec<Struct> {
         layout!("sluice_vfio_region_map" => vfio::RegionMap {
             argsz, flags, index, _pad, offset, size, gpa,
         }),
+        layout!("sluice_vfio_region_access" => vfio::RegionAccess {
+            argsz, flags, index, size, offset, data,
+        }),
+        layout!("sluice_vfio_irq_info" => vfio::IrqInfo { argsz, flags, index, count }),
+        layout!("sluice_vfio_irq_set" => vfio::IrqSet {
+            argsz, flags, index, start, count, _pad,
+        }),
     ]
 }
 
@@ -179,6 +186,11 @@ fn constants() -> Vec<(&'static str, u128)> {
         "SLUICE_NR_VFIO_GROUP_BIND_VM" = vfio::nr::GROUP_BIND_VM,
         "SLUICE_NR_VFIO_GROUP_UNBIND_VM" = vfio::nr::GROUP_UNBIND_VM,
         "SLUICE_NR_VFIO_GROUP_VM_INFO" = vfio::nr::GROUP_VM_INFO,
+        "SLUICE_NR_VFIO_DEVICE_GET_IRQ_INFO" = vfio::nr::DEVICE_GET_IRQ_INFO,
+        "SLUICE_NR_VFIO_DEVICE_SET_IRQS" = vfio::nr::DEVICE_SET_IRQS,
+        "SLUICE_NR_VFIO_DEVICE_RESET" = vfio::nr::DEVICE_RESET,
+        "SLUICE_NR_VFIO_DEVICE_REGION_READ" = vfio::nr::DEVICE_REGION_READ,
+        "SLUICE_NR_VFIO_DEVICE_REGION_WRITE" = vfio::nr::DEVICE_REGION_WRITE,
         "SLUICE_NR_VFIO_END" = vfio::nr::END,
         "SLUICE_NR_VFIO_RESERVED_END" = vfio::nr::RESERVED_END,
         // VFIO: extensions and models.
@@ -195,6 +207,9 @@ fn constants() -> Vec<(&'static str, u128)> {
         "SLUICE_VFIO_MIN_SIZE_REGION_INFO" = min_size::REGION_INFO,
         "SLUICE_VFIO_MIN_SIZE_REGION_MAP" = min_size::REGION_MAP,
         "SLUICE_VFIO_MIN_SIZE_GROUP_VM_INFO" = min_size::GROUP_VM_INFO,
+        "SLUICE_VFIO_MIN_SIZE_REGION_ACCESS" = min_size::REGION_ACCESS,
+        "SLUICE_VFIO_MIN_SIZE_IRQ_INFO" = min_size::IRQ_INFO,
+        "SLUICE_VFIO_MIN_SIZE_IRQ_SET" = min_size::IRQ_SET,
         // VFIO: flags, capability ids, indexes.
         "SLUICE_VFIO_IOMMU_INFO_PGSIZES" = vfio::IOMMU_INFO_PGSIZES,
         "SLUICE_VFIO_IOMMU_INFO_CAPS" = vfio::IOMMU_INFO_CAPS,
@@ -229,6 +244,25 @@ fn constants() -> Vec<(&'static str, u128)> {
         "SLUICE_VFIO_REGION_INFO_FLAG_READ" = vfio::REGION_INFO_FLAG_READ,
         "SLUICE_VFIO_REGION_INFO_FLAG_WRITE" = vfio::REGION_INFO_FLAG_WRITE,
         "SLUICE_VFIO_REGION_INFO_FLAG_MMAP" = vfio::REGION_INFO_FLAG_MMAP,
+        // VFIO: interrupts.
+        "SLUICE_VFIO_IRQ_INFO_EVENTFD" = vfio::IRQ_INFO_EVENTFD,
+        "SLUICE_VFIO_IRQ_INFO_MASKABLE" = vfio::IRQ_INFO_MASKABLE,
+        "SLUICE_VFIO_IRQ_INFO_AUTOMASKED" = vfio::IRQ_INFO_AUTOMASKED,
+        "SLUICE_VFIO_IRQ_INFO_NORESIZE" = vfio::IRQ_INFO_NORESIZE,
+        "SLUICE_VFIO_PCI_INTX_IRQ_INDEX" = vfio::IRQ_INDEX_INTX,
+        "SLUICE_VFIO_PCI_MSI_IRQ_INDEX" = vfio::IRQ_INDEX_MSI,
+        "SLUICE_VFIO_PCI_MSIX_IRQ_INDEX" = vfio::IRQ_INDEX_MSIX,
+        "SLUICE_VFIO_PCI_ERR_IRQ_INDEX" = vfio::IRQ_INDEX_ERR,
+        "SLUICE_VFIO_PCI_REQ_IRQ_INDEX" = vfio::IRQ_INDEX_REQ,
+        "SLUICE_VFIO_IRQ_SET_DATA_NONE" = vfio::IRQ_SET_DATA_NONE,
+        "SLUICE_VFIO_IRQ_SET_DATA_BOOL" = vfio::IRQ_SET_DATA_BOOL,
+        "SLUICE_VFIO_IRQ_SET_DATA_EVENTFD" = vfio::IRQ_SET_DATA_EVENTFD,
+        "SLUICE_VFIO_IRQ_SET_ACTION_MASK" = vfio::IRQ_SET_ACTION_MASK,
+        "SLUICE_VFIO_IRQ_SET_ACTION_UNMASK" = vfio::IRQ_SET_ACTION_UNMASK,
+        "SLUICE_VFIO_IRQ_SET_ACTION_TRIGGER" = vfio::IRQ_SET_ACTION_TRIGGER,
+        "SLUICE_VFIO_IRQ_SET_DATA_TYPE_MASK" = vfio::IRQ_SET_DATA_TYPE_MASK,
+        "SLUICE_VFIO_IRQ_SET_ACTION_TYPE_MASK" = vfio::IRQ_SET_ACTION_TYPE_MASK,
+        "SLUICE_VFIO_IRQ_VECTOR_MIN" = vfio::IRQ_VECTOR_MIN,
     ]
 }
 
@@ -571,5 +605,8 @@ fn test_covers_every_rust_structure_size() {
     assert_eq!(sizes["sluice_vfio_region_info"], vfio::RegionInfo::SIZE);
     assert_eq!(sizes["sluice_vfio_region_map"], vfio::RegionMap::SIZE);
     assert_eq!(sizes["sluice_vfio_group_vm_info"], vfio::GroupVmInfo::SIZE);
-    assert_eq!(sizes.len(), 15);
+    assert_eq!(sizes["sluice_vfio_region_access"], vfio::RegionAccess::SIZE);
+    assert_eq!(sizes["sluice_vfio_irq_info"], vfio::IrqInfo::SIZE);
+    assert_eq!(sizes["sluice_vfio_irq_set"], vfio::IrqSet::SIZE);
+    assert_eq!(sizes.len(), 18);
 }

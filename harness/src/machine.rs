@@ -54,10 +54,13 @@ pub enum Topology {
     /// because the VFIO scenarios name them on the kernel command line
     /// (`groups=00:03.0`); slots 3 and 4 are free with either IOMMU.
     Vfio,
+    /// `Vfio` plus an NVMe controller nv1 at 00:05.0 (QEMU's nvme advertises FLR in
+    /// Device Capabilities: the device reset scenarios).
+    VfioNvme,
 }
 
 impl Topology {
-    pub const ALL: [(&'static str, Topology, &'static str); 10] = [
+    pub const ALL: [(&'static str, Topology, &'static str); 11] = [
         (
             "flat",
             Topology::Flat,
@@ -107,6 +110,11 @@ impl Topology {
             "vfio",
             Topology::Vfio,
             "q35: edus e1 at 00:03.0 and e2 at 00:04.0 on the root bus (the vfio scenarios name them in groups=)",
+        ),
+        (
+            "vfio-nvme",
+            Topology::VfioNvme,
+            "as vfio, plus an NVMe controller nv1 (FLR capable) at 00:05.0 (the vfio-reset scenarios)",
         ),
     ];
 
@@ -202,6 +210,11 @@ impl Topology {
             Topology::Vfio => &[
                 "edu,id=e1,bus=pcie.0,addr=03.0",
                 "edu,id=e2,bus=pcie.0,addr=04.0",
+            ],
+            Topology::VfioNvme => &[
+                "edu,id=e1,bus=pcie.0,addr=03.0",
+                "edu,id=e2,bus=pcie.0,addr=04.0",
+                "nvme,serial=deadbeef,id=nv1,bus=pcie.0,addr=05.0",
             ],
         }
     }

@@ -926,12 +926,18 @@ mod tests {
         let demo = GuestSpec::parse(DEMO_GUEST).unwrap();
         for args in ["", "run", "run --log debug", "--iommu vtd --aw-bits 48"] {
             let o = parse(args).unwrap();
-            assert_eq!(o.guests, [demo.clone()], "{args:?}");
+            assert_eq!(o.guests, std::slice::from_ref(&demo), "{args:?}");
             assert_eq!(o.machine.topology, Topology::Vfio, "{args:?}");
-            assert_eq!(run_cmdline(&o).last().unwrap(), "guest=vfio-edu:16M:groups=00:03.0");
+            assert_eq!(
+                run_cmdline(&o).last().unwrap(),
+                "guest=vfio-edu:16M:groups=00:03.0"
+            );
         }
         let o = parse("--iommu amdvi").unwrap();
-        assert_eq!((o.machine.topology, o.machine.amd_pt), (Topology::Vfio, Some(false)));
+        assert_eq!(
+            (o.machine.topology, o.machine.amd_pt),
+            (Topology::Vfio, Some(false))
+        );
         let o = parse("--iommu amdvi --amd-pt on").unwrap();
         assert_eq!(o.machine.amd_pt, Some(true), "the user's choice stands");
         for args in [
@@ -948,8 +954,15 @@ mod tests {
             );
             assert_ne!(o.machine.topology, Topology::Vfio, "{args:?}");
         }
-        assert!(parse("test --no-demo").unwrap_err().contains("--no-demo applies to run"));
-        assert!(parse("test").unwrap().guests.is_empty(), "scenarios define their guests");
+        assert!(
+            parse("test --no-demo")
+                .unwrap_err()
+                .contains("--no-demo applies to run")
+        );
+        assert!(
+            parse("test").unwrap().guests.is_empty(),
+            "scenarios define their guests"
+        );
     }
 
     #[test]

@@ -275,6 +275,15 @@ pub const BAD_MEMORY_GPA: u64 = 0x4_0000_0000;
 // the LPC bridge behind COM1 is the hypervisor's) and e1's group too, which vfio-edu
 // (started first) holds open, so that opening it must fail with EBUSY, not EPERM.
 const VFIO_EDU: GuestRun = GuestRun::exits("vfio-edu", 0).with_groups("00:03.0");
+/// Device interrupts: vfio-irq binds e1's MSI to its vector 0x60, sees a loopback, the
+/// DMA-completion MSI (waiting in HLT) and a raised edu interrupt arrive as 0x60, and
+/// none once MSI is disabled (see its source).
+const VFIO_IRQ: GuestRun = GuestRun::exits("vfio-irq", 0).with_groups("00:03.0");
+/// The kernel's log of the MSI programming: the host vectors and the APIC address.
+const VFIO_IRQ_LOG: Check = Check::LogLine {
+    needle: "MSI enabled: 1 vectors on host vectors",
+    any: &["no interrupt remapping"],
+};
 const VFIO_HOSTILE: GuestRun =
     GuestRun::exits("vfio-hostile", 0).with_groups("00:04.0,00:1f.0,00:03.0");
 /// The DMAs the guests expect the IOMMU to block (edu writes, see their sources):
@@ -303,6 +312,12 @@ const VFIO_RELEASE_BLOCKED: &[vfio::BlockedDma] = &[("e1", 0x20_3000), ("e1", 0x
 /// Both edus must be blocked once every guest has ended (e1 released by its owners, e2
 /// by vfio-hostile or never attached): the IOMMU's own tables, read at hold.
 const VFIO_DEVICES: &[&str] = &["e1", "e2"];
+// Reset (topology `vfio-nvme`: nv1 at 00:05.0, FLR capable): vfio-reset owns the NVMe's
+// and e1's groups; it enables the controller, resets it (DEVICE_RESET: CSTS.RDY back to
+// 0, BAR0 still decoding), checks config mediation, and that e1 (no reset method) gives
+// EINVAL.
+const VFIO_RESET: GuestRun = GuestRun::exits("vfio-reset", 0).with_groups("00:05.0,00:03.0");
+const VFIO_NVME_DEVICES: &[&str] = &["e1", "e2", "nv1"];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -855,6 +870,37 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },
+    Scenario {
+        name: "vfio-reset-vtd",
+        about: "guest vfio-reset: the NVMe (FLR) has DEVICE_FLAGS_RESET, enabled (CSTS.RDY=1) then DEVICE_RESET (RDY=0, BAR0 still decodes); config writes to BAR0/COMMAND/MSI stay virtual; e1 (no method) gives EINVAL; e1/e2/nv1 blocked at the end (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::VfioNvme),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_RESET]),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-reset-amdvi",
+        about: "guest vfio-reset: NVMe FLR through DEVICE_RESET, config mediation, EINVAL for e1 without a reset method; e1/e2/nv1 blocked in the device table at the end (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::VfioNvme)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_RESET]),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+        ],
+    },
     // The kill path alone: nobody takes the group over, so the tables read at the end
     // show what killing the owner left behind.
     Scenario {
@@ -885,6 +931,43 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: KernelExit::BootCompleted,
         checks: &[
             Check::Guests(&[VFIO_KILLED]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    // Device interrupts (issue 8): e1's MSI goes to the host's local APIC on a host
+    // vector of the kernel's pool and is injected into vfio-irq as 0x60. Both units pass
+    // the compatibility-format MSI through (no interrupt remapping: VT-d with IR off;
+    // AMD-Vi with the DTE's IV = 0, which QEMU's amd-iommu treats as pass-through).
+    Scenario {
+        name: "vfio-irq-vtd",
+        about: "guest vfio-irq binds e1's MSI to vector 0x60 (after GROUP_BIND_VM; EPERM before): a loopback, the edu DMA-completion MSI while halted, and a raised edu interrupt arrive as 0x60, none after MSI is disabled; bytes match; e1/e2 blocked at the end (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::Vfio),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_IRQ]),
+            VFIO_IRQ_LOG,
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-irq-amdvi",
+        about: "guest vfio-irq binds e1's MSI to vector 0x60 (after GROUP_BIND_VM; EPERM before): a loopback, the edu DMA-completion MSI while halted, and a raised edu interrupt arrive as 0x60, none after MSI is disabled; bytes match; e1/e2 blocked at the end (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_IRQ]),
+            VFIO_IRQ_LOG,
             Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },

@@ -86,6 +86,16 @@ pub trait IommuTopology {
         let _ = device;
         false
     }
+
+    /// Host memory firmware says `device` must keep reaching at its own address, as
+    /// inclusive `(first, last)` byte ranges: VT-d RMRRs, AMD-Vi IVMD unity and exclusion
+    /// ranges. Such a device cannot be given to a guest safely — its domain would have to
+    /// identity-map host memory that every device in the same container could reach —
+    /// so, as Linux does, Sluice never makes its group viable.
+    fn reserved_regions(&self, table: &DeviceTable, device: PciAddress) -> Vec<(u64, u64)> {
+        let _ = (table, device);
+        Vec::new()
+    }
 }
 
 // ---------------------------------------------------------------------------------------

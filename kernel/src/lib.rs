@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod arch;
 pub mod cmdline;
+pub mod devhw;
 pub mod discovery;
 pub mod dmatest;
 pub mod edu;

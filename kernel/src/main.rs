@@ -208,7 +208,13 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                     }
                 }
                 if let Some(driver) = driver {
-                    vfio = Some(build_vfio(ecam, &table, &discovery, driver));
+                    vfio = Some(build_vfio(
+                        ecam,
+                        &table,
+                        &discovery,
+                        driver,
+                        start_info.memory_map(),
+                    ));
                 }
             } else if opts.dma_test {
                 error!(target: "dmatest", "dmatest needs an IOMMU; none found");
@@ -855,7 +861,13 @@ struct VfioSetup {
 /// Hand the IOMMU driver and config space to the VFIO layer, with every IOMMU group:
 /// its functions, their DMA routes and BARs, which are bridges, and which the hypervisor
 /// uses itself (the ISA/LPC bridge: COM1, our console, sits behind it).
-fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Driver) -> VfioSetup {
+fn build_vfio(
+    ecam: Ecam,
+    table: &DeviceTable,
+    discovery: &Discovery,
+    driver: Driver,
+    memory_map: &[sluice_boot::start_info::MemoryRegion],
+) -> VfioSetup {
     use sluice_kernel::vfio::{GroupDesc, GroupDevice, Vfio};
     use sluice_pci::DeviceKind;
     const CLASS_ISA_BRIDGE: u32 = 0x0601;
@@ -870,6 +882,13 @@ fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Dr
                 devices.clear();
                 break;
             };
+            // Used by the hypervisor (the LPC bridge: COM1), or bound by firmware to
+            // reserved memory (RMRR / IVMD): never given to a guest.
+            let reserved = discovery.topology.reserved_regions(table, address);
+            if !reserved.is_empty() {
+                warn!(target: "vfio", "{address}: firmware reserves memory for it ({reserved:x?}): its group is never viable");
+            }
+            let host_owned = d.class >> 8 == CLASS_ISA_BRIDGE || !reserved.is_empty();
             let bridge = d.header_type == 1
                 || matches!(
                     d.kind,
@@ -886,7 +905,7 @@ fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Dr
                 device_id: d.device_id,
                 class: d.class,
                 bridge,
-                host_owned: d.class >> 8 == CLASS_ISA_BRIDGE,
+                host_owned,
                 dma: sluice_iommu::DeviceDma {
                     device: address,
                     unit: route.unit,
@@ -894,6 +913,12 @@ fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Dr
                 },
                 bars: d.bars.clone(),
                 interrupt_pin: d.interrupt_pin,
+                // FLR, PM reset, or a bus reset when the whole bus is this group's.
+                reset: if bridge {
+                    None
+                } else {
+                    sluice_pci::reset_method(table, d, |a| group.devices.contains(&a))
+                },
             });
         }
         if devices.is_empty() {
@@ -932,6 +957,14 @@ fn build_vfio(ecam: Ecam, table: &DeviceTable, discovery: &Discovery, driver: Dr
     info!(target: "vfio", "VFIO ready: {} IOMMU groups can be given to guests (`guest=NAME:SIZE:groups=...`)", groups.len());
     let mut vfio = Vfio::new(iommu, Box::new(ecam), groups);
     vfio.set_heap_guard(|| HEAP.lock().free());
+    vfio.set_device_hw(Box::new(sluice_kernel::devhw::KernelDeviceHw {
+        memory_map: memory_map.to_vec(),
+        forbidden: forbidden_mmio.clone(),
+    }));
+    // Device MSIs go to this CPU's local APIC (xAPIC ids are 8 bits).
+    if let Some(lapic) = sluice_kernel::arch::lapic::get() {
+        vfio.set_interrupt_target(lapic.id() as u8);
+    }
     VfioSetup {
         vfio,
         group_of,
@@ -1086,8 +1119,19 @@ fn run_guests(
             info!(target: "vfio", "{} {status}: its VFIO handles are released", g.name);
         }
     };
-    let results = virt::scheduler::run_all(guests, &mut handler, &mut ended, quantum);
+    let interrupts = DeviceInterrupts {
+        vfio: &vfio,
+        ids: &ids,
+        mailbox: Default::default(),
+    };
+    let results = virt::scheduler::run_all(guests, &mut handler, &mut ended, &interrupts, quantum);
     info!(target: "sched", "{} timer ticks, {} spurious", sluice_kernel::arch::lapic::ticks() - ticks0, sluice_kernel::arch::lapic::spurious_count());
+    if let Some(setup) = vfio.borrow().as_deref() {
+        let (injected, dropped) = setup.vfio.interrupt_counts();
+        if injected + dropped > 0 {
+            info!(target: "vfio", "device interrupts: {} taken by the host, {injected} injected, {dropped} dropped", sluice_kernel::arch::lapic::device_interrupt_count());
+        }
+    }
     let (mut passed, mut failed) = (0, 0);
     for (name, status) in results {
         let expect_terminate = expect_terminated.contains(&name.as_str());
@@ -1110,6 +1154,39 @@ fn run_guests(
     }
     info!(target: "guest", "guests: {} ran, {passed} passed, {failed} failed", specs.len());
     return failed == 0;
+
+    /// Device interrupts for the scheduler: what the host took, routed by the VFIO layer
+    /// to (guest, virtual vector), kept per guest until that guest is looked at.
+    struct DeviceInterrupts<'a> {
+        vfio: &'a core::cell::RefCell<Option<&'a mut VfioSetup>>,
+        ids: &'a alloc::collections::BTreeMap<alloc::string::String, GuestId>,
+        mailbox: core::cell::RefCell<alloc::collections::BTreeMap<GuestId, Vec<u8>>>,
+    }
+
+    impl virt::scheduler::Interrupts<Backend> for DeviceInterrupts<'_> {
+        fn deliver(&self, guest: &mut Guest) {
+            let host = sluice_kernel::arch::lapic::take_device_interrupts();
+            let mut mailbox = self.mailbox.borrow_mut();
+            if let Some(setup) = self.vfio.borrow_mut().as_deref_mut() {
+                for (id, vector) in setup.vfio.take_interrupts(host) {
+                    mailbox.entry(id).or_default().push(vector);
+                }
+            }
+            let Some(id) = self.ids.get(&guest.name) else {
+                return;
+            };
+            for vector in mailbox.remove(id).unwrap_or_default() {
+                guest.queue_interrupt(vector);
+            }
+        }
+
+        fn armed(&self) -> bool {
+            self.vfio
+                .borrow()
+                .as_deref()
+                .is_some_and(|setup| setup.vfio.interrupts_armed())
+        }
+    }
 
     /// Load one guest from the archive and run it to its end.
     fn create_guest(archive: &Archive<'_>, spec: &guest_image::GuestSpec) -> Option<Guest> {

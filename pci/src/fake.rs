@@ -36,6 +36,18 @@ pub struct FakeConfigSpace {
     bar_writes_while_decoding: RefCell<Vec<(PciAddress, u16)>>,
     bar_writes: Cell<usize>,
     reads: Cell<u64>,
+    resets: RefCell<Vec<(PciAddress, FakeReset)>>,
+}
+
+/// A reset the fake carried out (see [`FakeConfigSpace::resets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FakeReset {
+    /// Device Control "Initiate FLR" written to a function that advertises FLR.
+    Flr,
+    /// PMCSR went from D3hot to D0 on a function without No_Soft_Reset.
+    PowerManagement,
+    /// The parent bridge's Secondary Bus Reset bit was released.
+    Bus,
 }
 
 impl FakeConfigSpace {
@@ -50,9 +62,28 @@ impl FakeConfigSpace {
         self
     }
 
-    /// Adds (or replaces) the function at `addr`.
-    pub fn insert(&mut self, addr: PciAddress, function: FakeFunction) {
+    /// Adds (or replaces) the function at `addr`. Its image now is its power-on state,
+    /// which a reset returns it to (with the header's writable registers cleared).
+    pub fn insert(&mut self, addr: PciAddress, mut function: FakeFunction) {
+        function.power_on = Some(function.image.clone());
         self.functions.get_mut().insert(addr, function);
+    }
+
+    /// Resets the fake carried out, in order.
+    ///
+    /// The fake models FLR (Device Control bit 15 of a function whose Device
+    /// Capabilities has bit 28), PM reset (D3hot → D0 without No_Soft_Reset) and
+    /// secondary bus reset (a bridge's Bridge Control bit 6 going from 1 to 0 resets
+    /// every function on its secondary bus). A reset function gets its power-on image
+    /// back with every writable bit of the header (0x04..0x40) cleared: no decoding,
+    /// BARs at 0, as hardware after a reset.
+    pub fn resets(&self) -> Vec<(PciAddress, FakeReset)> {
+        self.resets.borrow().clone()
+    }
+
+    /// A copy of the function's current image (for comparisons in tests).
+    pub fn image(&self, addr: PciAddress) -> Option<Vec<u8>> {
+        self.functions.borrow().get(&addr).map(|f| f.image.to_vec())
     }
 
     /// BAR writes `(function, offset)` that happened while the function had memory
@@ -100,7 +131,25 @@ impl ConfigSpace for FakeConfigSpace {
                     .push((addr, offset));
             }
         }
+        let before = function.read_u32(offset);
         function.hardware_write_u32(offset, value);
+        let reset = function.reset_triggered(offset, before, value);
+        match reset {
+            Some(FakeReset::Bus) => {
+                let secondary = function.image[usize::from(reg::BRIDGE_BUS_NUMBERS) + 1];
+                for (&other, f) in functions.iter_mut() {
+                    if other.segment == addr.segment && other.bus == secondary {
+                        f.power_on_reset();
+                        self.resets.borrow_mut().push((other, FakeReset::Bus));
+                    }
+                }
+            }
+            Some(kind) => {
+                function.power_on_reset();
+                self.resets.borrow_mut().push((addr, kind));
+            }
+            None => {}
+        }
     }
 }
 
@@ -116,6 +165,8 @@ pub struct FakeFunction {
     next_classic: u16,
     last_extended: Option<u16>,
     next_extended: u16,
+    /// Set when inserted into a [`FakeConfigSpace`].
+    power_on: Option<Box<[u8; SIZE]>>,
 }
 
 /// Vendor ids used by the convenience constructors (QEMU's devices).
@@ -218,6 +269,7 @@ impl FakeFunction {
             next_classic: u16::from(reg::FIRST_CAPABILITY_OFFSET),
             last_extended: None,
             next_extended: reg::EXTENDED_CAPABILITIES_OFFSET,
+            power_on: None,
         };
         function.put_u16(reg::VENDOR_ID, vendor_id);
         function.put_u16(reg::DEVICE_ID, device_id);
@@ -284,6 +336,57 @@ impl FakeFunction {
         }
     }
 
+    /// Offset of the first classic capability `id` in the image.
+    fn find_capability(&self, id: u8) -> Option<u16> {
+        let mut pointer = self.image[usize::from(reg::CAPABILITY_POINTER)] & 0xFC;
+        for _ in 0..48 {
+            if pointer < reg::FIRST_CAPABILITY_OFFSET {
+                return None;
+            }
+            if self.image[usize::from(pointer)] == id {
+                return Some(u16::from(pointer));
+            }
+            pointer = self.image[usize::from(pointer) + 1] & 0xFC;
+        }
+        None
+    }
+
+    /// Whether the write of `value` at `offset` (which held `before`) resets something.
+    fn reset_triggered(&self, offset: u16, before: u32, value: u32) -> Option<FakeReset> {
+        if let Some(pcie) = self.find_capability(cap_id::PCI_EXPRESS) {
+            let flr_capable = self.read_u32(pcie + 4) & (1 << 28) != 0;
+            if offset == pcie + 8 && flr_capable && value & (1 << 15) != 0 {
+                return Some(FakeReset::Flr);
+            }
+        }
+        if let Some(pm) = self.find_capability(cap_id::POWER_MANAGEMENT) {
+            let no_soft_reset = self.read_u32(pm + 4) & (1 << 3) != 0;
+            if offset == pm + 4 && before & 3 == 3 && value & 3 == 0 && !no_soft_reset {
+                return Some(FakeReset::PowerManagement);
+            }
+        }
+        let bridge = self.image[usize::from(reg::HEADER_TYPE)] & 0x7F == reg::HEADER_TYPE_BRIDGE;
+        let bus_reset = 1 << (16 + 6);
+        if bridge
+            && offset == reg::INTERRUPT_LINE
+            && before & bus_reset != 0
+            && value & bus_reset == 0
+        {
+            return Some(FakeReset::Bus);
+        }
+        None
+    }
+
+    /// Back to the power-on image, the header's writable bits cleared.
+    fn power_on_reset(&mut self) {
+        if let Some(power_on) = &self.power_on {
+            self.image.copy_from_slice(&power_on[..]);
+        }
+        for at in usize::from(reg::COMMAND)..0x40 {
+            self.image[at] &= !self.writable[at];
+        }
+    }
+
     fn bar_slots(&self) -> u16 {
         match self.image[usize::from(reg::HEADER_TYPE)] & 0x7F {
             reg::HEADER_TYPE_ENDPOINT => 6,
@@ -299,6 +402,13 @@ impl FakeFunction {
     fn is_decoding(&self) -> bool {
         let command = self.image[usize::from(reg::COMMAND)];
         u16::from(command) & (reg::COMMAND_IO_SPACE | reg::COMMAND_MEMORY_SPACE) != 0
+    }
+
+    /// Makes exactly the `mask` bits of the dword at `offset` writable.
+    pub fn with_writable_mask(mut self, offset: u16, mask: u32) -> Self {
+        let start = usize::from(offset);
+        self.writable[start..start + 4].copy_from_slice(&mask.to_le_bytes());
+        self
     }
 
     /// Sets the byte at `offset`, bypassing write masks.

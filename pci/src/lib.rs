@@ -21,6 +21,8 @@
 //!   take ownership of transactions, firmware alias entries).
 //! - [`form_groups()`]: the IOMMU groups, Linux's rules: the sets of functions that
 //!   can only be handed out together.
+//! - [`reset()`]: reset one function (FLR, PM reset, secondary bus reset) with its
+//!   config header saved and restored; [`reset_method()`] picks the method.
 //!
 //! Every value read from config space is treated as hostile: a broken or malicious
 //! device can return anything, including pointer loops and nonsense lengths. Nothing
@@ -47,6 +49,7 @@ mod device;
 mod ecam;
 mod enumerate;
 mod group;
+mod reset;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
@@ -75,4 +78,9 @@ pub use ecam::{Ecam, EcamRegion};
 pub use enumerate::{MAX_BRIDGE_DEPTH, enumerate};
 pub use group::{
     GroupExplanation, GroupId, GroupMember, GroupReason, GroupTable, IommuGroup, form_groups,
+};
+pub use reset::{
+    BRIDGE_EXPANSION_ROM, EXPANSION_ROM, ResetError, ResetMethod, SavedConfig,
+    function_reset_method, probe_rom, read_function_capabilities, reset, reset_method, restore,
+    save,
 };

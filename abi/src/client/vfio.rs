@@ -58,12 +58,18 @@ use crate::Errno;
 use crate::vfio::{
     CAP_DMA_AVAIL, CAP_IOVA_RANGE, DMA_UNMAP_FLAG_ALL, DmaAvailCap, DmaMap, DmaUnmap,
     GROUP_FLAGS_VIABLE, GroupList, GroupStatus, IOMMU_INFO_CAPS, InfoCapHeader, IommuType1Info,
-    IovaRangeCap, MAX_ARGSZ, RegionMap, min_size,
+    IovaRangeCap, MAX_ARGSZ, RegionAccess, RegionMap, min_size,
 };
+use crate::vfio::{IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, IrqSet};
 
+pub use crate::vfio::IrqInfo;
 pub use crate::vfio::{
     DeviceInfo, GroupListEntry, GroupVmInfo, IovaRangeEntry, RegionInfo, VfioCall,
 };
+
+/// The most vectors one [`Device::set_irq_vectors`] / [`Device::trigger_irq`] call
+/// carries (MSI has at most 32).
+pub const IRQ_SET_MAX: usize = 32;
 
 /// The most entries [`group_list`] returns per call (its stack buffer holds this many).
 pub const GROUP_LIST_MAX: usize = 64;
@@ -107,7 +113,11 @@ const fn memory_argument(call: &VfioCall) -> Option<u64> {
         | VfioCall::DeviceGetInfo { info: gpa, .. }
         | VfioCall::DeviceGetRegionInfo { info: gpa, .. }
         | VfioCall::DeviceMapRegion { map: gpa, .. }
-        | VfioCall::GroupVmInfo { info: gpa, .. } => Some(gpa),
+        | VfioCall::GroupVmInfo { info: gpa, .. }
+        | VfioCall::DeviceRegionRead { access: gpa, .. }
+        | VfioCall::DeviceRegionWrite { access: gpa, .. }
+        | VfioCall::DeviceGetIrqInfo { info: gpa, .. }
+        | VfioCall::DeviceSetIrqs { set: gpa, .. } => Some(gpa),
         VfioCall::GetApiVersion
         | VfioCall::CheckExtension { .. }
         | VfioCall::ContainerCreate
@@ -118,7 +128,8 @@ const fn memory_argument(call: &VfioCall) -> Option<u64> {
         | VfioCall::Close { .. }
         | VfioCall::ContainerDebug { .. }
         | VfioCall::GroupBindVm { .. }
-        | VfioCall::GroupUnbindVm { .. } => None,
+        | VfioCall::GroupUnbindVm { .. }
+        | VfioCall::DeviceReset { .. } => None,
     }
 }
 
@@ -648,6 +659,162 @@ impl Device {
         .map(drop)
     }
 
+    /// [`DEVICE_RESET`](crate::vfio::nr::DEVICE_RESET): reset the function (FLR, PM or
+    /// bus reset; `EINVAL` when it has no method, see [`DeviceInfo::flags`]).
+    pub fn reset(&self) -> Result<(), Errno> {
+        call_value(VfioCall::DeviceReset {
+            device: self.handle,
+        })
+        .map(drop)
+    }
+
+    /// [`DEVICE_REGION_READ`](crate::vfio::nr::DEVICE_REGION_READ): `size` (1, 2, 4, 8)
+    /// bytes at `offset` of region `index`, zero-extended.
+    pub fn region_read(&self, index: u32, offset: u64, size: u32) -> Result<u64, Errno> {
+        let access = RegionAccess {
+            index,
+            size,
+            offset,
+            ..RegionAccess::default()
+        };
+        let mut buf = Aligned(access.to_bytes());
+        call_struct(&mut buf.0, |access| VfioCall::DeviceRegionRead {
+            device: self.handle,
+            access,
+        })?;
+        Ok(RegionAccess::from_bytes(&buf.0).data)
+    }
+
+    /// [`DEVICE_REGION_WRITE`](crate::vfio::nr::DEVICE_REGION_WRITE): the low `size`
+    /// bytes of `value` at `offset` of region `index` (config space is mediated).
+    pub fn region_write(
+        &self,
+        index: u32,
+        offset: u64,
+        size: u32,
+        value: u64,
+    ) -> Result<(), Errno> {
+        let access = RegionAccess {
+            index,
+            size,
+            offset,
+            data: value,
+            ..RegionAccess::default()
+        };
+        let mut buf = Aligned(access.to_bytes());
+        call_struct(&mut buf.0, |access| VfioCall::DeviceRegionWrite {
+            device: self.handle,
+            access,
+        })
+        .map(drop)
+    }
+
+    /// `DEVICE_GET_IRQ_INFO` for interrupt `index` (`IRQ_INDEX_*`).
+    pub fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
+        let request = IrqInfo {
+            index,
+            ..IrqInfo::default()
+        };
+        let mut buf = Aligned(request.to_bytes());
+        call_struct(&mut buf.0, |info| VfioCall::DeviceGetIrqInfo {
+            device: self.handle,
+            info,
+        })?;
+        Ok(IrqInfo::from_bytes(&buf.0))
+    }
+
+    /// `DEVICE_SET_IRQS` with `DATA_EVENTFD | ACTION_TRIGGER`: bind subindexes
+    /// `start..start + vectors.len()` of `index` to the virtual vectors given (32..=255,
+    /// or -1 to unbind one). The first binding enables the index. `EINVAL` for an empty
+    /// slice or more than [`IRQ_SET_MAX`] vectors.
+    pub fn set_irq_vectors(&self, index: u32, start: u32, vectors: &[i32]) -> Result<(), Errno> {
+        if vectors.is_empty() || vectors.len() > IRQ_SET_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let header = IrqSet {
+            flags: IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            index,
+            start,
+            count: vectors.len() as u32,
+            ..IrqSet::default()
+        };
+        let mut buf = Aligned([0u8; IrqSet::SIZE + 4 * IRQ_SET_MAX]);
+        buf.0[..IrqSet::SIZE].copy_from_slice(&header.to_bytes());
+        for (i, v) in vectors.iter().enumerate() {
+            let at = IrqSet::SIZE + 4 * i;
+            buf.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        let len = IrqSet::SIZE + 4 * vectors.len();
+        call_struct(&mut buf.0[..len], |set| VfioCall::DeviceSetIrqs {
+            device: self.handle,
+            set,
+        })
+        .map(drop)
+    }
+
+    /// `DEVICE_SET_IRQS` with `DATA_NONE | ACTION_TRIGGER` and `count` 0: disable
+    /// interrupt `index` (every vector unbound).
+    pub fn disable_irqs(&self, index: u32) -> Result<(), Errno> {
+        let header = IrqSet {
+            flags: IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+            index,
+            ..IrqSet::default()
+        };
+        let mut buf = Aligned(header.to_bytes());
+        call_struct(&mut buf.0, |set| VfioCall::DeviceSetIrqs {
+            device: self.handle,
+            set,
+        })
+        .map(drop)
+    }
+
+    /// `DEVICE_SET_IRQS` with `DATA_NONE | ACTION_TRIGGER`: fire subindexes
+    /// `start..start + count` as if the device had (a loopback test; `count` ≥ 1).
+    pub fn trigger_irq(&self, index: u32, start: u32, count: u32) -> Result<(), Errno> {
+        if count == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.set_irqs_raw(
+            IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+            index,
+            start,
+            count,
+            &[],
+        )
+    }
+
+    /// `DEVICE_SET_IRQS` with any `flags` and raw data bytes after the header (for
+    /// masking with `DATA_BOOL`, or to test the hypervisor's checks). `data` is at most
+    /// `4 * IRQ_SET_MAX` bytes (else `EINVAL`).
+    pub fn set_irqs_raw(
+        &self,
+        flags: u32,
+        index: u32,
+        start: u32,
+        count: u32,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        if data.len() > 4 * IRQ_SET_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let header = IrqSet {
+            flags,
+            index,
+            start,
+            count,
+            ..IrqSet::default()
+        };
+        let mut buf = Aligned([0u8; IrqSet::SIZE + 4 * IRQ_SET_MAX]);
+        buf.0[..IrqSet::SIZE].copy_from_slice(&header.to_bytes());
+        buf.0[IrqSet::SIZE..IrqSet::SIZE + data.len()].copy_from_slice(data);
+        let len = IrqSet::SIZE + data.len();
+        call_struct(&mut buf.0[..len], |set| VfioCall::DeviceSetIrqs {
+            device: self.handle,
+            set,
+        })
+        .map(drop)
+    }
+
     /// [`CLOSE`](crate::vfio::nr::CLOSE) the handle, reporting the result (drop ignores
     /// it).
     pub fn close(self) -> Result<(), Errno> {
@@ -1018,6 +1185,10 @@ mod tests {
                     | crate::vfio::nr::DEVICE_GET_REGION_INFO
                     | crate::vfio::nr::DEVICE_MAP_REGION
                     | crate::vfio::nr::GROUP_VM_INFO
+                    | crate::vfio::nr::DEVICE_GET_IRQ_INFO
+                    | crate::vfio::nr::DEVICE_SET_IRQS
+                    | crate::vfio::nr::DEVICE_REGION_READ
+                    | crate::vfio::nr::DEVICE_REGION_WRITE
             );
             if nr == crate::vfio::nr::GROUP_LIST {
                 assert_eq!(memory_argument(&call), Some(1), "{call:?}");

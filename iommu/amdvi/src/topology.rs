@@ -620,6 +620,23 @@ impl IommuTopology for IvrsTopology {
             firmware_aliases,
         })
     }
+
+    /// The IVMD unity and exclusion ranges that apply to `device` (directly or through
+    /// its alias); hint-only IVMDs don't count.
+    fn reserved_regions(&self, _table: &DeviceTable, device: PciAddress) -> Vec<(u64, u64)> {
+        self.memory_definitions
+            .iter()
+            .filter(|m| m.ivmd.requires_unity_map())
+            .filter(|m| m.devices.iter().any(|d| d.address == device))
+            .map(|m| {
+                let first = m.ivmd.start_address;
+                (
+                    first,
+                    first.saturating_add(m.ivmd.memory_length).saturating_sub(1),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Prints a requester-id range as `bb:dd.f` or `bb:dd.f-bb:dd.f`.

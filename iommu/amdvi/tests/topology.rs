@@ -478,6 +478,17 @@ fn memory_definitions_resolve_to_devices() {
         }]
     );
 
+    // What the VFIO layer asks: unity and exclusion ranges, not hints.
+    assert_eq!(
+        topology.reserved_regions(&table, addr(0, 2, 0)),
+        [(0x000e_0000, 0x000f_ffff)]
+    );
+    assert_eq!(
+        topology.reserved_regions(&table, addr(3, 1, 0)),
+        [(0x1000_0000, 0x1000_0fff)]
+    );
+    assert!(topology.reserved_regions(&table, addr(0, 3, 0)).is_empty());
+
     assert!(!definitions[2].ivmd.requires_unity_map());
     let everyone: Vec<PciAddress> = definitions[2].devices.iter().map(|d| d.address).collect();
     assert_eq!(

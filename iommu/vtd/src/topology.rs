@@ -815,6 +815,13 @@ impl IommuTopology for DmarTopology {
             firmware_aliases: Vec::new(),
         })
     }
+
+    /// The RMRRs that apply to `device`.
+    fn reserved_regions(&self, table: &DeviceTable, device: PciAddress) -> Vec<(u64, u64)> {
+        self.rmrrs_for(table, device)
+            .map(|rmrr| (rmrr.base, rmrr.limit))
+            .collect()
+    }
 }
 
 /// The boot-log summary: a header line, one line per unit, one per RMRR, ATSR, SATC

@@ -4,13 +4,20 @@
 //! # Interrupt discipline
 //! Host Rust code always runs with RFLAGS.IF = 0 (the prebuilt `core` uses the red zone).
 //! Interrupts are taken only
-//! - inside [`take_pending_interrupts`] (`sti; nop; cli`), and
+//! - inside [`take_pending_interrupts`] (`sti; nop; cli`),
+//! - inside [`wait_for_interrupt`] (`sti; hlt; cli`: the scheduler, when every guest is
+//!   halted waiting for a device interrupt), and
 //! - as #VMEXIT(INTR) while a guest runs (the VMRUN routine sets IF only while GIF = 0 and
 //!   clears it again before STGI; see `svm::vcpu`).
 //!
 //! Every vector ≥ 32 runs on the IST interrupt stack, so even the window never touches the
 //! interrupted stack. A timer that fires while the host runs stays pending in the IRR and
 //! is taken at the next window or makes the next VMRUN exit at once: never lost.
+//!
+//! # Device vectors
+//! [`DEVICE_VECTOR_FIRST`]`..=`[`DEVICE_VECTOR_LAST`] belong to devices' MSIs (the VFIO
+//! layer programs them): the handler sets the vector's bit in a pending bitmap and EOIs;
+//! [`take_device_interrupts`] collects them for injection into the owning guest.
 //!
 //! # Timer rate
 //! Divide 16. QEMU's APIC timer counts virtual nanoseconds (one tick per ns before the
@@ -48,6 +55,10 @@ pub const DEFAULT_BASE: u64 = 0xFEE0_0000;
 pub const TIMER_VECTOR: u8 = 0xF0;
 /// Spurious interrupts (no EOI for these).
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// Host vectors handed to devices' MSIs (the VFIO layer allocates them): an interrupt on
+/// one is recorded as pending ([`take_device_interrupts`]) and EOIed, never fatal.
+pub const DEVICE_VECTOR_FIRST: u8 = 0x40;
+pub const DEVICE_VECTOR_LAST: u8 = 0xEF;
 
 pub const SVR_ENABLE: u32 = 1 << 8;
 /// LVT mask bit.
@@ -171,6 +182,10 @@ static LAPIC: spin::Once<Lapic> = spin::Once::new();
 static TICKS: AtomicU64 = AtomicU64::new(0);
 /// Spurious interrupts taken since boot.
 static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+/// Device vectors taken and not yet collected (bit n of word n / 64: vector n).
+static DEVICE_PENDING: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Device interrupts taken since boot.
+static DEVICE_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 
 /// Find and enable the local APIC at `base` (the MADT's local APIC address), timer
 /// stopped. Call once, after the IDT is loaded and the 8259s are masked. Returns it.
@@ -219,7 +234,23 @@ pub fn spurious_count() -> u64 {
 
 /// Is `vector` one of the interrupts [`handle_interrupt`] handles?
 pub const fn is_host_interrupt(vector: u64) -> bool {
-    vector == TIMER_VECTOR as u64 || vector == SPURIOUS_VECTOR as u64
+    vector == TIMER_VECTOR as u64 || vector == SPURIOUS_VECTOR as u64 || is_device_vector(vector)
+}
+
+/// Is `vector` one of the device (MSI) vectors?
+pub const fn is_device_vector(vector: u64) -> bool {
+    vector >= DEVICE_VECTOR_FIRST as u64 && vector <= DEVICE_VECTOR_LAST as u64
+}
+
+/// The device vectors taken since the last call (bit n of word n / 64: vector n),
+/// cleared as they are read.
+pub fn take_device_interrupts() -> [u64; 4] {
+    core::array::from_fn(|i| DEVICE_PENDING[i].swap(0, Ordering::SeqCst))
+}
+
+/// Device interrupts taken since boot.
+pub fn device_interrupt_count() -> u64 {
+    DEVICE_INTERRUPTS.load(Ordering::SeqCst)
 }
 
 /// The body of the host's interrupt handler for [`is_host_interrupt`] vectors: count the
@@ -227,6 +258,15 @@ pub const fn is_host_interrupt(vector: u64) -> bool {
 pub fn handle_interrupt(vector: u64) {
     if vector == SPURIOUS_VECTOR as u64 {
         SPURIOUS.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    if is_device_vector(vector) {
+        // Edge-triggered MSI: record it for the VFIO layer, EOI at once.
+        DEVICE_PENDING[(vector / 64) as usize].fetch_or(1 << (vector % 64), Ordering::SeqCst);
+        DEVICE_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        if let Some(l) = get() {
+            l.eoi();
+        }
         return;
     }
     TICKS.fetch_add(1, Ordering::SeqCst);
@@ -242,6 +282,15 @@ pub fn take_pending_interrupts() {
     // touch this stack's red zone; the non-fatal handlers (timer, spurious) only count
     // and EOI; any other vector is fatal anyway. IF is cleared again before returning.
     unsafe { core::arch::asm!("sti", "nop", "cli", options(nostack)) };
+}
+
+/// Wait for the next interrupt: `sti; hlt; cli` (an interrupt already pending ends the
+/// wait at once: STI's shadow covers HLT). The caller arms the timer first if the wait
+/// must be bounded. Call only with IF = 0.
+pub fn wait_for_interrupt() {
+    // SAFETY: as in take_pending_interrupts: every vector runs on an IST stack and the
+    // non-fatal handlers only count, record and EOI; IF is cleared again before returning.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
 }
 
 #[cfg(test)]
@@ -284,5 +333,12 @@ mod tests {
         let s = spurious_count();
         handle_interrupt(SPURIOUS_VECTOR as u64);
         assert!(spurious_count() > s);
+        assert!(is_host_interrupt(0x40) && is_host_interrupt(0xEF) && !is_host_interrupt(0x3F));
+        handle_interrupt(0x41);
+        handle_interrupt(0x80);
+        let pending = take_device_interrupts();
+        assert_ne!(pending[1] & 1 << 1, 0);
+        assert_ne!(pending[2] & 1, 0);
+        assert_eq!(take_device_interrupts()[1] & 1 << 1, 0, "taken once");
     }
 }

@@ -1,7 +1,8 @@
 //! Traps and panics. Every exception (and every unexpected vector) is fatal: report
 //! everything the CPU told us, then end the QEMU run with a failure status (a fault must
-//! never look like success). The local APIC's timer and spurious vectors are ordinary
-//! interrupts ([`super::lapic`]): counted, EOIed, and returned from.
+//! never look like success). The local APIC's timer and spurious vectors and the device
+//! (MSI) vectors 0x40..=0xEF are ordinary interrupts ([`super::lapic`]): counted or
+//! recorded as pending, EOIed, and returned from.
 
 use core::fmt::{self, Write};
 use core::panic::PanicInfo;

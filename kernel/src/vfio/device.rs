@@ -2,9 +2,10 @@
 //!
 //! Opening turns on memory decoding and bus mastering (the IOMMU still confines the
 //! DMA to the container's mappings: the group is attached before a device can be
-//! opened). Regions follow vfio-pci's layout; only memory BARs can be mapped into the
-//! guest today. Region read/write (I/O BARs, config space, ROM) and interrupts are later
-//! work: those regions report their size with no access flags.
+//! opened). Regions follow vfio-pci's layout; memory BARs can be mapped into the guest
+//! (when page-sized and aligned) and read and written through `DEVICE_REGION_READ` /
+//! `WRITE`, config space is read and written through them, mediated (`region`). I/O
+//! BARs, the ROM and VGA report their size with no access flags.
 
 /// The most regions one open device may have mapped at once (`ENOSPC` beyond).
 pub const MAX_REGION_MAPPINGS: usize = 16;
@@ -13,9 +14,10 @@ use alloc::vec::Vec;
 
 use sluice_abi::Errno;
 use sluice_abi::vfio::{
-    DEVICE_FLAGS_PCI, DEVICE_NAME_MAX, DeviceInfo, NUM_IRQS, NUM_REGIONS, REGION_BAR5,
-    REGION_CONFIG, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
-    REGION_OFFSET_SHIFT, RegionInfo, RegionMap, min_size, parse_device_name,
+    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DEVICE_NAME_MAX, DeviceInfo, NUM_IRQS, NUM_REGIONS,
+    REGION_BAR5, REGION_CONFIG, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+    REGION_INFO_FLAG_WRITE, REGION_OFFSET_SHIFT, RegionInfo, RegionMap, min_size,
+    parse_device_name,
 };
 use sluice_pci::{Bar, BarKind, reg};
 
@@ -27,10 +29,7 @@ use super::{GroupDevice, GuestId, GuestRam};
 /// The page size of region mappings (the guest's nested tables map 4 KiB pages).
 const PAGE: u64 = 4096;
 
-/// Config space size reported for region 7. PCIe functions have 4096 bytes,
-/// conventional ones 256; 4096 is reported for all until config access is mediated
-/// (reads beyond 256 of a conventional function return all-ones anyway).
-const CONFIG_REGION_SIZE: u64 = 4096;
+use super::region::CONFIG_REGION_SIZE;
 
 /// The BAR behind region `index` (0..=5), if implemented (the upper half of a 64-bit
 /// BAR is not: it is part of the BAR below it).
@@ -60,10 +59,18 @@ fn region(function: &GroupDevice, index: u32) -> (u64, u32) {
                 b.size,
                 REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP,
             ),
+            // Not mappable, still readable and writable through DEVICE_REGION_READ/WRITE
+            // when assigned; I/O BARs: size only (not offered yet).
+            Some(b) if b.kind != BarKind::Io && b.address != 0 => {
+                (b.size, REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE)
+            }
             Some(b) => (b.size, 0),
             None => (0, 0),
         },
-        REGION_CONFIG => (CONFIG_REGION_SIZE, 0),
+        REGION_CONFIG => (
+            CONFIG_REGION_SIZE,
+            REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE,
+        ),
         // ROM and VGA: not offered yet.
         _ => (0, 0),
     }
@@ -78,7 +85,7 @@ fn overlaps(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
 
 impl Vfio {
     /// The function an open device is.
-    fn function(&self, d: DeviceId) -> Result<&GroupDevice, Errno> {
+    pub(super) fn function(&self, d: DeviceId) -> Result<&GroupDevice, Errno> {
         let device = self.devices.get(&d).ok_or(Errno::EBADF)?;
         self.groups
             .get(device.group.0)
@@ -133,6 +140,12 @@ impl Vfio {
             .get(member)
             .map(|f| f.address)
             .ok_or(Errno::ENODEV)?;
+        let vconfig = group
+            .desc
+            .devices
+            .get(member)
+            .map(|f| super::region::VirtualConfig::new(&*self.config, f))
+            .unwrap_or_default();
         let id = DeviceId(self.next_device);
         let handle = self
             .guests
@@ -148,6 +161,7 @@ impl Vfio {
                 group: index,
                 member,
                 regions: Vec::new(),
+                vconfig,
             },
         );
         if let Some(owner) = self.owner_mut(index) {
@@ -173,15 +187,14 @@ impl Vfio {
         gpa: u64,
     ) -> Result<u64, Errno> {
         let d = self.device_handle(guest, handle)?;
-        self.function(d)?;
+        let resettable = self.function(d)?.reset.is_some();
         let (argsz, bytes) = read_args::<{ DeviceInfo::SIZE }>(&*mem, gpa, min_size::DEVICE_INFO)?;
         if DeviceInfo::from_bytes(&bytes).flags != 0 {
             return Err(Errno::EINVAL);
         }
         let info = DeviceInfo {
             argsz,
-            // No reset method yet: DEVICE_FLAGS_RESET comes with the reset call.
-            flags: DEVICE_FLAGS_PCI,
+            flags: DEVICE_FLAGS_PCI | if resettable { DEVICE_FLAGS_RESET } else { 0 },
             num_regions: NUM_REGIONS,
             num_irqs: NUM_IRQS,
             cap_offset: 0,

@@ -199,7 +199,8 @@ impl Vfio {
         Ok(0)
     }
 
-    /// `GROUP_UNBIND_VM`: `EINVAL` when not bound.
+    /// `GROUP_UNBIND_VM`: `EINVAL` when not bound. Disables the interrupts of the group's
+    /// open devices (they are routed to the VM).
     pub(super) fn group_unbind_vm(&mut self, guest: GuestId, handle: u64) -> Result<u64, Errno> {
         let g = self.group_handle(guest, handle)?;
         let user = self
@@ -207,6 +208,17 @@ impl Vfio {
             .and_then(|owner| owner.vm_binding.take())
             .ok_or(Errno::EINVAL)?;
         let group_id = external_user_iommu_id(&user);
+        // Interrupts go to the VM: without the binding, the group's devices' MSIs are
+        // disabled and their routes dropped.
+        let open: alloc::vec::Vec<_> = self
+            .devices
+            .iter()
+            .filter(|(_, dev)| dev.group == g)
+            .map(|(&d, _)| d)
+            .collect();
+        for d in open {
+            self.msi_disable(d);
+        }
         self.external_user_put(user);
         log::info!(target: "vfio", "guest {}: group {group_id} unbound from the VM", guest.0);
         Ok(0)

@@ -31,6 +31,11 @@
 //! - `handles`: the per-guest handle tables (generations, `EBADF`);
 //! - `container`, `group`, `device`: the calls on each kind of object;
 //! - `external`: external users ([`Vfio::external_user_get`] and the VM binding calls);
+//! - `irq`: device interrupts (`DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS`): MSI
+//!   programming, the host vector pool, routes to guests' virtual vectors
+//!   ([`Vfio::take_interrupts`]);
+//! - `region`, `reset`: `DEVICE_REGION_READ`/`WRITE` (mediated config space, memory
+//!   BARs) and `DEVICE_RESET` (also run on every function of a released group);
 //! - `args`: reading and writing argument structures in guest memory;
 //! - `errors`: what an [`sluice_iommu::IommuError`] becomes for the guest
 //!   ([`iommu_errno`]).
@@ -42,6 +47,9 @@ mod errors;
 mod external;
 mod group;
 mod handles;
+mod irq;
+mod region;
+mod reset;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -59,6 +67,7 @@ pub use self::device::MAX_REGION_MAPPINGS;
 pub use self::errors::iommu_errno;
 pub use self::external::{ExternalUser, external_user_iommu_id};
 pub use self::handles::{ContainerId, DeviceId, GroupIndex, MAX_HANDLES};
+pub use self::irq::{HOST_VECTOR_FIRST, HOST_VECTOR_LAST, MSI_ADDRESS_BASE};
 pub use self::state::{HEAP_RESERVE, Vfio};
 
 /// Which guest makes a call.
@@ -91,6 +100,22 @@ pub trait GuestRam {
     fn unmap_mmio(&mut self, gpa: u64, size: u64);
 }
 
+/// What the VFIO layer needs from the platform to reset devices and access their BARs
+/// (the kernel: a timer and checked MMIO; host tests: fakes).
+pub trait DeviceHw {
+    /// Wait at least `us` microseconds (resets: 100 ms after an FLR, and the like).
+    fn delay_us(&mut self, us: u32);
+
+    /// Read `size` (1, 2, 4 or 8) bytes of device memory at host-physical `hpa`, an
+    /// aligned address inside an assigned memory BAR (the caller checked). `None` when
+    /// the platform cannot reach it or refuses it (RAM, the hypervisor's own devices).
+    fn mmio_read(&mut self, hpa: u64, size: u32) -> Option<u64>;
+
+    /// Write the low `size` bytes of `value` at `hpa` (as [`Self::mmio_read`]); `false`
+    /// when refused.
+    fn mmio_write(&mut self, hpa: u64, size: u32, value: u64) -> bool;
+}
+
 /// One PCI function of an IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupDevice {
@@ -101,13 +126,16 @@ pub struct GroupDevice {
     pub class: u32,
     /// A bridge or port: doesn't count for viability, can't be opened as a device.
     pub bridge: bool,
-    /// The hypervisor uses it itself (e.g. the LPC bridge behind which COM1 sits): its
-    /// group is viable for nobody.
+    /// The hypervisor uses it itself (e.g. the LPC bridge behind which COM1 sits), or
+    /// firmware reserves host memory for it (VT-d RMRR, AMD-Vi IVMD): its group is
+    /// viable for nobody.
     pub host_owned: bool,
     /// Its DMA route (unit and requester ids).
     pub dma: DeviceDma,
     /// Implemented BARs, as enumerated.
     pub bars: Vec<Bar>,
+    /// How it can be reset (FLR, PM, bus reset), if at all: `DEVICE_FLAGS_RESET`.
+    pub reset: Option<sluice_pci::ResetMethod>,
     pub interrupt_pin: u8,
 }
 

@@ -34,6 +34,7 @@ use sluice_pci::{ConfigSpace, reg};
 use super::container::{Mapping, Model, leave};
 use super::external::ExternalUser;
 use super::handles::{ContainerId, DeviceId, Generations, GroupIndex, HandleTable, Object};
+use super::irq::IrqState;
 use super::{GroupDesc, GuestId, GuestRam};
 
 /// The hypervisor's VFIO state: see the module docs of [`super`].
@@ -54,6 +55,10 @@ pub struct Vfio {
     /// How many bytes the hypervisor's heap has free, when the platform can tell
     /// ([`Vfio::set_heap_guard`]).
     pub(super) heap_free: Option<fn() -> usize>,
+    /// Delays and BAR accesses for reset and region access ([`Vfio::set_device_hw`]).
+    pub(super) device_hw: Option<Box<dyn super::DeviceHw>>,
+    /// Device interrupts: host vectors, routes, MSI state (see `irq`).
+    pub(super) irq: IrqState,
 }
 
 /// Heap bytes kept free from guest-driven growth (see [`Vfio::set_heap_guard`]).
@@ -114,6 +119,8 @@ pub(super) struct Device {
     pub member: usize,
     /// Its BAR ranges mapped into the owner's guest-physical space.
     pub regions: Vec<RegionMapping>,
+    /// Its config space's virtual registers (see `region`).
+    pub vconfig: super::region::VirtualConfig,
 }
 
 /// A BAR range mapped into a guest (`DEVICE_MAP_REGION`).
@@ -170,7 +177,16 @@ impl Vfio {
             next_device: 1,
             next_external: 1,
             heap_free: None,
+            device_hw: None,
+            irq: IrqState::default(),
         }
+    }
+
+    /// Give the VFIO layer the platform's delays and BAR accesses (device reset waits,
+    /// `DEVICE_REGION_READ`/`WRITE` of BARs). Without it, waits are skipped (host tests)
+    /// and BAR accesses are `EINVAL`.
+    pub fn set_device_hw(&mut self, hw: Box<dyn super::DeviceHw>) {
+        self.device_hw = Some(hw);
     }
 
     /// Register `guest` and the groups its command line gives it (`groups=`). Ids that
@@ -265,6 +281,19 @@ impl Vfio {
             VfioCall::GroupBindVm { group } => self.group_bind_vm(guest, group),
             VfioCall::GroupUnbindVm { group } => self.group_unbind_vm(guest, group),
             VfioCall::GroupVmInfo { group, info } => self.group_vm_info(guest, mem, group, info),
+            VfioCall::DeviceReset { device } => self.device_reset(guest, device),
+            VfioCall::DeviceRegionRead { device, access } => {
+                self.device_region_access(guest, mem, device, access, false)
+            }
+            VfioCall::DeviceRegionWrite { device, access } => {
+                self.device_region_access(guest, mem, device, access, true)
+            }
+            VfioCall::DeviceGetIrqInfo { device, info } => {
+                self.device_get_irq_info(guest, mem, device, info)
+            }
+            VfioCall::DeviceSetIrqs { device, set } => {
+                self.device_set_irqs(guest, mem, device, set)
+            }
         };
         if let Err(e) = result {
             log::debug!(target: "vfio", "guest {}: {call:?} -> {e:?}", guest.0);
@@ -568,6 +597,7 @@ impl Vfio {
                 return Err(format!("{id:?} not recorded in its group"));
             }
         }
+        self.check_irq_invariants()?;
         Ok(())
     }
 
@@ -676,6 +706,8 @@ impl Vfio {
     /// The group's last reference went: out of its container, free for another guest.
     fn release_group(&mut self, g: GroupIndex) {
         self.leave_container(g);
+        // DMA is blocked now: reset what the owner left in the devices.
+        self.reset_released_group(g);
         if let Some(group) = self.groups.get_mut(g.0) {
             if let Some(owner) = group.owner.take() {
                 log::info!(target: "vfio", "guest {}: group {} released", owner.guest.0, group.desc.id);
@@ -748,6 +780,8 @@ impl Vfio {
     /// Close an open device: bus mastering off, its region mappings removed from the
     /// guest (`mem`; forgotten when the guest is gone), its group reference dropped.
     pub(super) fn close_device(&mut self, d: DeviceId, mem: Option<&mut dyn GuestRam>) {
+        // Interrupts first: MSI off, host vectors freed, routes dropped.
+        self.msi_disable(d);
         let Some(device) = self.devices.remove(&d) else {
             return;
         };

@@ -13,6 +13,12 @@
 //!   blocked guest runs again once [`Guest::can_wake`]; when every remaining guest is
 //!   blocked and none can wake, all are terminated: "halted with nothing to wake it".
 //! - Exited / Terminated guests leave the ring; [`run_all`] returns when none is left.
+//! - Device interrupts ([`Interrupts`]): after every exit of a slice, and before a
+//!   blocked guest is considered, the interrupts routed to that guest are queued on it
+//!   (so an MSI wakes a guest halted in HLT). When every remaining guest is blocked but
+//!   an interrupt source is armed, the CPU waits (`sti; hlt`, at most one quantum)
+//!   instead of ending them; each such wait counts as a slice of every blocked guest, so
+//!   a guest waiting for an interrupt that never comes still runs out of time.
 //! - Budget: a guest still running after [`Quantum::max_quanta_per_guest`] slices is
 //!   terminated with "ran out of time" (so a guest that spins forever ends the run too).
 //!
@@ -64,17 +70,42 @@ pub enum SliceEnd {
 
 pub const HALTED_REASON: &str = "halted with nothing to wake it";
 
+/// Where device interrupts come from (the VFIO layer's routes, in the kernel binary).
+pub trait Interrupts<V: VirtualCpu> {
+    /// Queue on `guest` every device interrupt routed to it since the last call
+    /// (collecting what the host took for all guests; others' wait for their turn).
+    fn deliver(&self, guest: &mut Guest<V>);
+    /// Could a device interrupt still arrive for some guest (a source is enabled, or
+    /// one is waiting to be delivered)?
+    fn armed(&self) -> bool;
+}
+
+/// No device interrupts.
+pub struct NoInterrupts;
+
+impl<V: VirtualCpu> Interrupts<V> for NoInterrupts {
+    fn deliver(&self, _guest: &mut Guest<V>) {}
+    fn armed(&self) -> bool {
+        false
+    }
+}
+
 /// Round-robin over `tasks` until every one has ended. `run_slice` runs one slice;
-/// `can_wake` says whether a blocked task may run again. A task gets at most
-/// `max_quanta` slices (blocked ones included); then it is terminated with "ran out of
-/// time". `ended` is told about each task as soon as it has ended (so what it held can
-/// be released while the others still run). Returns each task's final status, in the
-/// order of `tasks`.
+/// `can_wake` says whether a blocked task may run again (`poll` runs on it first: it
+/// hands the task its device interrupts). A task gets at most `max_quanta` slices
+/// (blocked ones included); then it is terminated with "ran out of time". When every
+/// task is blocked and none can wake, `idle` is asked to wait for an interrupt: `true`
+/// (it waited) counts one slice for each blocked task and tries again; `false` (nothing
+/// could come) terminates them all. `ended` is told about each task as soon as it has
+/// ended (so what it held can be released while the others still run). Returns each
+/// task's final status, in the order of `tasks`.
 pub fn schedule<T>(
     tasks: &mut [T],
     max_quanta: u64,
     run_slice: &mut dyn FnMut(&mut T) -> SliceEnd,
     can_wake: &dyn Fn(&T) -> bool,
+    poll: &mut dyn FnMut(&mut T),
+    idle: &mut dyn FnMut() -> bool,
     ended: &mut dyn FnMut(&mut T, &GuestStatus),
 ) -> Vec<GuestStatus> {
     let n = tasks.len();
@@ -86,6 +117,9 @@ pub fn schedule<T>(
         let mut chosen = None;
         for _ in 0..ring.len() {
             let i = ring.pop_front().expect("ring is not empty");
+            if blocked[i] {
+                poll(&mut tasks[i]);
+            }
             if !blocked[i] || can_wake(&tasks[i]) {
                 blocked[i] = false;
                 chosen = Some(i);
@@ -94,6 +128,23 @@ pub fn schedule<T>(
             ring.push_back(i);
         }
         let Some(i) = chosen else {
+            if idle() {
+                // Every task in the ring is blocked: the wait was a slice for each.
+                let waiting: Vec<usize> = ring.drain(..).collect();
+                for i in waiting {
+                    quanta[i] += 1;
+                    if quanta[i] >= max_quanta {
+                        let status = GuestStatus::Terminated(format!(
+                            "ran out of time ({max_quanta} quanta)"
+                        ));
+                        ended(&mut tasks[i], &status);
+                        result[i] = Some(status);
+                    } else {
+                        ring.push_back(i);
+                    }
+                }
+                continue;
+            }
             for i in ring.drain(..) {
                 let status = GuestStatus::Terminated(HALTED_REASON.into());
                 ended(&mut tasks[i], &status);
@@ -136,6 +187,7 @@ pub fn run_all<V: VirtualCpu>(
     mut guests: Vec<Guest<V>>,
     handler: &mut dyn FnMut(&mut Guest<V>, Exit) -> Action,
     ended: &mut dyn FnMut(&mut Guest<V>, &GuestStatus),
+    interrupts: &dyn Interrupts<V>,
     quantum: Quantum,
 ) -> Vec<(String, GuestStatus)> {
     if lapic::get().is_none() {
@@ -144,8 +196,20 @@ pub fn run_all<V: VirtualCpu>(
     let statuses = schedule(
         &mut guests,
         quantum.max_quanta_per_guest,
-        &mut |g: &mut Guest<V>| run_slice(g, handler, &quantum),
+        &mut |g: &mut Guest<V>| run_slice(g, handler, interrupts, &quantum),
         &|g: &Guest<V>| g.can_wake(),
+        &mut |g: &mut Guest<V>| interrupts.deliver(g),
+        &mut || {
+            // Without a local APIC timer the wait could last forever: don't.
+            if !interrupts.armed() || lapic::get().is_none() {
+                return false;
+            }
+            lapic::arm_oneshot(quantum.timer_count);
+            lapic::wait_for_interrupt();
+            lapic::stop_timer();
+            lapic::take_pending_interrupts();
+            true
+        },
         ended,
     );
     guests
@@ -163,6 +227,7 @@ pub fn run_all<V: VirtualCpu>(
 pub fn run_slice<V: VirtualCpu>(
     guest: &mut Guest<V>,
     handler: &mut dyn FnMut(&mut Guest<V>, Exit) -> Action,
+    interrupts: &dyn Interrupts<V>,
     quantum: &Quantum,
 ) -> SliceEnd {
     if matches!(
@@ -175,6 +240,7 @@ pub fn run_slice<V: VirtualCpu>(
     let start = lapic::ticks();
     lapic::arm_oneshot(quantum.timer_count);
     let mut exits = 0u64;
+    interrupts.deliver(guest);
     let end = loop {
         if guest.exits >= guest.exit_limit {
             break SliceEnd::Ended(GuestStatus::Terminated(format!(
@@ -188,6 +254,9 @@ pub fn run_slice<V: VirtualCpu>(
         let exit = guest.vcpu.run();
         guest.exits += 1;
         exits += 1;
+        // Device interrupts that arrived meanwhile (an INTR exit took them): queue them
+        // before a HLT is judged.
+        interrupts.deliver(guest);
         match exit {
             Exit::Interrupt => {
                 if lapic::ticks() != start {
@@ -247,6 +316,8 @@ mod tests {
                     .unwrap_or(SliceEnd::Ended(GuestStatus::Exited(0)))
             },
             &|t: &Fake| t.wake,
+            &mut |_t: &mut Fake| {},
+            &mut || false,
             &mut |t: &mut Fake, status: &GuestStatus| ended.push((index(t), status.clone())),
         );
         // `ended` hears of every task exactly once, with its final status.
@@ -325,6 +396,56 @@ mod tests {
         assert_eq!(log, [0, 1, 1, 1, 1]);
         assert_eq!(s[1], GuestStatus::Exited(0));
         assert_eq!(s[0], GuestStatus::Terminated(HALTED_REASON.into()));
+    }
+
+    #[test]
+    fn idle_waits_count_as_slices_until_a_wake() {
+        let mut t = [fake(&[Blocked]), fake(&[Blocked])];
+        let waits = core::cell::Cell::new(0u32);
+        let mut polled = 0u32;
+        let mut ended = Vec::new();
+        let s = schedule(
+            &mut t,
+            4,
+            &mut |t: &mut Fake| {
+                t.runs += 1;
+                t.script
+                    .pop_front()
+                    .unwrap_or(SliceEnd::Ended(GuestStatus::Exited(0)))
+            },
+            &|t: &Fake| t.wake,
+            &mut |t: &mut Fake| {
+                polled += 1;
+                // The second wait delivers an interrupt to the first task.
+                if waits.get() >= 2 && t.runs == 1 && !t.wake {
+                    t.wake = true;
+                }
+            },
+            &mut || {
+                waits.set(waits.get() + 1);
+                true
+            },
+            &mut |_t: &mut Fake, status: &GuestStatus| ended.push(status.clone()),
+        );
+        assert!(polled > 0);
+        // Both woke after the second wait (the poll wakes whichever it sees first).
+        assert_eq!(s[0], GuestStatus::Exited(0));
+        assert!(waits.get() >= 2);
+        // A task that never wakes runs out of time while the CPU idles.
+        let mut t = [fake(&[Blocked])];
+        let s = schedule(
+            &mut t,
+            3,
+            &mut |t: &mut Fake| t.script.pop_front().unwrap_or(SliceEnd::Blocked),
+            &|_t: &Fake| false,
+            &mut |_t: &mut Fake| {},
+            &mut || true,
+            &mut |_t: &mut Fake, _status: &GuestStatus| {},
+        );
+        assert_eq!(
+            s[0],
+            GuestStatus::Terminated("ran out of time (3 quanta)".into())
+        );
     }
 
     #[test]

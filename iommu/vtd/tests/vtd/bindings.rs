@@ -457,6 +457,12 @@ fn rmrrs_resolve_to_the_devices_to_identity_map() {
     assert!(!rmrr.applies_to(&table, PciAddress::new(1, 0, 0x1f, 2)));
     assert_eq!(topology.rmrrs_for(&table, at(0, 0x1f, 2)).count(), 1);
     assert_eq!(topology.rmrrs_for(&table, at(6, 0, 0)).count(), 0);
+    // What the VFIO layer asks: such devices are never assignable.
+    assert_eq!(
+        topology.reserved_regions(&table, at(0, 0x1f, 2)),
+        [(0xe_0000, 0xe_3fff)]
+    );
+    assert!(topology.reserved_regions(&table, at(6, 0, 0)).is_empty());
     assert!(topology.to_string().contains(
         "\nrmrr: 0xe0000-0xe3fff segment 0000 for 0000:00:1f.2, bridge 0000:00:02.0 (buses 02-03)"
     ));

@@ -14,6 +14,7 @@ use super::lifecycle::{map_region, map_region_as};
 use super::*;
 
 const RWM: u32 = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP;
+const RW: u32 = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
 const ENABLED: u16 = INITIAL_COMMAND | reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER;
 
 #[test]
@@ -225,9 +226,9 @@ fn region_info_follows_vfio_pci() {
         (0x4000, RWM),    // BAR2 mem64
         (0, 0),           // BAR3: upper half of BAR2
         (0x1000, 0),      // BAR4: unassigned (address 0): never mappable
-        (0x100, 0),       // BAR5: smaller than a page
+        (0x100, RW),      // BAR5: smaller than a page: DEVICE_REGION_READ/WRITE only
         (0, 0),           // ROM
-        (4096, 0),        // config
+        (4096, RW),       // config: mediated, read/write through the calls
         (0, 0),           // VGA
     ];
     for (index, &(size, flags)) in expected.iter().enumerate() {

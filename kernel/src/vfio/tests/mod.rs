@@ -7,8 +7,10 @@ mod devices;
 mod external;
 mod fakes;
 mod groups;
+mod irq;
 mod lifecycle;
 mod prop;
+mod resets;
 
 use alloc::boxed::Box;
 use alloc::rc::Rc;
@@ -76,6 +78,7 @@ fn function(address: PciAddress, unit: u16, bridge: bool, host_owned: bool) -> G
         },
         bars: Vec::new(),
         interrupt_pin: 1,
+        reset: None,
     }
 }
 
@@ -154,7 +157,16 @@ fn config() -> FakeConfigSpace {
     let mut cfg = FakeConfigSpace::new();
     for group in groups() {
         for f in group.devices {
-            let function = FakeFunction::conventional_endpoint(f.vendor_id, f.device_id)
+            let mut function = FakeFunction::conventional_endpoint(f.vendor_id, f.device_id);
+            // Interrupt capabilities (tests/irq.rs): edu 4 MSI vectors, 64-bit; the
+            // second unit's device 1 vector, 32-bit, per-vector masking; the NIC MSI-X.
+            function = match f.address {
+                DEV_EDU => function.with_msi(2, true, false),
+                DEV_UNIT1 => function.with_msi(0, false, true),
+                DEV_NIC => function.with_msix(8, 0, 0x1000, 0, 0x1800),
+                _ => function,
+            };
+            let function = function
                 .with_command(INITIAL_COMMAND)
                 .with_u16(reg::STATUS, INITIAL_STATUS);
             cfg.insert(f.address, function);

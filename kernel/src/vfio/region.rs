@@ -1,0 +1,328 @@
+//! `DEVICE_REGION_READ` / `DEVICE_REGION_WRITE`: config space, mediated, and memory
+//! BARs through checked MMIO accesses.
+//!
+//! Config space (region 7) is the device's real config space except where the host
+//! relies on it (see "Config space" in [`sluice_abi::vfio`]):
+//!
+//! - BARs and the expansion ROM BAR are *virtual registers* of the open device
+//!   ([`VirtualConfig`]): sizing works (all-ones reads back the size mask with the
+//!   read-only flag bits), other values are kept and read back, nothing reaches the
+//!   hardware;
+//! - MSI address and data are virtual too (the hypervisor owns them);
+//! - a bridge header's bus numbers never reach the hardware;
+//! - COMMAND passes only memory space, bus master and INTx disable;
+//! - Device Control's "Initiate FLR" becomes the hypervisor's own reset (with the
+//!   header saved and restored), and PMCSR's power state is kept (a D3hot round trip
+//!   would reset the function behind the host's back);
+//! - everything else is read-modify-written as a dword, with the write-1-to-clear bits
+//!   of the bytes the guest did not write kept at zero.
+
+use alloc::vec::Vec;
+
+use sluice_abi::Errno;
+use sluice_abi::vfio::{REGION_BAR5, REGION_CONFIG, RegionAccess, min_size};
+use sluice_pci::{
+    BRIDGE_EXPANSION_ROM, BarKind, ConfigSpace, EXPANSION_ROM, PciAddress, probe_rom,
+    read_function_capabilities, reg,
+};
+
+use super::args::read_args;
+use super::handles::DeviceId;
+use super::{GroupDevice, GuestId, GuestRam, Vfio};
+
+/// The size of region 7 (config space): PCIe's 4096 bytes for every function (reads
+/// beyond 256 of a conventional function return all-ones).
+pub const CONFIG_REGION_SIZE: u64 = 4096;
+
+/// Command bits a guest may change.
+const COMMAND_PASS: u16 =
+    reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER | reg::COMMAND_INTX_DISABLE;
+
+/// The virtual registers of an open device's config space.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VirtualConfig {
+    /// `(offset, value, writable mask)`: BARs, the ROM BAR, MSI address and data. A
+    /// write keeps `value & !mask | new & mask`.
+    regs: Vec<(u16, u32, u32)>,
+    /// A type 1 header (bus numbers are not the guest's).
+    bridge: bool,
+    /// Device Control's offset (Initiate FLR is intercepted).
+    device_control: Option<u16>,
+    /// PMCSR's offset (the power state is kept).
+    pmcsr: Option<u16>,
+    /// `(offset, mask)` of write-1-to-clear bits, by dword.
+    rw1c: Vec<(u16, u32)>,
+}
+
+impl VirtualConfig {
+    /// The initial virtual registers of `function`: BARs as the host assigned them
+    /// (with their sizes from enumeration), the ROM BAR sized now, MSI as the hardware
+    /// holds it.
+    pub fn new(cfg: &dyn ConfigSpace, function: &GroupDevice) -> Self {
+        let addr = function.address;
+        let bridge = cfg.read8(addr, reg::HEADER_TYPE) & 0x7F == reg::HEADER_TYPE_BRIDGE;
+        let slots: u8 = if bridge { 2 } else { 6 };
+        let mut regs = Vec::new();
+        for slot in 0..slots {
+            let offset = reg::BAR0 + 4 * u16::from(slot);
+            let hw = cfg.read32(addr, offset);
+            let (value, mask) = match function.bars.iter().find(|b| b.index == slot) {
+                Some(b) if b.kind == BarKind::Io => (hw, !(b.size as u32).wrapping_sub(1) & !0x3),
+                Some(b) => (hw, !(b.size.wrapping_sub(1)) as u32 & !0xF),
+                None => match function
+                    .bars
+                    .iter()
+                    .find(|b| b.kind == BarKind::Mem64 && b.index + 1 == slot)
+                {
+                    Some(b) => (hw, (!(b.size.wrapping_sub(1)) >> 32) as u32),
+                    None => (0, 0),
+                },
+            };
+            regs.push((offset, value, mask));
+        }
+        let rom = if bridge {
+            BRIDGE_EXPANSION_ROM
+        } else {
+            EXPANSION_ROM
+        };
+        let rom_mask = probe_rom(cfg, addr, rom);
+        let rom_value = if rom_mask == 0 {
+            0
+        } else {
+            cfg.read32(addr, rom)
+        };
+        regs.push((rom, rom_value, if rom_mask == 0 { 0 } else { rom_mask | 1 }));
+        let caps = read_function_capabilities(cfg, addr);
+        if let Some(msi) = caps.msi {
+            let at = u16::from(msi.offset);
+            let data = if msi.is_64bit { at + 12 } else { at + 8 };
+            regs.push((at + 4, cfg.read32(addr, at + 4), 0xFFFF_FFFC));
+            if msi.is_64bit {
+                regs.push((at + 8, cfg.read32(addr, at + 8), 0xFFFF_FFFF));
+            }
+            regs.push((data, cfg.read32(addr, data) & 0xFFFF, 0xFFFF));
+        }
+        let mut rw1c = alloc::vec![(reg::COMMAND, 0xF900_0000 | (1 << 24))];
+        if bridge {
+            rw1c.push((0x1C, 0xF900_0000 | (1 << 24)));
+        }
+        let device_control = caps.pcie.map(|p| u16::from(p.offset) + 8);
+        if let Some(p) = caps.pcie {
+            let at = u16::from(p.offset);
+            // Device Status, Link Status, Slot Status: upper halves.
+            rw1c.extend([
+                (at + 8, 0x000F_0000),
+                (at + 0x10, 0xC000_0000),
+                (at + 0x18, 0x011F_0000),
+            ]);
+        }
+        let pmcsr = caps.power_management.map(|pm| u16::from(pm.offset) + 4);
+        if let Some(at) = pmcsr {
+            rw1c.push((at, 1 << 15));
+        }
+        Self {
+            regs,
+            bridge,
+            device_control,
+            pmcsr,
+            rw1c,
+        }
+    }
+
+    fn virtual_reg(&self, dword: u16) -> Option<&(u16, u32, u32)> {
+        self.regs.iter().find(|r| r.0 == dword)
+    }
+
+    /// The dword at `dword` as the guest sees it.
+    fn read_dword(&self, cfg: &dyn ConfigSpace, addr: PciAddress, dword: u16) -> u32 {
+        match self.virtual_reg(dword) {
+            Some(&(_, value, _)) => value,
+            None => cfg.read32(addr, dword),
+        }
+    }
+}
+
+/// What a mediated config write asks the caller to do besides the write itself.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ConfigEffect {
+    None,
+    /// The guest set Initiate FLR: reset the function (the hypervisor's way).
+    Reset,
+}
+
+/// A guest's config read: `size` 1, 2 or 4 bytes at `offset` (aligned, in range).
+pub(crate) fn config_read(
+    vc: &VirtualConfig,
+    cfg: &dyn ConfigSpace,
+    addr: PciAddress,
+    offset: u64,
+    size: u32,
+) -> Result<u64, Errno> {
+    check_config_access(offset, size)?;
+    let dword = (offset & !3) as u16;
+    let shift = (offset & 3) * 8;
+    let value = u64::from(vc.read_dword(cfg, addr, dword)) >> shift;
+    Ok(value & size_mask(size))
+}
+
+/// A guest's config write, mediated (see the module docs).
+pub(crate) fn config_write(
+    vc: &mut VirtualConfig,
+    cfg: &dyn ConfigSpace,
+    addr: PciAddress,
+    offset: u64,
+    size: u32,
+    data: u64,
+) -> Result<ConfigEffect, Errno> {
+    check_config_access(offset, size)?;
+    let dword = (offset & !3) as u16;
+    let shift = ((offset & 3) * 8) as u32;
+    // The bytes the guest writes, as a mask and value within the dword.
+    let lanes = (size_mask(size) as u32).wrapping_shl(shift);
+    let lanes = if size == 4 { 0xFFFF_FFFF } else { lanes };
+    let new = ((data & size_mask(size)) as u32).wrapping_shl(shift) & lanes;
+    if let Some(r) = vc.regs.iter_mut().find(|r| r.0 == dword) {
+        let (_, value, mask) = *r;
+        let merged = (value & !lanes) | new;
+        r.1 = (value & !mask) | (merged & mask);
+        return Ok(ConfigEffect::None);
+    }
+    if vc.bridge && dword == reg::BRIDGE_BUS_NUMBERS {
+        // Primary, secondary, subordinate bus numbers and the secondary latency timer:
+        // the host's topology, never the guest's.
+        return Ok(ConfigEffect::None);
+    }
+    let hw = cfg.read32(addr, dword);
+    let rw1c = vc
+        .rw1c
+        .iter()
+        .filter(|r| r.0 == dword)
+        .fold(0u32, |m, r| m | r.1);
+    // Other lanes: as read, except write-1-to-clear bits, written as 0.
+    let mut value = (hw & !lanes & !rw1c) | new;
+    let mut effect = ConfigEffect::None;
+    if dword == reg::COMMAND {
+        let command = value as u16;
+        let hw_command = hw as u16;
+        let command = (hw_command & !COMMAND_PASS) | (command & COMMAND_PASS);
+        // Status: only the guest's own write-1-to-clear bits.
+        value = (value & 0xFFFF_0000 & lanes) | u32::from(command);
+    }
+    if Some(dword) == vc.device_control && value & (1 << 15) != 0 {
+        value &= !(1 << 15);
+        effect = ConfigEffect::Reset;
+    }
+    if Some(dword) == vc.pmcsr {
+        value = (value & !0x3) | (hw & 0x3);
+    }
+    cfg.write32(addr, dword, value);
+    Ok(effect)
+}
+
+fn size_mask(size: u32) -> u64 {
+    match size {
+        8 => u64::MAX,
+        s => (1u64 << (8 * s)) - 1,
+    }
+}
+
+fn check_config_access(offset: u64, size: u32) -> Result<(), Errno> {
+    if !matches!(size, 1 | 2 | 4) || offset % u64::from(size) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    match offset.checked_add(u64::from(size)) {
+        Some(end) if end <= CONFIG_REGION_SIZE => Ok(()),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// The host-physical address of a memory-BAR access, after the checks: region a
+/// memory BAR that is assigned, `size` 1, 2, 4 or 8, aligned, inside the BAR.
+pub(super) fn bar_access(
+    function: &GroupDevice,
+    index: u32,
+    offset: u64,
+    size: u32,
+) -> Result<u64, Errno> {
+    if index > REGION_BAR5 || !matches!(size, 1 | 2 | 4 | 8) || offset % u64::from(size) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let bar = function
+        .bars
+        .iter()
+        .find(|b| u32::from(b.index) == index)
+        .ok_or(Errno::EINVAL)?;
+    // I/O BARs: not offered yet (port I/O on the guest's behalf).
+    if bar.kind == BarKind::Io || bar.address == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let end = offset.checked_add(u64::from(size)).ok_or(Errno::EINVAL)?;
+    if end > bar.size {
+        return Err(Errno::EINVAL);
+    }
+    bar.address.checked_add(offset).ok_or(Errno::EINVAL)
+}
+
+impl Vfio {
+    /// `DEVICE_REGION_READ` and `DEVICE_REGION_WRITE`.
+    pub(super) fn device_region_access(
+        &mut self,
+        guest: GuestId,
+        mem: &mut dyn GuestRam,
+        handle: u64,
+        gpa: u64,
+        write: bool,
+    ) -> Result<u64, Errno> {
+        let d = self.device_handle(guest, handle)?;
+        let function = self.function(d)?.clone();
+        let (_, bytes) = read_args::<{ RegionAccess::SIZE }>(&*mem, gpa, min_size::REGION_ACCESS)?;
+        let mut access = RegionAccess::from_bytes(&bytes);
+        if access.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (index, offset, size) = (access.index, access.offset, access.size);
+        if index == REGION_CONFIG {
+            let vc = &mut self.devices.get_mut(&d).ok_or(Errno::EBADF)?.vconfig;
+            if write {
+                let effect = config_write(
+                    vc,
+                    &*self.config,
+                    function.address,
+                    offset,
+                    size,
+                    access.data,
+                )?;
+                if effect == ConfigEffect::Reset {
+                    log::info!(target: "vfio", "guest {}: device {}: Initiate FLR written: resetting it", guest.0, function.address);
+                    self.reset_device(d)?;
+                }
+                return Ok(0);
+            }
+            access.data = config_read(vc, &*self.config, function.address, offset, size)?;
+        } else {
+            let hpa = bar_access(&function, index, offset, size)?;
+            let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
+            if write {
+                let value = access.data & size_mask(size);
+                if !hw.mmio_write(hpa, size, value) {
+                    return Err(Errno::EINVAL);
+                }
+                return Ok(0);
+            }
+            access.data = hw.mmio_read(hpa, size).ok_or(Errno::EINVAL)?;
+        }
+        mem.write(gpa + 24, &access.data.to_le_bytes())?;
+        Ok(0)
+    }
+
+    /// The device's virtual config, re-read from the hardware (after a reset).
+    pub(super) fn refresh_vconfig(&mut self, d: DeviceId) {
+        let Ok(function) = self.function(d).cloned() else {
+            return;
+        };
+        let vc = VirtualConfig::new(&*self.config, &function);
+        if let Some(device) = self.devices.get_mut(&d) {
+            device.vconfig = vc;
+        }
+    }
+}
