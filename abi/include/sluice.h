@@ -205,7 +205,9 @@ struct sluice_guest_start_info {
 #define SLUICE_NR_VFIO_DEVICE_GET_REGION_INFO UINT64_C(0x10f)
 /* (RDI = d, RSI = gpa of sluice_vfio_region_map) -> 0: region mapped at gpa, uncached,
  * until the device is closed. -EINVAL: not mappable, misaligned, outside the region,
- * gpa overlaps RAM or wraps, flags; -EEXIST: overlaps an earlier region mapping. */
+ * gpa overlaps RAM or wraps, flags; -EPERM: the device's group is not bound to the VM
+ * (GROUP_BIND_VM; mappings made while bound stay after unbinding); -EEXIST: overlaps an
+ * earlier region mapping. */
 #define SLUICE_NR_VFIO_DEVICE_MAP_REGION UINT64_C(0x110)
 /* (RDI = c, RSI = iova) -> lines the hypervisor logged about the container's domains,
  * devices and the page walk for iova. -EINVAL: no model set. */
@@ -215,7 +217,8 @@ struct sluice_guest_start_info {
  * guest ends. -EINVAL: no container or no IOMMU model set; -EPERM: not viable; -EBUSY:
  * already bound. */
 #define SLUICE_NR_VFIO_GROUP_BIND_VM UINT64_C(0x112)
-/* (RDI = g) -> 0: binding dropped. -EINVAL: not bound. */
+/* (RDI = g) -> 0: binding dropped; the group's devices' MSIs disabled, their BAR mappings
+ * kept (new ones -EPERM). -EINVAL: not bound. */
 #define SLUICE_NR_VFIO_GROUP_UNBIND_VM UINT64_C(0x113)
 /* (RDI = g, RSI = gpa of sluice_vfio_group_vm_info) -> 0: group id, unit, VM_INFO_COHERENT.
  * -EINVAL: not bound, argsz, flags. */

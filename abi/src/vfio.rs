@@ -84,10 +84,10 @@
 //! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`]. `ENODEV`: the name is not a function of the group that can be opened (not a bridge). `EINVAL`: the group has no container with a model set (checked after the name, as Linux does). `EBUSY`: already open |
 //! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`DEVICE_FLAGS_RESET`] when a reset method exists (see [`nr::DEVICE_RESET`]), [`NUM_REGIONS`], [`NUM_IRQS`]) |
 //! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`: memory BARs READ|WRITE (and MMAP when mappable), config READ|WRITE, I/O BARs, ROM and VGA size only. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
-//! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EEXIST`: overlaps a region mapped before. `ENOSPC`: the device already has 16 regions mapped. `EINVAL` also when the BAR's host address is not plain device memory (RAM, firmware tables, the APIC window, IOMMU registers or ECAM are never handed out). `ENOMEM`: no memory for nested tables |
+//! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EPERM`: the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]; as KVM needs the kvm-vfio registration; checked after those `EINVAL`s). Unbinding keeps the mappings made while bound (as Linux keeps a process's mmaps when the group leaves kvm-vfio) and refuses new ones. `EEXIST`: overlaps a region mapped before. `ENOSPC`: the device already has 16 regions mapped. `EINVAL` also when the BAR's host address is not plain device memory (RAM, firmware tables, the APIC window, IOMMU registers or ECAM are never handed out). `ENOMEM`: no memory for nested tables |
 //! | [`nr::CONTAINER_DEBUG`]         | RDI = c, RSI = iova  | number of lines printed: the hypervisor logs each domain of the container, the context / device-table entry of each attached device and the page-table walk for `iova` (a teaching aid). `EINVAL`: no model set |
 //! | [`nr::GROUP_BIND_VM`]           | RDI = g              | 0: the group is bound to the caller's VM (the VM becomes the group's *external user*, below). `EINVAL`: the group is in no container, or its container has no IOMMU model set. `EPERM`: the group is not viable. `EBUSY`: already bound |
-//! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it). `EINVAL`: not bound |
+//! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it); the group's devices' MSIs are disabled; their BAR mappings stay until the device is closed, new ones are `EPERM`. `EINVAL`: not bound |
 //! | [`nr::GROUP_VM_INFO`]           | RDI = g, RSI = gpa   | 0, fills [`GroupVmInfo`]: the group id (Linux `vfio_external_user_iommu_id`), the remapping unit translating its DMA, and [`GROUP_VM_INFO_COHERENT`]. `EINVAL`: not bound (checked first: the group's state), `argsz` below [`min_size::GROUP_VM_INFO`], flags ≠ 0 |
 //! | [`nr::DEVICE_RESET`]            | RDI = d              | 0: the function was reset (FLR, else PM reset, else secondary bus reset; see *Reset*) and its config header restored. `EINVAL`: no reset method (as Linux). `ENODEV`: the function did not answer after the reset |
 //! | [`nr::DEVICE_REGION_READ`]      | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: reads `size` bytes at `offset` of region `index` and writes them back in `data`. `EINVAL`: flags ≠ 0; `index` not a readable region (config, or a memory BAR); `size` not 1, 2, 4 (config) or 1, 2, 4, 8 (BARs); `offset` not a multiple of `size`; `offset + size` beyond the region |
@@ -209,8 +209,15 @@
 //!   group open, in its container and bound. Having closed the handle, the guest can no
 //!   longer name the group (to unbind it, or reopen it: `EBUSY`); the binding then lasts
 //!   until the guest ends;
-//! - [`nr::GROUP_UNBIND_VM`] drops it; when the guest ends, its bindings are dropped
-//!   first, then its handles closed.
+//! - what goes *into the VM* needs the binding, as KVM needs the kvm-vfio registration:
+//!   routing a device's interrupts ([`nr::DEVICE_SET_IRQS`]) and mapping its BARs into
+//!   guest-physical space ([`nr::DEVICE_MAP_REGION`]) are `EPERM` for a device whose
+//!   group is not bound;
+//! - [`nr::GROUP_UNBIND_VM`] drops it: the group's devices' MSIs are disabled (their
+//!   routes lead into the VM), but BAR mappings made while bound stay until the device is
+//!   closed — Linux does not unmap a process's mmaps of a device when its group is
+//!   deleted from kvm-vfio — while new ones are refused. When the guest ends, its
+//!   bindings are dropped first, then its handles closed.
 //!
 //! [`nr::GROUP_VM_INFO`] answers, for a bound group, what KVM asks VFIO: the group's id
 //! and whether DMA through its remapping unit is cache-coherent.

@@ -141,6 +141,16 @@ pub fn pattern(seed: u64, out: &mut [u8]) {
     }
 }
 
+/// A byte to fill a buffer with before a DMA that must be blocked: one that `pattern`
+/// (the bytes the DMA would write) does not consist of only, so a write that got
+/// through shows.
+pub fn fill_byte(pattern: &[u8]) -> u8 {
+    (0xc3u8..=0xff)
+        .chain(0..0xc3)
+        .find(|b| pattern.iter().any(|p| p != b))
+        .unwrap_or(0xc3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,15 @@ pub mod regs {
     pub const DMA_DST: u64 = 0x88;
     pub const DMA_COUNT: u64 = 0x90;
     pub const DMA_CMD: u64 = 0x98;
+    /// Interrupt status (read), raise (write: OR into the status), acknowledge (write:
+    /// clear those bits). The edu signals while any status bit is set.
+    pub const IRQ_STATUS: u64 = 0x24;
+    pub const IRQ_RAISE: u64 = 0x60;
+    pub const IRQ_ACK: u64 = 0x64;
 }
+
+/// Interrupt status bit of a finished DMA (with [`CMD_IRQ`]).
+pub const IRQ_DMA: u32 = 0x100;
 
 /// Command bit 0: start; reads 1 while the transfer runs.
 pub const CMD_START: u64 = 1 << 0;
@@ -214,6 +222,31 @@ impl Edu {
     pub fn start_dma_to_ram(&self, offset: u64, iova: u64, len: u64) -> Result<(), EduError> {
         check_transfer(offset, iova, len)?;
         self.start(BUFFER_ADDR + offset, iova, len, CMD_TO_RAM)
+    }
+
+    /// RAM → edu with the completion interrupt ([`CMD_IRQ`]), not waited for: the edu
+    /// sets [`IRQ_DMA`] in its interrupt status and signals when done.
+    pub fn start_dma_from_ram_irq(&self, iova: u64, offset: u64, len: u64) -> Result<(), EduError> {
+        check_transfer(offset, iova, len)?;
+        self.start(iova, BUFFER_ADDR + offset, len, CMD_IRQ)
+    }
+
+    /// edu → RAM with the completion interrupt ([`CMD_IRQ`]), not waited for.
+    pub fn start_dma_to_ram_irq(&self, offset: u64, iova: u64, len: u64) -> Result<(), EduError> {
+        check_transfer(offset, iova, len)?;
+        self.start(BUFFER_ADDR + offset, iova, len, CMD_TO_RAM | CMD_IRQ)
+    }
+
+    /// Sets `bits` in the interrupt status: the edu signals its interrupt.
+    pub fn raise_irq(&self, bits: u32) {
+        self.write32(regs::IRQ_RAISE, bits);
+    }
+
+    /// Reads the interrupt status and acknowledges all of it; returns what it was.
+    pub fn ack_irq(&self) -> u32 {
+        let status = self.read32(regs::IRQ_STATUS);
+        self.write32(regs::IRQ_ACK, status);
+        status
     }
 }
 

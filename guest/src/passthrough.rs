@@ -1,7 +1,8 @@
-//! Steps shared by the guests that take an edu over through the VFIO hypercalls one
-//! after another (`vfio-killed`, `vfio-next`): each step is a [`Checks`] line, a failed
-//! call reads `WHAT: ERRNO`, and the usual sequence (find an edu this guest may own,
-//! container with type1v2, BAR0 mapped in both page tables) is here once.
+//! Steps shared by the guests that take an edu over through the VFIO hypercalls
+//! (`vfio-demo`, `vfio-edu`, `vfio-irq`, `vfio-killed`, `vfio-next`): each step is a
+//! [`Checks`] line, a failed call reads `WHAT: ERRNO`, and the usual sequence (list the
+//! groups, find an edu this guest may own, container with type1v2, the group bound to
+//! the VM, BAR0 mapped in both page tables, waiting for an interrupt) is here once.
 
 use alloc::format;
 use alloc::string::String;
@@ -9,11 +10,18 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use sluice_abi::client::vfio::{self as client_vfio, Container, Device, Group};
-use sluice_abi::vfio::{self, GROUP_LIST_OWNABLE, GroupListEntry, REGION_INFO_FLAG_MMAP};
+use sluice_abi::vfio::{
+    self, DEVICE_LIST_BRIDGE, DEVICE_LIST_HOST, GROUP_LIST_BUSY, GROUP_LIST_OPEN,
+    GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GroupListEntry, REGION_INFO_FLAG_MMAP,
+};
 
 use crate::console::Console;
 use crate::edu::{self, Edu};
-use crate::{Checks, Errno, paging, println};
+use crate::{Checks, Errno, interrupts, paging, println};
+
+/// How long [`wait_vector`] waits: spins with `pause`, then rounds of `sti; hlt`.
+const WAIT_SPINS: u64 = 10_000;
+const WAIT_HALTS: u64 = 1_000;
 
 /// Runs one step as a check; `Some(value)` if it passed.
 pub fn step<T>(
@@ -50,6 +58,49 @@ pub fn group_list() -> Result<Vec<GroupListEntry>, String> {
     Ok(entries)
 }
 
+/// Names of the set bits of `f` (`-` for none), comma-separated.
+fn flag_names(f: u32, names: &[(u32, &str)]) -> String {
+    let mut s = String::new();
+    for (bit, name) in names {
+        if f & bit != 0 {
+            if !s.is_empty() {
+                s.push(',');
+            }
+            s.push_str(name);
+        }
+    }
+    if s.is_empty() { "-".into() } else { s }
+}
+
+/// Prints `GROUP_LIST`'s entries as a table (the `/sys/kernel/iommu_groups` of Sluice,
+/// with the group's state for this guest).
+pub fn print_group_list(entries: &[GroupListEntry]) {
+    let group_flags = [
+        (GROUP_LIST_OWNABLE, "ownable"),
+        (GROUP_LIST_OPEN, "open"),
+        (GROUP_LIST_BUSY, "busy"),
+        (GROUP_LIST_VIABLE, "viable"),
+    ];
+    let device_flags = [(DEVICE_LIST_BRIDGE, "bridge"), (DEVICE_LIST_HOST, "host")];
+    println!(
+        "{} PCI functions in IOMMU groups (as this guest sees them):",
+        entries.len()
+    );
+    println!("  group  device        id         class   device-flags  group-flags");
+    for e in entries {
+        println!(
+            "  {:>5}  {}  {:04x}:{:04x}  {:06x}  {:<12}  {}",
+            e.group_id,
+            device_name(e),
+            e.vendor_id,
+            e.device_id,
+            e.class_code,
+            flag_names(e.device_flags, &device_flags),
+            flag_names(e.group_flags, &group_flags)
+        );
+    }
+}
+
 /// The first edu (1234:11e8) whose group this guest may own.
 pub fn find_ownable_edu(entries: &[GroupListEntry]) -> Result<GroupListEntry, String> {
     entries
@@ -83,9 +134,55 @@ pub fn type1v2_container(group: &Group) -> Result<Container, String> {
     Ok(ct)
 }
 
+/// `DEVICE_REGION_READ` of `size` bytes of config space at `offset`.
+pub fn cfg_read(d: &Device, offset: u64, size: u32) -> Result<u64, String> {
+    call(
+        &format!("DEVICE_REGION_READ(config {offset:#x}, {size})"),
+        d.region_read(vfio::REGION_CONFIG, offset, size),
+    )
+}
+
+/// `DEVICE_REGION_WRITE` of `size` bytes of config space at `offset`.
+pub fn cfg_write(d: &Device, offset: u64, size: u32, value: u64) -> Result<(), String> {
+    call(
+        &format!("DEVICE_REGION_WRITE(config {offset:#x}, {size}, {value:#x})"),
+        d.region_write(vfio::REGION_CONFIG, offset, size, value),
+    )
+}
+
+/// The config-space offset of `d`'s capability `id` (5: MSI), walking the list as the
+/// hypervisor presents it (bounded: a looping list is an error).
+pub fn find_capability(d: &Device, id: u8) -> Result<u64, String> {
+    let mut pointer = cfg_read(d, 0x34, 1)? & 0xFC;
+    for _ in 0..48 {
+        if pointer < 0x40 {
+            return Err(format!("no capability {id:#x}"));
+        }
+        if cfg_read(d, pointer, 1)? == u64::from(id) {
+            return Ok(pointer);
+        }
+        pointer = cfg_read(d, pointer + 1, 1)? & 0xFC;
+    }
+    Err("the capability list loops".into())
+}
+
+/// Waits (spinning, then halting with interrupts on: `sti; hlt`) until `vector` has
+/// been delivered `n` times in all.
+pub fn wait_vector(vector: u8, n: u64) -> Result<(), String> {
+    if interrupts::wait_until(|| interrupts::count(vector) >= n, WAIT_SPINS, WAIT_HALTS) {
+        Ok(())
+    } else {
+        Err(format!(
+            "vector {vector:#x} delivered {} times, expected {n}",
+            interrupts::count(vector)
+        ))
+    }
+}
+
 /// BAR0 of `device` mapped at guest-physical `gpa` by the hypervisor
-/// (`DEVICE_MAP_REGION`) and in this guest's own page tables (uncached), checked to be
-/// an edu (identification register).
+/// (`DEVICE_MAP_REGION`: the device's group must be bound to the VM first,
+/// `GROUP_BIND_VM`) and in this guest's own page tables (uncached), checked to be an edu
+/// (identification register).
 pub fn map_edu_bar0(device: &Device, gpa: u64) -> Result<Edu, String> {
     let r = call(
         "DEVICE_GET_REGION_INFO(0)",

@@ -236,6 +236,42 @@ pub fn check(unit: Unit, devices: &[&str], qemu: Result<&OracleView, String>) ->
     fails
 }
 
+/// GSTS.IRES (bit 25): interrupt remapping enabled; GSTS.CFIS (bit 23): compatibility
+/// format interrupts allowed.
+pub const GSTS_IRES: u64 = 1 << 25;
+pub const GSTS_CFIS: u64 = 1 << 23;
+
+/// intel-iommu: the unit's GSTS (read for `DevicesBlocked`, while the kernel holds) must
+/// show interrupt remapping on and compatibility format off. Returns the failure
+/// reasons; empty = pass.
+pub fn check_vtd_interrupt_remapping(qemu: Result<&OracleView, String>) -> Vec<String> {
+    let view = match qemu {
+        Ok(v) => v,
+        Err(e) => return vec![format!("{e}: GSTS was not read")],
+    };
+    let gsts = match words(view, VTD_GSTS, 1) {
+        Ok(w) => w[0],
+        Err(Walk::Need(cmd)) => {
+            return vec![format!(
+                "`{cmd}` was not run while the kernel held (VtdInterruptRemapping reads what DevicesBlocked reads)"
+            )];
+        }
+        Err(Walk::Unreadable(why) | Walk::Open(why) | Walk::Blocked(why)) => return vec![why],
+    };
+    let mut fails = Vec::new();
+    if gsts & GSTS_IRES == 0 {
+        fails.push(format!(
+            "GSTS 0x{gsts:08x} has IRES clear: interrupt remapping is off"
+        ));
+    }
+    if gsts & GSTS_CFIS != 0 {
+        fails.push(format!(
+            "GSTS 0x{gsts:08x} has CFIS set: compatibility-format interrupts bypass remapping"
+        ));
+    }
+    fails
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
@@ -362,6 +398,30 @@ pub(crate) mod tests {
         assert_eq!(
             check(Unit::Vtd, &["e1", "e2"], Ok(&v)),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn vtd_interrupt_remapping_reads_gsts() {
+        let mut mem = vtd_blocked();
+        let view = |mem: &Words| view_after_rounds(Unit::Vtd, &["e1"], mem);
+        let fails = check_vtd_interrupt_remapping(Ok(&view(&mem)));
+        assert_eq!(
+            fails,
+            ["GSTS 0xc0000000 has IRES clear: interrupt remapping is off"]
+        );
+        // TES | RTPS | QIES | IRES | IRTPS, as QEMU shows it with remapping on.
+        mem.insert(VTD_GSTS, 0xc700_0000);
+        assert!(check_vtd_interrupt_remapping(Ok(&view(&mem))).is_empty());
+        mem.insert(VTD_GSTS, 0xc780_0000);
+        assert_eq!(check_vtd_interrupt_remapping(Ok(&view(&mem))).len(), 1);
+        // Not read at all.
+        let mut v = view(&mem);
+        v.monitor.clear();
+        assert!(check_vtd_interrupt_remapping(Ok(&v))[0].contains("was not run"));
+        assert_eq!(
+            check_vtd_interrupt_remapping(Err("no QEMU".into())).len(),
+            1
         );
     }
 

@@ -63,7 +63,7 @@ TOPOLOGIES
                            guest=NAME:SIZE[:groups=...]; a guest that must be stopped
                            needs --append expect=NAME:terminated
   --no-demo                boot the bare machine (flat topology, no guest) instead of the
-                           default passthrough demo (topology vfio + guest vfio-edu owning
+                           default passthrough demo (topology vfio + guest vfio-demo owning
                            edu 00:03.0's group); any --guest, --topology, --kernel or
                            --iommu none also replaces the demo
   --print                  print the QEMU command line and exit
@@ -156,7 +156,7 @@ struct Options {
 }
 
 /// The guest `./qemu-run.sh` runs by default: the passthrough demo.
-pub const DEMO_GUEST: &str = "vfio-edu:16M:groups=00:03.0";
+pub const DEMO_GUEST: &str = "vfio-demo:16M:groups=00:03.0";
 
 /// `./qemu-run.sh` with no `--guest` shows the passthrough demo: the `vfio` topology
 /// (edu e1 at 00:03.0, e2 at 00:04.0) and the demo guest owning e1's group, on the IOMMU
@@ -930,7 +930,7 @@ mod tests {
             assert_eq!(o.machine.topology, Topology::Vfio, "{args:?}");
             assert_eq!(
                 run_cmdline(&o).last().unwrap(),
-                "guest=vfio-edu:16M:groups=00:03.0"
+                "guest=vfio-demo:16M:groups=00:03.0"
             );
         }
         let o = parse("--iommu amdvi").unwrap();
@@ -949,7 +949,7 @@ mod tests {
         ] {
             let o = parse(args).unwrap();
             assert!(
-                o.guests.iter().all(|g| g.name != "vfio-edu"),
+                o.guests.iter().all(|g| g.name != "vfio-demo"),
                 "{args:?} replaces the demo"
             );
             assert_ne!(o.machine.topology, Topology::Vfio, "{args:?}");

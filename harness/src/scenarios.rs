@@ -135,6 +135,10 @@ pub enum Check {
     /// on), AMD-Vi a device table entry with V=1 TV=1 IR=0 IW=0 (IommuEn on). See
     /// `blocked.rs`.
     DevicesBlocked(&'static [&'static str]),
+    /// intel-iommu only: the unit's GSTS, as `DevicesBlocked` reads it while the kernel
+    /// holds, shows interrupt remapping on (IRES) and compatibility format off (CFIS
+    /// clear). Needs `DevicesBlocked` in the same scenario. See `blocked.rs`.
+    VtdInterruptRemapping,
 }
 
 impl Check {
@@ -148,6 +152,7 @@ impl Check {
                 | Check::DmaTest
                 | Check::VtdFault(_)
                 | Check::DevicesBlocked(_)
+                | Check::VtdInterruptRemapping
         )
     }
 }
@@ -318,6 +323,20 @@ const VFIO_DEVICES: &[&str] = &["e1", "e2"];
 // EINVAL.
 const VFIO_RESET: GuestRun = GuestRun::exits("vfio-reset", 0).with_groups("00:05.0,00:03.0");
 const VFIO_NVME_DEVICES: &[&str] = &["e1", "e2", "nv1"];
+/// The passthrough demo (`./qemu-run.sh`'s default guest): vfio-demo owns e1's group,
+/// maps 2 MiB at IOVA 0x200000, binds the group, maps BAR0, routes e1's MSI to its
+/// vector 0x50, DMAs both ways waiting in HLT for each completion MSI, and shows a DMA
+/// to the unmapped IOVA 0x600000 blocked (the fault the unit records on VT-d).
+const VFIO_DEMO: GuestRun = GuestRun::exits("vfio-demo", 0).with_groups("00:03.0");
+const VFIO_DEMO_BLOCKED: &[vfio::BlockedDma] = &[("e1", 0x60_0000)];
+const DEMO_VTD_MACHINE: Machine = Machine::DEFAULT
+    .with_iommu(Iommu::Vtd)
+    .with_topology(Topology::Vfio);
+const DEMO_VTD_CHECKS: &[Check] = &[
+    Check::Guests(&[VFIO_DEMO]),
+    Check::VtdFault(VFIO_DEMO_BLOCKED),
+    Check::DevicesBlocked(VFIO_DEVICES),
+];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -806,6 +825,49 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },
+    // The demo `./qemu-run.sh` boots, on both VT-d address widths (3- and 4-level
+    // tables; aw-bits explicit because QEMU 7.2 and 10 default differently) and AMD-Vi.
+    Scenario {
+        name: "demo-vtd-aw39",
+        about: "the default demo: guest vfio-demo walks e1 through the VFIO calls (2 MiB superpage mapping, BAR0 after GROUP_BIND_VM, MSI to vector 0x50, DMA both ways with completion interrupts, an unmapped IOVA blocked: fault record) and exits 0; e1/e2 blocked at the end (intel-iommu aw-bits=39)",
+        machine: Machine {
+            aw_bits: Some(39),
+            ..DEMO_VTD_MACHINE
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: DEMO_VTD_CHECKS,
+    },
+    Scenario {
+        name: "demo-vtd-aw48",
+        about: "demo-vtd-aw39 on intel-iommu aw-bits=48 (4-level tables)",
+        machine: Machine {
+            aw_bits: Some(48),
+            ..DEMO_VTD_MACHINE
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: DEMO_VTD_CHECKS,
+    },
+    Scenario {
+        name: "demo-amdvi",
+        about: "the default demo on amd-iommu (pt=off): guest vfio-demo walks e1 through the VFIO calls, DMA both ways with completion interrupts, an unmapped IOVA blocked; exits 0; e1/e2 blocked in the device table at the end",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_DEMO]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
     Scenario {
         name: "vfio-hostile-vtd",
         about: "vfio-edu next to vfio-hostile, which abuses every VFIO call (forged handles, busy/foreign/non-viable groups, bad mappings) and checks each errno; both exit 0; a blocked DMA is in the fault record; e1/e2 blocked in the IOMMU's tables at the end (intel-iommu)",
@@ -940,10 +1002,15 @@ pub const SCENARIOS: &[Scenario] = &[
     // AMD-Vi with the DTE's IV = 0, which QEMU's amd-iommu treats as pass-through).
     Scenario {
         name: "vfio-irq-vtd",
-        about: "guest vfio-irq binds e1's MSI to vector 0x60 (after GROUP_BIND_VM; EPERM before): a loopback, the edu DMA-completion MSI while halted, and a raised edu interrupt arrive as 0x60, none after MSI is disabled; bytes match; e1/e2 blocked at the end (intel-iommu)",
-        machine: Machine::DEFAULT
-            .with_iommu(Iommu::Vtd)
-            .with_topology(Topology::Vfio),
+        about: "guest vfio-irq binds e1's MSI to vector 0x60 (after GROUP_BIND_VM; EPERM before): a loopback, the edu DMA-completion MSI while halted, and a raised edu interrupt arrive as 0x60, none after MSI is disabled; bytes match; e1/e2 blocked at the end (intel-iommu, intremap=off: the compatibility-format path)",
+        // QEMU's intel-iommu offers interrupt remapping by default under TCG; this one
+        // pins it off to cover the compatibility-format path (vfio-irq-vtd-ir: on).
+        machine: Machine {
+            intremap: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::Vfio)
+        },
         cmdline: "",
         acpi: &[],
         expect: KernelExit::BootCompleted,
@@ -951,6 +1018,36 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::Guests(&[VFIO_IRQ]),
             VFIO_IRQ_LOG,
             Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    // The same on intel-iommu with interrupt remapping asked for explicitly: the kernel
+    // enables it (empty table, compatibility format blocked) and programs e1's MSI in
+    // remappable format naming an entry only e1's requester id may use; the guest's
+    // checks prove the interrupt arrives, the harness reads GSTS.IRES.
+    Scenario {
+        name: "vfio-irq-vtd-ir",
+        about: "vfio-irq-vtd with intremap=on: the kernel enables VT-d interrupt remapping (GSTS.IRES set, CFIS clear, read while the kernel holds) and e1's MSI goes through an IRTE that only e1 may use; loopback, completion MSI and raised interrupt arrive as 0x60; e1/e2 blocked at the end",
+        machine: Machine {
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_IRQ]),
+            Check::LogLine {
+                needle: "VT-d: interrupt remapping enabled on 1 unit(s)",
+                any: &["compatibility format blocked"],
+            },
+            Check::LogLine {
+                needle: "MSI enabled: 1 vectors on host vectors",
+                any: &["through interrupt remapping"],
+            },
+            Check::DevicesBlocked(VFIO_DEVICES),
+            Check::VtdInterruptRemapping,
         ],
     },
     Scenario {
@@ -1050,6 +1147,16 @@ fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &m
                 fails.push("VtdFault needs intel-iommu (a scenario bug)".into());
             } else {
                 fails.extend(vfio::check_fault(expected, oracle_full(o)));
+            }
+        }
+        Check::VtdInterruptRemapping => {
+            if s.machine.effective_iommu() != Iommu::Vtd || s.devices_blocked().is_empty() {
+                fails.push(
+                    "VtdInterruptRemapping needs intel-iommu and DevicesBlocked (a scenario bug)"
+                        .into(),
+                );
+            } else {
+                fails.extend(blocked::check_vtd_interrupt_remapping(oracle_full(o)));
             }
         }
         Check::DevicesBlocked(devices) => {

@@ -147,7 +147,7 @@ pub enum IommuError {
     },
     /// Neither READ nor WRITE.
     NoAccess,
-    /// No memory for page tables or no free domain id.
+    /// No memory for page tables (or no free block of interrupt-remapping entries).
     NoMemory,
     NoDomainId,
     UnknownDomain,
@@ -218,6 +218,23 @@ pub struct DeviceDma {
     pub requester_ids: Vec<u16>,
 }
 
+/// A device's MSI routed through the IOMMU's interrupt remapping
+/// ([`Iommu::map_msi`]): `count` consecutive remapping entries from `first` on `unit`,
+/// and the message the device must be programmed with to use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemappedMsi {
+    pub unit: UnitId,
+    /// First remapping-table index (VT-d: IRTE handle).
+    pub first: u32,
+    /// Entries (a power of two: MSI's Multiple Message Enable adds the subindex to the
+    /// data, which selects `first + subindex`).
+    pub count: u32,
+    /// The MSI address the device writes (VT-d: remappable format, handle in it).
+    pub address: u64,
+    /// The MSI data for subindex 0 (the device puts the subindex in its low bits).
+    pub data: u32,
+}
+
 /// The translation interface the kernel programs against. Edits (`map`, `unmap`,
 /// `attach`, `detach`) change tables only; `commit` makes the hardware see them, with as
 /// few invalidations as the batch allows. Every device not attached to a domain has its
@@ -275,6 +292,42 @@ pub trait Iommu {
     /// clear), so a device issuing no-snoop DMA is not made coherent by a `true` here.
     /// `None` when `unit` is not one of this driver's units.
     fn dma_coherent(&self, unit: UnitId) -> Option<bool>;
+
+    /// Whether device interrupts go through interrupt remapping: every unit offered it
+    /// and the driver enabled it, with untranslated (compatibility-format) interrupts
+    /// blocked. When false, [`Iommu::map_msi`] is refused and a device's MSI reaches the
+    /// local APICs as written.
+    fn interrupt_remapping(&self) -> bool {
+        false
+    }
+
+    /// Route `count` MSI vectors of `device` (a power of two, at most 32) to host vectors
+    /// `first_vector + i` of the local APIC `dest_apic_id` (fixed delivery, physical
+    /// destination, edge), through remapping entries only `device`'s requester ids may
+    /// use. The entries are written and the unit's interrupt-entry cache invalidated
+    /// before this returns; program the device with the returned address/data.
+    ///
+    /// Errors: `Unsupported` (remapping not enabled, or a destination the unit's mode
+    /// cannot name); `UnknownDevice`; `NoMemory` (no free block of entries);
+    /// `InvalidationTimeout` (the unit failed; the entries stay reserved).
+    fn map_msi(
+        &mut self,
+        device: &DeviceDma,
+        first_vector: u8,
+        count: u32,
+        dest_apic_id: u32,
+    ) -> Result<RemappedMsi, IommuError> {
+        let _ = (first_vector, count, dest_apic_id);
+        Err(IommuError::Unsupported { unit: device.unit })
+    }
+
+    /// Clear the entries of `msi` (present bit first), invalidate them in the unit's
+    /// interrupt-entry cache and free them. After an error the entries are cleared in
+    /// memory but never reused (the unit may still hold them).
+    fn unmap_msi(&mut self, device: &DeviceDma, msi: &RemappedMsi) -> Result<(), IommuError> {
+        let _ = msi;
+        Err(IommuError::Unsupported { unit: device.unit })
+    }
 
     /// A teaching aid: describe, one line each, what the hardware reads for a DMA by
     /// `device` at `iova` in `domain` — the root/context entry (VT-d) or the device-table

@@ -657,7 +657,7 @@ fn bring_up_vtd(
     };
     let config = sluice_vtd::driver::DriverConfig::default();
     match sluice_vtd::driver::VtdIommu::new(topology, regs, FrameDmaMemory, config) {
-        Ok(driver) => {
+        Ok(mut driver) => {
             let f = driver.format();
             info!(
                 target: "iommu",
@@ -666,12 +666,40 @@ fn bring_up_vtd(
                 f.levels,
                 f.address_width
             );
+            enable_vtd_interrupt_remapping(topology, &mut driver);
             Some(driver)
         }
         Err(e) => {
             error!(target: "iommu", "VT-d bring-up failed: {e}; no device can be assigned");
             None
         }
+    }
+}
+
+/// Interrupt remapping where every unit offers it (ECAP.IR with queued invalidation):
+/// empty tables (every device interrupt blocked until the VFIO layer writes its entries),
+/// compatibility format blocked. Otherwise device MSIs stay in compatibility format, and
+/// the log says so.
+fn enable_vtd_interrupt_remapping(topology: &sluice_vtd::DmarTopology, driver: &mut VtdDriver) {
+    let platform = if topology.interrupt_remapping() {
+        "DMAR flags: interrupt-remapping"
+    } else {
+        "DMAR flags: none"
+    };
+    match driver.enable_interrupt_remapping() {
+        Ok(true) => info!(
+            target: "iommu",
+            "VT-d: interrupt remapping enabled on {} unit(s) ({platform}): device MSIs use remappable format, compatibility format blocked",
+            topology.units().len()
+        ),
+        Ok(false) => info!(
+            target: "iommu",
+            "VT-d: interrupt remapping not offered by every unit (ECAP.IR; {platform}): device MSIs use compatibility format"
+        ),
+        Err(e) => error!(
+            target: "iommu",
+            "VT-d: enabling interrupt remapping failed: {e}; device MSIs cannot be delivered"
+        ),
     }
 }
 

@@ -17,6 +17,7 @@
 //! let flags = DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE;
 //! container.map_dma(buf_gpa, 0x10_0000, 0x1000, flags)?;
 //! let device = group.device("0000:00:03.0")?;
+//! group.bind_vm()?; // BARs and interrupts go into the VM only for a bound group
 //! let bar0 = device.region_info(REGION_BAR0)?;
 //! device.map_region(REGION_BAR0, 0, bar0.size, 0x1_0000_0000)?; // BAR0 at GPA 4 GiB
 //! # Ok(())
@@ -641,8 +642,9 @@ impl Device {
 
     /// [`DEVICE_MAP_REGION`](crate::vfio::nr::DEVICE_MAP_REGION): map `[offset, offset +
     /// size)` of region `index` at guest-physical `gpa` (outside this guest's RAM),
-    /// uncached, until the device is closed. Accessing it is the caller's (volatile,
-    /// `unsafe`) business.
+    /// uncached, until the device is closed. The device's group must be bound to the VM
+    /// ([`Group::bind_vm`]; `EPERM`). Accessing it is the caller's (volatile, `unsafe`)
+    /// business.
     pub fn map_region(&self, index: u32, offset: u64, size: u64, gpa: u64) -> Result<(), Errno> {
         let map = RegionMap {
             index,

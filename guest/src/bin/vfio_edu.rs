@@ -31,15 +31,17 @@ use alloc::string::String;
 use alloc::vec;
 
 use sluice_guest::abi::vfio::{
-    self, DEVICE_FLAGS_PCI, DEVICE_LIST_BRIDGE, DEVICE_LIST_HOST, DMA_MAP_FLAG_READ,
-    DMA_MAP_FLAG_WRITE, GROUP_FLAGS_CONTAINER_SET, GROUP_FLAGS_VIABLE, GROUP_LIST_BUSY,
-    GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GROUP_VM_INFO_COHERENT, GroupListEntry,
-    REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE, extension,
+    self, DEVICE_FLAGS_PCI, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, GROUP_FLAGS_CONTAINER_SET,
+    GROUP_FLAGS_VIABLE, GROUP_VM_INFO_COHERENT, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+    REGION_INFO_FLAG_WRITE, extension,
 };
 use sluice_guest::client::vfio::{Container, IommuInfo};
 use sluice_guest::console::Console;
 use sluice_guest::dma;
 use sluice_guest::edu::{self, Edu};
+use sluice_guest::passthrough::{
+    call, device_name, find_ownable_edu, group_list, print_group_list, step,
+};
 use sluice_guest::{Checks, Errno, GuestStartInfo, client, paging, println, x86};
 
 sluice_guest::entry!(guest_main);
@@ -69,55 +71,6 @@ fn guest_main(_info: &GuestStartInfo) -> i32 {
         println!("vfio-edu: stopped at the first failure (later steps depend on it)");
     }
     c.finish()
-}
-
-/// Runs one step as a check; `Some(value)` if it passed.
-fn step<T>(
-    c: &mut Checks<Console>,
-    name: &str,
-    f: impl FnOnce() -> Result<T, String>,
-) -> Option<T> {
-    let mut out = None;
-    c.check(name, || {
-        out = Some(f()?);
-        Ok(())
-    });
-    out
-}
-
-/// `WHAT: ERRNO` for a failed call.
-fn call<T>(what: &str, r: Result<T, Errno>) -> Result<T, String> {
-    r.map_err(|e| format!("{what}: {e}"))
-}
-
-fn group_flags(f: u32) -> String {
-    let names = [
-        (GROUP_LIST_OWNABLE, "ownable"),
-        (GROUP_LIST_OPEN, "open"),
-        (GROUP_LIST_BUSY, "busy"),
-        (GROUP_LIST_VIABLE, "viable"),
-    ];
-    flag_names(f, &names)
-}
-
-fn device_flags(f: u32) -> String {
-    flag_names(
-        f,
-        &[(DEVICE_LIST_BRIDGE, "bridge"), (DEVICE_LIST_HOST, "host")],
-    )
-}
-
-fn flag_names(f: u32, names: &[(u32, &str)]) -> String {
-    let mut s = String::new();
-    for (bit, name) in names {
-        if f & bit != 0 {
-            if !s.is_empty() {
-                s.push(',');
-            }
-            s.push_str(name);
-        }
-    }
-    if s.is_empty() { "-".into() } else { s }
 }
 
 fn page_sizes(mask: u64) -> String {
@@ -156,10 +109,6 @@ fn print_info(info: &IommuInfo) {
     }
 }
 
-fn name_of(e: &GroupListEntry) -> [u8; 12] {
-    vfio::format_device_name(e.segment, e.bus, e.devfn)
-}
-
 fn run(c: &mut Checks<Console>) -> Option<()> {
     // ---- 1. What the hypervisor offers ----
     step(c, "api-version", || {
@@ -186,49 +135,17 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     let entries = step(c, "group-list", || {
-        let mut entries = vec![GroupListEntry::default(); 32];
-        let total = call("GROUP_LIST", client::vfio::group_list(&mut entries))?;
-        if total > entries.len() {
-            entries.resize(total, GroupListEntry::default());
-            let again = call("GROUP_LIST", client::vfio::group_list(&mut entries))?;
-            if again != total {
-                return Err(format!("GROUP_LIST said {total} functions, then {again}"));
-            }
-        }
-        entries.truncate(total);
-        println!("{total} PCI functions in IOMMU groups (as this guest sees them):");
-        println!("  group  device        id         class   device-flags  group-flags");
-        for e in &entries {
-            let name = name_of(e);
-            println!(
-                "  {:>5}  {}  {:04x}:{:04x}  {:06x}  {:<12}  {}",
-                e.group_id,
-                core::str::from_utf8(&name).unwrap_or("?"),
-                e.vendor_id,
-                e.device_id,
-                e.class_code,
-                device_flags(e.device_flags),
-                group_flags(e.group_flags)
-            );
-        }
+        let entries = group_list()?;
+        print_group_list(&entries);
         Ok(entries)
     })?;
 
     // ---- 2. Our edu's group ----
     let edu_entry = step(c, "find-edu", || {
-        let e = entries
-            .iter()
-            .find(|e| {
-                e.vendor_id == edu::VENDOR_ID
-                    && e.device_id == edu::DEVICE_ID
-                    && e.group_flags & GROUP_LIST_OWNABLE != 0
-            })
-            .copied()
-            .ok_or("no edu (1234:11e8) in a group this guest may own (groups= on the kernel command line)")?;
-        let name = name_of(&e);
+        let e = find_ownable_edu(&entries)?;
         println!(
             "edu {} is in group {}, which this guest may own",
-            core::str::from_utf8(&name).unwrap_or("?"),
+            device_name(&e),
             e.group_id
         );
         Ok(e)
@@ -423,10 +340,9 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     // ---- 5. The device and its registers ----
-    let name = name_of(&edu_entry);
-    let name = core::str::from_utf8(&name).unwrap_or("?");
+    let name = device_name(&edu_entry);
     let device = step(c, "device-open", || {
-        let d = call("GROUP_GET_DEVICE", group.device(name))?;
+        let d = call("GROUP_GET_DEVICE", group.device(&name))?;
         let di = call("DEVICE_GET_INFO", d.info())?;
         println!(
             "GROUP_GET_DEVICE({name}) -> handle {:#x}: flags {:#x}, {} regions, {} irq indexes (memory decoding and bus mastering on)",
@@ -582,7 +498,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     step(c, "dma-blocked-after-unmap", || {
-        let fill = blocked_fill(&pattern);
+        let fill = dma::fill_byte(&pattern);
         buf.fill(fill);
         let polls = edu
             .dma_to_ram(0, IOVA + BLOCKED_OFF, XFER)
@@ -648,13 +564,4 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         Ok(())
     })?;
     Some(())
-}
-
-/// A fill byte for the blocked-DMA check that the transferred pattern does not
-/// consist of (so a DMA that got through would show).
-fn blocked_fill(pattern: &[u8]) -> u8 {
-    (0xc3u8..=0xff)
-        .chain(0..0xc3)
-        .find(|b| pattern.iter().any(|p| p != b))
-        .unwrap_or(0xc3)
 }

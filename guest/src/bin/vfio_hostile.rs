@@ -29,7 +29,16 @@
 //! the container is checked before viability), twice (EBUSY); UNSET_CONTAINER while
 //! bound (EBUSY); UNBIND_VM when not bound (EINVAL); GROUP_VM_INFO on an unbound group
 //! (EINVAL), with bad `argsz`/flags/placement; all three with forged, closed and
-//! wrong-kind handles.
+//! wrong-kind handles. DEVICE_MAP_REGION without the binding (EPERM, after every
+//! EINVAL), and after GROUP_UNBIND_VM (EPERM; the mapping made while bound stays and is
+//! used to the end). DEVICE_SET_IRQS unbound: bad index, start and count ranges, two
+//! DATA or two ACTION flags, none, unknown bits, data shorter than `count` items, a
+//! disable with MSI off (EINVAL), a good request (EPERM). Config writes to BAR0 and the
+//! MSI address and data: read back virtually, while the edu still answers at its real
+//! BAR and DMAs through the good mapping. The group's handle closed while its device is
+//! open: the device still works and holds the group (OPEN, GROUP_OPEN EBUSY); closing
+//! the device makes its handle EBADF and releases the group (not OPEN, in no container,
+//! the container's model gone).
 //!
 //! Exit status 0 only if every check passed.
 #![no_std]
@@ -46,14 +55,17 @@ use sluice_guest::abi::vfio::{
     self, DEVICE_LIST_HOST, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, DMA_UNMAP_FLAG_ALL, DeviceInfo,
     DmaMap, DmaUnmap, GROUP_FLAGS_CONTAINER_SET, GROUP_FLAGS_VIABLE, GROUP_LIST_BUSY,
     GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GROUP_VM_INFO_COHERENT, GroupList,
-    GroupListEntry, GroupStatus, GroupVmInfo, IOMMU_INFO_CAPS, IOMMU_INFO_PGSIZES, IommuType1Info,
-    MAX_ARGSZ, REGION_INFO_FLAG_MMAP, RegionInfo, RegionMap, extension, nr,
+    GroupListEntry, GroupStatus, GroupVmInfo, IOMMU_INFO_CAPS, IOMMU_INFO_PGSIZES, IRQ_INDEX_ERR,
+    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER,
+    IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE,
+    IommuType1Info, IrqSet, MAX_ARGSZ, REGION_INFO_FLAG_MMAP, RegionInfo, RegionMap, extension, nr,
 };
 use sluice_guest::check::{CheckResult, ensure, expect_eq};
 use sluice_guest::client::vfio::{Container, Device, Group, raw};
 use sluice_guest::console::Console;
 use sluice_guest::dma::{self, DmaBuffer};
 use sluice_guest::edu::{self, Edu};
+use sluice_guest::passthrough::{cfg_read, cfg_write, find_capability};
 use sluice_guest::{Checks, Errno, GuestStartInfo, abi, client, paging, println, x86};
 
 sluice_guest::entry!(guest_main);
@@ -998,7 +1010,9 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
         Ok(r)
     })?;
 
-    let edu = step(c, "map-region-abuse", || map_region_abuse(h, &device, &bar))?;
+    let edu = step(c, "map-region-abuse", || {
+        map_region_abuse(h, &group, &device, &bar)
+    })?;
 
     // ---- DMA mappings ----
     step(c, "map-dma-good", || {
@@ -1427,6 +1441,14 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
         )
     });
 
+    // ---- Interrupts: every malformed DEVICE_SET_IRQS, then the binding ----
+    c.check("set-irqs-abuse", || set_irqs_abuse(h, &device));
+
+    // ---- Config space: BAR and MSI writes stay virtual ----
+    c.check("config-writes-virtual", || {
+        config_writes_virtual(&device, &edu)
+    });
+
     // ---- Proof by DMA: the good mapping works, rejected maps mapped nothing ----
     let seed = x86::rdtsc();
     c.check("dma-through-the-good-mapping", || {
@@ -1556,14 +1578,51 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
         )
     });
 
-    // ---- Teardown, abused too ----
+    // ---- Teardown, abused too: the group's handle closed while its device is open ----
     c.check("teardown", || {
         let (g, ctr, d) = (group.handle(), container.handle(), device.handle());
+        let gid = own_edu.group_id;
+        let open_flags = |what: &str| -> Result<u32, String> {
+            let entries = list_groups()?;
+            group_of(&entries, gid)
+                .map(|e| e.group_flags)
+                .ok_or_else(|| format!("{what}: group {gid} not in GROUP_LIST"))
+        };
         expect_eq(
             "GROUP_UNSET_CONTAINER with a device open",
             group.unset_container(),
             Err(Errno::EBUSY),
         )?;
+        // Files semantics: the device holds its group, whose handle may go first.
+        expect_eq("CLOSE(group), device open", raw_call(nr::CLOSE, a2(g, 0)), Ok(0))?;
+        core::mem::forget(group);
+        expect_eq(
+            "GROUP_GET_STATUS(closed group handle)",
+            raw_call(nr::GROUP_GET_STATUS, a2(g, h.load(&header8(8, 0)))),
+            E(Errno::EBADF),
+        )?;
+        let flags = open_flags("device open")?;
+        ensure(flags & GROUP_LIST_OPEN != 0, || {
+            format!("group flags {flags:#x} with its device open: not OPEN (released too early)")
+        })?;
+        expect_eq(
+            "GROUP_OPEN while its device holds it",
+            client::vfio::Group::open(gid).map(|g| g.id()),
+            Err(Errno::EBUSY),
+        )?;
+        let info = device
+            .info()
+            .map_err(|e| format!("DEVICE_GET_INFO, group handle closed: {e}"))?;
+        ensure(info.num_regions == vfio::NUM_REGIONS, || {
+            format!("DEVICE_GET_INFO: {} regions", info.num_regions)
+        })?;
+        let id = edu.ident();
+        ensure(id & 0xff == 0xed && id != u32::MAX, || {
+            format!("edu ident {id:#010x} with the group handle closed")
+        })?;
+        println!(
+            "CLOSE(group) with the device open: the group handle is EBADF, the group stays OPEN, the device works (edu {id:#010x})"
+        );
         expect_eq("CLOSE(device)", raw_call(nr::CLOSE, a2(d, 0)), Ok(0))?;
         expect_eq(
             "CLOSE(device) again",
@@ -1576,22 +1635,32 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
             Err(Errno::EBADF),
         )?;
         core::mem::forget(device);
-        expect_eq("GROUP_UNSET_CONTAINER", group.unset_container(), Ok(()))?;
-        expect_eq(
-            "GROUP_UNSET_CONTAINER again",
-            group.unset_container(),
-            Err(Errno::EINVAL),
-        )?;
+        // The last reference went with the device: the group is released (out of its
+        // container, whose model goes with its last group) and free to open again.
+        let flags = open_flags("device closed")?;
+        ensure(flags & GROUP_LIST_OPEN == 0, || {
+            format!("group flags {flags:#x} after its last reference closed: still OPEN")
+        })?;
         expect_eq(
             "IOMMU_GET_INFO (model released)",
             container.info().map(|i| i.flags),
             Err(Errno::EINVAL),
         )?;
-        expect_eq("CLOSE(group)", raw_call(nr::CLOSE, a2(g, 0)), Ok(0))?;
+        let again = client::vfio::Group::open(gid)
+            .map_err(|e| format!("GROUP_OPEN after the release: {e}"))?;
+        expect_eq("GROUP_GET_STATUS after the release", again.status(), Ok(GROUP_FLAGS_VIABLE))?;
+        expect_eq(
+            "GROUP_UNSET_CONTAINER (in none)",
+            again.unset_container(),
+            Err(Errno::EINVAL),
+        )?;
+        let g2 = again.handle();
+        expect_eq("CLOSE(group, reopened)", raw_call(nr::CLOSE, a2(g2, 0)), Ok(0))?;
+        core::mem::forget(again);
+        println!("CLOSE(device): its handle is EBADF, group {gid} released (not OPEN), reopened and closed");
         expect_eq("CLOSE(container)", raw_call(nr::CLOSE, a2(ctr, 0)), Ok(0))?;
-        core::mem::forget(group);
         core::mem::forget(container);
-        for x in [g, ctr, d] {
+        for x in [g, ctr, d, g2] {
             expect_eq(
                 &format!("CLOSE({x:#x}) after teardown"),
                 raw_call(nr::CLOSE, a2(x, 0)),
@@ -1601,6 +1670,192 @@ fn run(c: &mut Checks<Console>, h: &Hostile) -> Option<()> {
         Ok(())
     });
     Some(())
+}
+
+/// DEVICE_SET_IRQS with the group not bound: every malformed request is EINVAL (the
+/// structure is checked before the binding), a good one EPERM.
+fn set_irqs_abuse(h: &Hostile, device: &Device) -> CheckResult {
+    let d = device.handle();
+    let msi = device
+        .irq_info(IRQ_INDEX_MSI)
+        .map_err(|e| format!("DEVICE_GET_IRQ_INFO(MSI): {e}"))?
+        .count;
+    ensure(msi >= 1, || format!("edu MSI count {msi}"))?;
+    let set = |flags: u32, index: u32, start: u32, count: u32, data: &[u8]| {
+        let mut b = IrqSet {
+            argsz: (IrqSet::SIZE + data.len()) as u32,
+            flags,
+            index,
+            start,
+            count,
+            ..IrqSet::default()
+        }
+        .to_bytes()
+        .to_vec();
+        b.extend_from_slice(data);
+        b
+    };
+    let argsz = |mut b: Vec<u8>, argsz: u32| {
+        b[..4].copy_from_slice(&argsz.to_le_bytes());
+        b
+    };
+    let ev = IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER;
+    let vectors = |n: u32| -> Vec<u8> { (0..n).flat_map(|_| 0x60i32.to_le_bytes()).collect() };
+    let one = vectors(1);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("index NUM_IRQS", set(ev, vfio::NUM_IRQS, 0, 1, &one)),
+        ("index u32::MAX", set(ev, u32::MAX, 0, 1, &one)),
+        ("start = MSI count", set(ev, IRQ_INDEX_MSI, msi, 1, &one)),
+        (
+            "start + count past the MSI count",
+            set(ev, IRQ_INDEX_MSI, 0, msi + 1, &vectors(msi + 1)),
+        ),
+        (
+            "start + count wrapping",
+            set(ev, IRQ_INDEX_MSI, u32::MAX, 2, &vectors(2)),
+        ),
+        (
+            "MSI-X (the edu has none)",
+            set(ev, IRQ_INDEX_MSIX, 0, 1, &one),
+        ),
+        ("INTx (not offered)", set(ev, IRQ_INDEX_INTX, 0, 1, &one)),
+        ("ERR (count 0)", set(ev, IRQ_INDEX_ERR, 0, 1, &one)),
+        (
+            "two DATA flags",
+            set(
+                IRQ_SET_DATA_NONE | IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER,
+                IRQ_INDEX_MSI,
+                0,
+                1,
+                &[1, 0, 0, 0],
+            ),
+        ),
+        (
+            "two ACTION flags",
+            set(
+                IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK,
+                IRQ_INDEX_MSI,
+                0,
+                1,
+                &[],
+            ),
+        ),
+        (
+            "no DATA flag",
+            set(IRQ_SET_ACTION_TRIGGER, IRQ_INDEX_MSI, 0, 1, &[]),
+        ),
+        (
+            "no ACTION flag",
+            set(IRQ_SET_DATA_NONE, IRQ_INDEX_MSI, 0, 1, &[]),
+        ),
+        (
+            "unknown flag 1 << 6",
+            set(ev | 1 << 6, IRQ_INDEX_MSI, 0, 1, &one),
+        ),
+        (
+            "unknown flag 1 << 31",
+            set(ev | 1 << 31, IRQ_INDEX_MSI, 0, 1, &one),
+        ),
+        (
+            "short data (argsz 27 for one i32)",
+            argsz(set(ev, IRQ_INDEX_MSI, 0, 1, &one), 27),
+        ),
+        (
+            "short data (argsz 24 for one i32)",
+            argsz(set(ev, IRQ_INDEX_MSI, 0, 1, &one), 24),
+        ),
+        (
+            "short data (BOOL, no byte)",
+            set(
+                IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER,
+                IRQ_INDEX_MSI,
+                0,
+                1,
+                &[],
+            ),
+        ),
+        ("argsz 23", argsz(set(ev, IRQ_INDEX_MSI, 0, 1, &one), 23)),
+        (
+            "disable (count 0) with MSI not enabled",
+            set(
+                IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+                IRQ_INDEX_MSI,
+                0,
+                0,
+                &[],
+            ),
+        ),
+    ];
+    for (what, b) in &cases {
+        h.fails_with(
+            &format!("DEVICE_SET_IRQS {what}"),
+            nr::DEVICE_SET_IRQS,
+            b,
+            |a| a2(d, a),
+            Errno::EINVAL,
+        )?;
+    }
+    h.fails_with(
+        "DEVICE_SET_IRQS (MSI 0 -> 0x60) without GROUP_BIND_VM",
+        nr::DEVICE_SET_IRQS,
+        &set(ev, IRQ_INDEX_MSI, 0, 1, &one),
+        |a| a2(d, a),
+        Errno::EPERM,
+    )?;
+    println!(
+        "DEVICE_SET_IRQS: {} malformed requests EINVAL (checked before the binding), a good one unbound EPERM",
+        cases.len()
+    );
+    Ok(())
+}
+
+/// Config writes to BAR0 and to the MSI address and data read back what was written
+/// (BAR0: sized like hardware) and never reach the device: the edu still answers at its
+/// real BAR through the mapping made before.
+fn config_writes_virtual(device: &Device, edu: &Edu) -> CheckResult {
+    let bar0 = cfg_read(device, 0x10, 4)?;
+    cfg_write(device, 0x10, 4, 0xFFFF_FFFF)?;
+    let sized = (!(edu::BAR0_SIZE - 1) as u32 & !0xF) as u64 | (bar0 & 0xF);
+    expect_eq(
+        "BAR0 after all-ones (the size mask)",
+        cfg_read(device, 0x10, 4)?,
+        sized,
+    )?;
+    cfg_write(device, 0x10, 4, 0x1230_0000)?;
+    expect_eq(
+        "BAR0 after 0x12300000",
+        cfg_read(device, 0x10, 4)?,
+        0x1230_0000 | (bar0 & 0xF),
+    )?;
+    let msi = find_capability(device, 0x05)?;
+    let control = cfg_read(device, msi + 2, 2)?;
+    let data_at = if control & 0x80 != 0 {
+        msi + 0xC
+    } else {
+        msi + 8
+    };
+    let (address, data) = (cfg_read(device, msi + 4, 4)?, cfg_read(device, data_at, 2)?);
+    cfg_write(device, msi + 4, 4, 0xdead_0000)?;
+    cfg_write(device, data_at, 2, 0x4321)?;
+    expect_eq(
+        "MSI address read back",
+        cfg_read(device, msi + 4, 4)?,
+        0xdead_0000,
+    )?;
+    expect_eq("MSI data read back", cfg_read(device, data_at, 2)?, 0x4321)?;
+    let id = edu.ident();
+    ensure(id & 0xff == 0xed && id != u32::MAX, || {
+        format!("edu ident {id:#010x} at its real BAR after the config writes")
+    })?;
+    let x = x86::rdtsc() as u32 ^ 0x0bad_cafe;
+    expect_eq("edu liveness after the config writes", edu.liveness(x), !x)?;
+    println!(
+        "config: BAR0 {bar0:#x} -> sized {sized:#x} -> 0x12300000, MSI at {msi:#x} address 0xdead0000 data 0x4321: all read back virtually; the edu still answers at {BAR0_GPA:#x} ({id:#010x})"
+    );
+    cfg_write(device, 0x10, 4, bar0)?;
+    cfg_write(device, msi + 4, 4, address)?;
+    cfg_write(device, data_at, 2, data)?;
+    expect_eq("BAR0 restored", cfg_read(device, 0x10, 4)?, bar0)
 }
 
 /// What every container call says before a model is set: EINVAL.
@@ -1810,9 +2065,16 @@ fn group_list_abuse(h: &Hostile, count: usize) -> CheckResult {
     Ok(())
 }
 
-/// DEVICE_MAP_REGION abuses, then BAR0 mapped at [`BAR0_GPA`] (and in our tables): the
-/// edu, identified and alive.
-fn map_region_abuse(h: &Hostile, device: &Device, bar: &RegionInfo) -> Result<Edu, String> {
+/// DEVICE_MAP_REGION abuses (EINVAL first, then EPERM without the VM binding), then
+/// BAR0 mapped at [`BAR0_GPA`] while bound (and in our tables), overlaps (EEXIST), the
+/// group unbound again: the mapping stays, new ones are EPERM. The edu, identified and
+/// alive through the mapping that outlived the binding.
+fn map_region_abuse(
+    h: &Hostile,
+    group: &Group,
+    device: &Device,
+    bar: &RegionInfo,
+) -> Result<Edu, String> {
     let d = device.handle();
     let size = bar.size;
     let rm = |index: u32, offset: u64, size: u64, gpa: u64| {
@@ -1861,6 +2123,13 @@ fn map_region_abuse(h: &Hostile, device: &Device, bar: &RegionInfo) -> Result<Ed
             Errno::EINVAL,
         )?;
     }
+    // Every EINVAL above was found without the binding; a good request needs it.
+    fails(
+        "DEVICE_MAP_REGION before GROUP_BIND_VM",
+        &rm(0, 0, size, BAR0_GPA),
+        Errno::EPERM,
+    )?;
+    expect_eq("GROUP_BIND_VM (for the BAR)", group.bind_vm(), Ok(()))?;
     device
         .map_region(vfio::REGION_BAR0, 0, size, BAR0_GPA)
         .map_err(|e| format!("DEVICE_MAP_REGION (good): {e}"))?;
@@ -1874,6 +2143,14 @@ fn map_region_abuse(h: &Hostile, device: &Device, bar: &RegionInfo) -> Result<Ed
     ] {
         fails(&format!("DEVICE_MAP_REGION {what}"), &b, Errno::EEXIST)?;
     }
+    // Unbinding keeps what is mapped (as Linux keeps a process's mmaps when the group
+    // leaves kvm-vfio) and refuses new mappings.
+    expect_eq("GROUP_UNBIND_VM (BAR mapped)", group.unbind_vm(), Ok(()))?;
+    fails(
+        "DEVICE_MAP_REGION after GROUP_UNBIND_VM",
+        &rm(0, 0, 0x1000, BAR0_GPA + size),
+        Errno::EPERM,
+    )?;
     paging::map_mmio(BAR0_GPA, size).map_err(|e| format!("map_mmio: {e}"))?;
     // SAFETY: BAR0 of our edu is mapped at BAR0_GPA for `size` (1 MiB) bytes, by the
     // hypervisor and, uncached, in our own tables, until the device is closed (at the
@@ -1888,6 +2165,6 @@ fn map_region_abuse(h: &Hostile, device: &Device, bar: &RegionInfo) -> Result<Ed
     ensure(got == !x, || {
         format!("liveness: wrote {x:#x}, read {got:#x}")
     })?;
-    println!("BAR0 mapped at {BAR0_GPA:#x}: edu {id:#010x}, alive");
+    println!("BAR0 mapped at {BAR0_GPA:#x} (kept after GROUP_UNBIND_VM): edu {id:#010x}, alive");
     Ok(edu)
 }

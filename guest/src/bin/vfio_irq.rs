@@ -2,9 +2,10 @@
 //!
 //! 1. its own IDT (`interrupts::init`), a handler on vector 0x60;
 //! 2. the edu's group, a type1v2 container, a 2 MiB buffer mapped at IOVA 0x200000, the
-//!    device and BAR0 (at guest-physical 0xD0000000);
+//!    device;
 //! 3. `DEVICE_GET_IRQ_INFO(MSI)`: at least one vector, bindable; `DEVICE_SET_IRQS`
-//!    before the VM binding is `EPERM`; then `GROUP_BIND_VM` and MSI vector 0 → 0x60;
+//!    before the VM binding is `EPERM`; then `GROUP_BIND_VM`, BAR0 (at guest-physical
+//!    0xD0000000; mapping it needs the binding too) and MSI vector 0 → 0x60;
 //! 4. a loopback trigger (`DATA_NONE | ACTION_TRIGGER`): the 0x60 handler runs;
 //! 5. edu → RAM DMA with "raise an interrupt on completion" (cmd bit 2): the guest waits
 //!    in `sti; hlt` until the 0x60 handler counted the completion MSI, then checks the
@@ -28,9 +29,10 @@ use sluice_guest::abi::vfio::{
 };
 use sluice_guest::client::vfio::Group;
 use sluice_guest::console::Console;
-use sluice_guest::edu::{self, Edu};
+use sluice_guest::edu;
 use sluice_guest::passthrough::{
     call, device_name, find_ownable_edu, group_list, map_edu_bar0, step, type1v2_container,
+    wait_vector,
 };
 use sluice_guest::{Checks, Errno, GuestStartInfo, dma, interrupts, println, x86};
 
@@ -43,15 +45,6 @@ const BUFFER_SIZE: u64 = 2 << 20;
 const BAR0_GPA: u64 = 0xD000_0000;
 const XFER: u64 = 256;
 const DST_OFF: u64 = 0x1000;
-/// edu registers for interrupts.
-const IRQ_STATUS: u64 = 0x24;
-const IRQ_RAISE: u64 = 0x60;
-const IRQ_ACK: u64 = 0x64;
-/// edu's interrupt status bit for a finished DMA.
-const DMA_IRQ: u32 = 0x100;
-/// How long to wait: spins with `pause`, then rounds of `sti; hlt`.
-const SPINS: u64 = 10_000;
-const HALTS: u64 = 1_000;
 /// Spins after a raise that must not arrive.
 const QUIET_SPINS: u64 = 2_000_000;
 
@@ -67,48 +60,6 @@ fn guest_main(_info: &GuestStartInfo) -> i32 {
     }
     interrupts::disable();
     c.finish()
-}
-
-/// Wait (spinning, then halting with interrupts on) until vector 0x60 has been
-/// delivered `n` times.
-fn wait_count(n: u64) -> Result<(), alloc::string::String> {
-    if interrupts::wait_until(|| interrupts::count(VECTOR) >= n, SPINS, HALTS) {
-        Ok(())
-    } else {
-        Err(format!(
-            "vector {VECTOR:#x} delivered {} times, expected {n}",
-            interrupts::count(VECTOR)
-        ))
-    }
-}
-
-/// Start edu → RAM with the completion interrupt (cmd bits 0, 1, 2); no polling.
-fn start_dma_to_ram_irq(
-    edu: &Edu,
-    offset: u64,
-    iova: u64,
-    len: u64,
-) -> Result<(), alloc::string::String> {
-    edu::check_transfer(offset, iova, len).map_err(|e| format!("{e}"))?;
-    if edu.busy() {
-        return Err("edu busy".into());
-    }
-    fence(Ordering::SeqCst);
-    edu.write64(edu::regs::DMA_SRC, edu::BUFFER_ADDR + offset);
-    edu.write64(edu::regs::DMA_DST, iova);
-    edu.write64(edu::regs::DMA_COUNT, len);
-    edu.write64(
-        edu::regs::DMA_CMD,
-        edu::CMD_START | edu::CMD_TO_RAM | edu::CMD_IRQ,
-    );
-    Ok(())
-}
-
-/// Read and acknowledge the edu's interrupt status; returns what it was.
-fn ack(edu: &Edu) -> u32 {
-    let status = edu.read32(IRQ_STATUS);
-    edu.write32(IRQ_ACK, status);
-    status
 }
 
 fn run(c: &mut Checks<Console>) -> Option<()> {
@@ -139,8 +90,6 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     let device = step(c, "device-open", || {
         call("GROUP_GET_DEVICE", group.device(&name))
     })?;
-    let edu = step(c, "map-bar0", || map_edu_bar0(&device, BAR0_GPA))?;
-
     step(c, "irq-info", || {
         let info = call("DEVICE_GET_IRQ_INFO(MSI)", device.irq_info(IRQ_INDEX_MSI))?;
         println!(
@@ -165,8 +114,10 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
     })?;
 
-    step(c, "bind-and-set-irqs", || {
-        call("GROUP_BIND_VM", group.bind_vm())?;
+    step(c, "bind-vm", || call("GROUP_BIND_VM", group.bind_vm()))?;
+    let edu = step(c, "map-bar0", || map_edu_bar0(&device, BAR0_GPA))?;
+
+    step(c, "set-irqs", || {
         call(
             "DEVICE_SET_IRQS(MSI, 0 -> 0x60)",
             device.set_irq_vectors(IRQ_INDEX_MSI, 0, &[i32::from(VECTOR)]),
@@ -180,7 +131,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             "DEVICE_SET_IRQS(loopback)",
             device.trigger_irq(IRQ_INDEX_MSI, 0, 1),
         )?;
-        wait_count(1)?;
+        wait_vector(VECTOR, 1)?;
         println!("loopback trigger: handler for {VECTOR:#x} ran (count 1)");
         Ok(())
     })?;
@@ -193,17 +144,19 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         edu.dma_from_ram(IOVA, 0, XFER)
             .map_err(|e| format!("edu DMA RAM -> edu: {e}"))?;
         buf.fill_range(DST_OFF as usize, XFER as usize, 0);
-        start_dma_to_ram_irq(&edu, 0, IOVA + DST_OFF, XFER)?;
+        edu.start_dma_to_ram_irq(0, IOVA + DST_OFF, XFER)
+            .map_err(|e| format!("edu DMA edu -> RAM: {e}"))?;
         let t0 = x86::rdtsc();
-        wait_count(2)?;
-        let status = ack(&edu);
+        wait_vector(VECTOR, 2)?;
+        let status = edu.ack_irq();
         println!(
             "edu -> RAM with the completion interrupt: MSI delivered as {VECTOR:#x} after {} TSC ticks; edu irq status {status:#x} acknowledged",
             x86::rdtsc().wrapping_sub(t0)
         );
-        if status & DMA_IRQ == 0 {
+        if status & edu::IRQ_DMA == 0 {
             return Err(format!(
-                "edu irq status {status:#x} lacks the DMA bit {DMA_IRQ:#x}"
+                "edu irq status {status:#x} lacks the DMA bit {:#x}",
+                edu::IRQ_DMA
             ));
         }
         if edu.busy() {
@@ -218,9 +171,9 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     step(c, "raise-register", || {
-        edu.write32(IRQ_RAISE, 1);
-        wait_count(3)?;
-        let status = ack(&edu);
+        edu.raise_irq(1);
+        wait_vector(VECTOR, 3)?;
+        let status = edu.ack_irq();
         println!("edu raise register: delivered (count 3), status {status:#x} acknowledged");
         Ok(())
     })?;
@@ -239,7 +192,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             }
         }
         let before = interrupts::count(VECTOR);
-        edu.write32(IRQ_RAISE, 2);
+        edu.raise_irq(2);
         interrupts::enable();
         for _ in 0..QUIET_SPINS {
             core::hint::spin_loop();
@@ -249,7 +202,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
         interrupts::disable();
         let after = interrupts::count(VECTOR);
-        let status = ack(&edu);
+        let status = edu.ack_irq();
         println!(
             "MSI disabled: an edu interrupt raised (status {status:#x}) delivered {} times",
             after - before

@@ -4,12 +4,14 @@
 //! 1. the group of an edu this guest may own (`GROUP_LIST`, `OWNABLE`): opened at once
 //!    (this guest runs first; `vfio-next`, granted the same group, waits for it);
 //! 2. a container with the type1v2 model, a 2 MiB buffer mapped at IOVA 0x200000;
-//! 3. the device, BAR0 mapped at guest-physical 0xC0000000;
+//! 3. the device; the group bound to the VM (GROUP_BIND_VM, which mapping a BAR needs),
+//!    BAR0 mapped at guest-physical 0xC0000000;
 //! 4. one DMA round trip RAM → edu → RAM through the mapping, bytes compared;
 //! 5. another edu → RAM DMA, to IOVA 0x203000, started and *not* waited for; then
 //!    `out 0x80, al`, a port no guest may touch: the hypervisor terminates the guest
-//!    mid-DMA and releases every VFIO handle it held at once (device closed, group out
-//!    of its container, the container and its mapping gone).
+//!    mid-DMA and releases everything it held at once (the VM binding, then every
+//!    handle: device closed, group out of its container, the container and its mapping
+//!    gone).
 //!
 //! The scenario expects it terminated (`expect=vfio-killed:terminated`, port 0x80); a
 //! failed step exits with status 1 instead (never reaching the port), and surviving the
@@ -127,6 +129,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         Ok(d)
     })?;
 
+    step(c, "bind-vm", || call("GROUP_BIND_VM", group.bind_vm()))?;
     let edu = step(c, "map-bar0", || map_edu_bar0(&device, BAR0_GPA))?;
 
     let seed = x86::rdtsc();

@@ -10,7 +10,8 @@
 //!    keep it); a fresh container with type1v2: `IOMMU_GET_INFO` says all 65535
 //!    mappings are available (nothing inherited);
 //! 3. our own 2 MiB buffer mapped at a different IOVA (0x800000); the device (not
-//!    busy: the killed guest's handle is gone), BAR0 at guest-physical 0xD0000000;
+//!    busy: the killed guest's handle is gone), the group bound to the VM, BAR0 at
+//!    guest-physical 0xD0000000;
 //! 4. whatever the edu still had running for the killed guest ends; none of it may
 //!    land in our buffer;
 //! 5. (a) edu → RAM at the killed guest's IOVA 0x205000: our container maps nothing
@@ -200,6 +201,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         Ok(d)
     })?;
 
+    step(c, "bind-vm", || call("GROUP_BIND_VM", group.bind_vm()))?;
     let edu = step(c, "map-bar0", || map_edu_bar0(&device, BAR0_GPA))?;
 
     step(c, "stale-dma-done", || {
@@ -233,7 +235,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
 
     let target = KILLED_IOVA + KILLED_OFF;
     step(c, "dma-to-killed-iova-blocked", || {
-        let fill = fill_byte(&pattern);
+        let fill = dma::fill_byte(&pattern);
         buf.fill(fill);
         edu.dma_to_ram(0, target, XFER)
             .map_err(|e| format!("edu DMA edu -> RAM: {e}"))?;
@@ -253,7 +255,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     step(c, "dma-own-mapping", || {
-        let fill = fill_byte(&pattern);
+        let fill = dma::fill_byte(&pattern);
         edu.dma_to_ram(0, IOVA + DST_OFF, XFER)
             .map_err(|e| format!("edu DMA edu -> RAM: {e}"))?;
         if let Some((off, got, want)) = buf.first_difference(DST_OFF as usize, &pattern) {
@@ -284,21 +286,13 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
                 "UNMAP_DMA unmapped {n:#x} bytes, expected {BUFFER_SIZE:#x}"
             ));
         }
+        call("GROUP_UNBIND_VM", group.unbind_vm())?;
         call("CLOSE(device)", device.close())?;
         call("GROUP_UNSET_CONTAINER", group.unset_container())?;
         call("CLOSE(group)", group.close())?;
         call("CLOSE(container)", container.close())?;
-        println!("unmapped, device closed, group out of the container, all closed");
+        println!("unmapped, unbound, device closed, group out of the container, all closed");
         Ok(())
     })?;
     Some(())
-}
-
-/// A fill byte the transferred pattern does not consist of only (so a DMA that got
-/// through would show).
-fn fill_byte(pattern: &[u8]) -> u8 {
-    (0xc3u8..=0xff)
-        .chain(0..0xc3)
-        .find(|b| pattern.iter().any(|p| p != b))
-        .unwrap_or(0xc3)
 }

@@ -2,7 +2,8 @@
 //! on an NVMe controller (which has FLR) and an edu (which has no reset method).
 //!
 //! 1. the NVMe controller's group (1b36:0010, `vfio-nvme` topology: 00:05.0): container,
-//!    type1v2, device; DEVICE_GET_INFO has DEVICE_FLAGS_RESET; config reads show its ids;
+//!    type1v2, bound to the VM (mapping a BAR needs it), device; DEVICE_GET_INFO has
+//!    DEVICE_FLAGS_RESET; config reads show its ids;
 //! 2. BAR0 mapped at 0xD0000000; config writes of all-ones to BAR0 read back the size
 //!    mask, another value is kept virtually — and the controller still answers at its
 //!    real address through the mapping (the write never reached the hardware);
@@ -21,11 +22,13 @@ use alloc::format;
 use alloc::string::String;
 
 use sluice_guest::abi::vfio::{
-    self as abi_vfio, DEVICE_FLAGS_RESET, GROUP_LIST_OWNABLE, REGION_CONFIG, REGION_INFO_FLAG_MMAP,
+    self as abi_vfio, DEVICE_FLAGS_RESET, GROUP_LIST_OWNABLE, REGION_INFO_FLAG_MMAP,
 };
 use sluice_guest::client::vfio::{Device, Group};
 use sluice_guest::console::Console;
-use sluice_guest::passthrough::{call, device_name, group_list, step, type1v2_container};
+use sluice_guest::passthrough::{
+    call, cfg_read, cfg_write, device_name, find_capability, group_list, step, type1v2_container,
+};
 use sluice_guest::{Checks, Errno, GuestStartInfo, paging, println};
 
 sluice_guest::entry!(guest_main);
@@ -68,20 +71,6 @@ fn reg_write(offset: u64, value: u32) {
     unsafe { core::ptr::write_volatile((BAR0_GPA + offset) as *mut u32, value) }
 }
 
-fn cfg_read(d: &Device, offset: u64, size: u32) -> Result<u64, String> {
-    call(
-        &format!("DEVICE_REGION_READ(config {offset:#x}, {size})"),
-        d.region_read(REGION_CONFIG, offset, size),
-    )
-}
-
-fn cfg_write(d: &Device, offset: u64, size: u32, value: u64) -> Result<(), String> {
-    call(
-        &format!("DEVICE_REGION_WRITE(config {offset:#x}, {size}, {value:#x})"),
-        d.region_write(REGION_CONFIG, offset, size, value),
-    )
-}
-
 fn open(
     vendor: u16,
     device: u16,
@@ -105,6 +94,8 @@ fn open(
     );
     let g = call("GROUP_OPEN", Group::open(e.group_id))?;
     let ct = type1v2_container(&g)?;
+    // Mapping a BAR into the VM needs the VM binding.
+    call("GROUP_BIND_VM", g.bind_vm())?;
     let d = call("GROUP_GET_DEVICE", g.device(&name))?;
     Ok((g, ct, d))
 }
@@ -250,26 +241,14 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
     })?;
     step(c, "edu-msi-virtual", || {
-        let mut pointer = cfg_read(&edu, 0x34, 1)? & 0xFC;
-        for _ in 0..48 {
-            if pointer < 0x40 {
-                return Err("the edu has no MSI capability".into());
-            }
-            if cfg_read(&edu, pointer, 1)? == 0x05 {
-                cfg_write(&edu, pointer + 4, 4, 0xdead_0000)?;
-                let back = cfg_read(&edu, pointer + 4, 4)?;
-                println!(
-                    "edu MSI at {pointer:#x}: address 0xdead0000 written, reads {back:#x} (virtual)"
-                );
-                return if back == 0xdead_0000 {
-                    Ok(())
-                } else {
-                    Err(format!("MSI address reads {back:#x}"))
-                };
-            }
-            pointer = cfg_read(&edu, pointer + 1, 1)? & 0xFC;
+        let msi = find_capability(&edu, 0x05)?;
+        cfg_write(&edu, msi + 4, 4, 0xdead_0000)?;
+        let back = cfg_read(&edu, msi + 4, 4)?;
+        println!("edu MSI at {msi:#x}: address 0xdead0000 written, reads {back:#x} (virtual)");
+        if back != 0xdead_0000 {
+            return Err(format!("MSI address reads {back:#x}"));
         }
-        Err("capability list loops".into())
+        Ok(())
     })?;
     Some(())
 }

@@ -50,6 +50,17 @@
 //! get that range identity-mapped (read/write) in their domain while attached; the range
 //! is then excluded from the domain's IOVA ranges and from user maps and unmaps.
 //!
+//! # Interrupt remapping
+//!
+//! Not part of bring-up: [`VtdIommu::enable_interrupt_remapping`] turns it on when every
+//! unit offers it (ECAP.IR, and queued invalidation for the interrupt-entry cache). Each
+//! unit gets an empty 256-entry table (xAPIC mode), so every remappable interrupt is
+//! blocked, and compatibility format stays off (GSTS.CFIS clear), so un-remapped ones are
+//! too. [`Iommu::map_msi`] then writes one aligned block of entries per device MSI
+//! (present last, source-id validation naming the device's requester id) and invalidates
+//! exactly those in the interrupt-entry cache; [`Iommu::unmap_msi`] clears them (P first),
+//! invalidates, and only then frees them. See `driver/intremap.rs` for the entry layout.
+//!
 //! # Memory
 //!
 //! `VtdIommu` owns its [`DmaMemory`] (`M`, e.g. the kernel's frame-backed memory, or a
@@ -60,6 +71,7 @@ mod entries;
 mod explain;
 mod faults;
 mod ids;
+pub mod intremap;
 pub mod invalidation;
 pub mod registers;
 
@@ -73,11 +85,13 @@ use sluice_iommu::domains::{
 };
 use sluice_iommu::range::subtract;
 use sluice_iommu::{
-    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
+    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, RemappedMsi,
+    UnitId, Vendor,
 };
 use sluice_pci::PciAddress;
 
 use self::ids::DomainIds;
+use self::intremap::{InterruptTable, Irte, SourceValidation};
 use self::invalidation::{Invalidator, Queue, Target};
 use self::registers::{fsts, gcmd};
 use crate::hw::{DmaMemory, RegisterBlock};
@@ -195,6 +209,10 @@ pub struct UnitInfo {
     pub domain_ids_in_use: usize,
     /// Domain ids the unit has (CAP.ND, id 0 excluded).
     pub domain_ids_capacity: u32,
+    /// The interrupt remapping table, once remapping is enabled.
+    pub interrupt_table: Option<u64>,
+    /// Interrupt remapping entries in use.
+    pub interrupt_entries_in_use: u32,
 }
 
 struct Unit<R> {
@@ -212,6 +230,8 @@ struct Unit<R> {
     invalidator: Invalidator,
     failure: Option<UnitFailure>,
     faults: FaultStats,
+    /// Interrupt remapping, once enabled.
+    irt: Option<InterruptTable>,
 }
 
 /// Intel VT-d behind the vendor-neutral [`Iommu`] interface. See the module docs.
@@ -224,6 +244,8 @@ pub struct VtdIommu<R: RegisterBlock, M: DmaMemory> {
     domains: DomainSet<VtdSecondLevel>,
     routes: RouteTable,
     caching_mode: bool,
+    /// Every unit has interrupt remapping enabled ([`VtdIommu::enable_interrupt_remapping`]).
+    interrupt_remapping: bool,
 }
 
 impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
@@ -298,6 +320,7 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
                 invalidator: Invalidator::Registers,
                 failure: None,
                 faults: FaultStats::default(),
+                irt: None,
             });
         }
         let format = domain_format(&units);
@@ -314,6 +337,7 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
             domains: DomainSet::new(format),
             routes: RouteTable::new(),
             caching_mode,
+            interrupt_remapping: false,
         })
     }
 
@@ -345,6 +369,8 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
             faults: unit.faults,
             domain_ids_in_use: unit.ids.in_use(),
             domain_ids_capacity: unit.ids.capacity(),
+            interrupt_table: unit.irt.as_ref().map(|t| t.base),
+            interrupt_entries_in_use: unit.irt.as_ref().map_or(0, |t| t.in_use()),
         })
     }
 
@@ -401,6 +427,56 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
             Some((index, mask)) => Invalidation::InterruptEntries { index, mask },
         };
         unit.run(&mut self.mem, &self.config, &[command], false)
+    }
+
+    /// Whether every unit offers interrupt remapping the way this driver uses it:
+    /// ECAP.IR, and queued invalidation (the only way to invalidate the interrupt-entry
+    /// cache). Nothing is written.
+    pub fn interrupt_remapping_offered(&self) -> bool {
+        !self.units.is_empty()
+            && self
+                .units
+                .iter()
+                .all(|unit| unit.ecap.ir && matches!(unit.invalidator, Invalidator::Queue(_)))
+    }
+
+    /// Enables interrupt remapping on every unit, when every unit offers it
+    /// ([`Self::interrupt_remapping_offered`]); `Ok(false)` (nothing written) otherwise.
+    /// Per unit: an empty table (every entry not present: every remappable interrupt is
+    /// blocked until [`Iommu::map_msi`] writes its entry), IRTA (256 entries, xAPIC mode),
+    /// SIRTP and wait for IRTPS, a global interrupt-entry-cache invalidation, then IRE
+    /// (wait for IRES) with CFI left clear, so compatibility-format interrupts are blocked
+    /// too. Calling it again once enabled does nothing.
+    ///
+    /// Errors: `HardwareTimeout` (a command not acknowledged), `InvalidationTimeout`,
+    /// `NoMemory`; the failing unit is marked failed, units enabled before it stay
+    /// enabled (blocking every interrupt) and remapping counts as not enabled.
+    pub fn enable_interrupt_remapping(&mut self) -> Result<bool, IommuError> {
+        if self.interrupt_remapping {
+            return Ok(true);
+        }
+        if !self.interrupt_remapping_offered() {
+            return Ok(false);
+        }
+        for unit in &mut self.units {
+            if unit.failure.is_some() {
+                return Err(IommuError::InvalidationTimeout { unit: unit.id });
+            }
+        }
+        for unit in &mut self.units {
+            unit.enable_interrupt_remapping(&mut self.mem, &self.config)?;
+        }
+        self.interrupt_remapping = true;
+        Ok(true)
+    }
+
+    /// Entry `index` of `unit`'s interrupt remapping table, read from memory as the unit
+    /// reads it. `None` for an unknown unit, a unit without remapping or an index beyond
+    /// the table.
+    pub fn interrupt_entry(&self, unit: UnitId, index: u32) -> Option<Irte> {
+        let unit = self.units.iter().find(|u| u.id == unit)?;
+        let table = unit.irt.as_ref()?;
+        (index < intremap::IRT_ENTRIES).then(|| Irte::read(&self.mem, table.base, index))
     }
 
     fn aperture_end(&self) -> u64 {
@@ -494,6 +570,88 @@ impl<R: RegisterBlock> Unit<R> {
             root
         );
         Ok(())
+    }
+
+    /// See [`VtdIommu::enable_interrupt_remapping`].
+    fn enable_interrupt_remapping(
+        &mut self,
+        mem: &mut dyn DmaMemory,
+        config: &DriverConfig,
+    ) -> Result<(), IommuError> {
+        if self.regs.read32(registers::GSTS) & gcmd::IRE != 0 {
+            // Left on by firmware or an earlier kernel: off before the table changes.
+            self.command(config, gcmd::IRE, false)?;
+        }
+        let table = mem.alloc_zeroed(1, PAGE).ok_or(IommuError::NoMemory)?;
+        if !self.ecap.c {
+            mem.flush(table, PAGE as usize);
+        }
+        mem.barrier();
+        // IRTA: table | EIME = 0 (xAPIC) | S (2^(S+1) entries).
+        self.regs
+            .write64(registers::IRTA, table | intremap::IRTA_SIZE);
+        let value = registers::gcmd_value(&self.regs, gcmd::SIRTP, true);
+        self.regs.write32(registers::GCMD, value);
+        if !registers::poll32(
+            &self.regs,
+            registers::GSTS,
+            config.register_spin_budget,
+            |s| s & gcmd::SIRTP != 0,
+        ) {
+            self.failure = Some(UnitFailure::Command { bit: gcmd::SIRTP });
+            return Err(IommuError::HardwareTimeout { unit: self.id });
+        }
+        self.irt = Some(InterruptTable::new(table));
+        self.run(mem, config, &[Invalidation::InterruptEntriesGlobal], true)?;
+        if self.regs.read32(registers::GSTS) & gcmd::CFI != 0 {
+            // Compatibility format must be blocked: it bypasses the table.
+            self.command(config, gcmd::CFI, false)?;
+        }
+        self.command(config, gcmd::IRE, true)?;
+        log::info!(
+            target: "vtd",
+            "dmar{}: interrupt remapping enabled: {}-entry table at {table:#x}, xAPIC mode, compatibility format blocked",
+            self.id.0,
+            intremap::IRT_ENTRIES
+        );
+        Ok(())
+    }
+
+    /// Writes IRTEs `first..first + entries.len()`: each high quadword, barrier, low
+    /// quadword (P), flushed on a non-coherent unit; then invalidates them in the
+    /// interrupt-entry cache and waits.
+    fn write_interrupt_entries(
+        &mut self,
+        mem: &mut dyn DmaMemory,
+        config: &DriverConfig,
+        first: u32,
+        entries: &[Irte],
+    ) -> Result<(), IommuError> {
+        let table = self.irt.as_ref().map_or(0, |t| t.base);
+        for (i, entry) in entries.iter().enumerate() {
+            let slot = table + (u64::from(first) + i as u64) * intremap::IRTE_BYTES;
+            if entry.present() {
+                self.write_pair(mem, slot, entry.hi, entry.lo);
+            } else {
+                mem.write_u64(slot, entry.lo);
+                self.flush(mem, slot);
+                mem.barrier();
+                mem.write_u64(slot + 8, entry.hi);
+                self.flush(mem, slot + 8);
+                mem.barrier();
+            }
+        }
+        let count = entries.len() as u32;
+        let mask = count.next_power_of_two().trailing_zeros() as u8;
+        let command = if mask <= self.ecap.mhmv && count.is_power_of_two() && first % count == 0 {
+            Invalidation::InterruptEntries {
+                index: first as u16,
+                mask,
+            }
+        } else {
+            Invalidation::InterruptEntriesGlobal
+        };
+        self.run(mem, config, &[command], true)
     }
 
     /// Sets or clears a persistent GCMD enable (keeping the others) and waits for GSTS.
@@ -874,6 +1032,95 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
             unit.take_faults(&mut records);
         }
         records
+    }
+
+    /// True once [`VtdIommu::enable_interrupt_remapping`] enabled it on every unit.
+    fn interrupt_remapping(&self) -> bool {
+        self.interrupt_remapping
+    }
+
+    /// Takes an aligned block of `count` free IRTEs on `device.unit`, writes each
+    /// (present last): fixed delivery of `first_vector + i` to `dest_apic_id`, physical,
+    /// edge, source-id validation admitting only `device`'s requester ids (SVT = 01 with
+    /// its own id; a bus range when it has aliases), invalidates them in the
+    /// interrupt-entry cache (index-selective) and waits. The message: remappable format,
+    /// SHV, the block's first handle; data 0 (the device adds the subindex).
+    ///
+    /// Errors: `Unsupported` (remapping off, `count` not a power of two in 1..=32, vectors
+    /// past 255, an APIC id above 255: xAPIC mode), `UnknownDevice` (unknown unit, no
+    /// requester id), `NoMemory` (no free block), `InvalidationTimeout` (entries written,
+    /// unconfirmed: they stay reserved and the unit is failed).
+    fn map_msi(
+        &mut self,
+        device: &DeviceDma,
+        first_vector: u8,
+        count: u32,
+        dest_apic_id: u32,
+    ) -> Result<RemappedMsi, IommuError> {
+        let unsupported = IommuError::Unsupported { unit: device.unit };
+        if !self.interrupt_remapping {
+            return Err(unsupported);
+        }
+        let index = unit_index(&self.units, device.unit).ok_or(IommuError::UnknownDevice)?;
+        if !count.is_power_of_two() || count > 32 || u32::from(first_vector) + count > 256 {
+            return Err(unsupported);
+        }
+        let apic_id = u8::try_from(dest_apic_id).map_err(|_| unsupported)?;
+        let source = SourceValidation::for_requester_ids(&device.requester_ids)
+            .ok_or(IommuError::UnknownDevice)?;
+        let unit = &mut self.units[index];
+        if unit.failure.is_some() {
+            return Err(IommuError::InvalidationTimeout { unit: unit.id });
+        }
+        let table = unit.irt.as_mut().ok_or(unsupported)?;
+        let first = table
+            .alloc(count, device.device)
+            .ok_or(IommuError::NoMemory)?;
+        let entries: Vec<Irte> = (0..count)
+            .map(|i| Irte::remapped(first_vector + i as u8, apic_id, source))
+            .collect();
+        unit.write_interrupt_entries(&mut self.mem, &self.config, first, &entries)?;
+        Ok(RemappedMsi {
+            unit: unit.id,
+            first,
+            count,
+            address: u64::from(intremap::msi_address(first as u16)),
+            data: 0,
+        })
+    }
+
+    /// Clears the block's IRTEs (P first), invalidates them in the interrupt-entry cache
+    /// and waits; the entries are free again only once the unit confirmed.
+    ///
+    /// Errors: `Unsupported` (remapping off), `UnknownDevice` (not a block `map_msi`
+    /// gave `device` on its unit), `InvalidationTimeout` (cleared, unconfirmed: the
+    /// entries are never reused).
+    fn unmap_msi(&mut self, device: &DeviceDma, msi: &RemappedMsi) -> Result<(), IommuError> {
+        if !self.interrupt_remapping {
+            return Err(IommuError::Unsupported { unit: device.unit });
+        }
+        if msi.unit != device.unit {
+            return Err(IommuError::UnknownDevice);
+        }
+        let index = unit_index(&self.units, device.unit).ok_or(IommuError::UnknownDevice)?;
+        let unit = &mut self.units[index];
+        let owned = unit
+            .irt
+            .as_ref()
+            .is_some_and(|t| t.owns(msi.first, msi.count, device.device));
+        if !owned {
+            return Err(IommuError::UnknownDevice);
+        }
+        let cleared = alloc::vec![Irte::default(); msi.count as usize];
+        let result = unit.write_interrupt_entries(&mut self.mem, &self.config, msi.first, &cleared);
+        if let Some(table) = unit.irt.as_mut() {
+            if result.is_ok() {
+                table.free(msi.first);
+            } else {
+                table.leak(msi.first);
+            }
+        }
+        result
     }
 
     /// ECAP.C (page-walk coherency) of the unit, as read at bring-up.

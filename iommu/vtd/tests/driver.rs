@@ -1801,3 +1801,357 @@ fn explain_never_panics_and_stays_bounded() {
     assert!(lines[2].contains("T=3 (reserved)"), "{lines:#?}");
     assert!(lines.last().unwrap().contains("reason 0x3"), "{lines:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Interrupt remapping.
+// ---------------------------------------------------------------------------------------
+
+/// ECAP.IR (bit 3).
+const fn no_ir(ecap: u64) -> u64 {
+    ecap & !(1 << 3)
+}
+
+/// A QEMU-default unit with interrupt remapping enabled, and the log cleared.
+fn remapping() -> (Rig, Driver) {
+    let (rig, mut driver) = qemu();
+    rig.clear_log();
+    assert_eq!(driver.enable_interrupt_remapping(), Ok(true));
+    (rig, driver)
+}
+
+/// The test's own decoding of a remappable-format MSI address: (handle, SHV).
+fn handle_of(address: u64) -> (u32, bool) {
+    assert_eq!(address >> 20, 0xfee);
+    assert_ne!(address & (1 << 4), 0, "interrupt format must be remappable");
+    let handle = ((address >> 5) & 0x7fff) as u32 | (((address >> 2) & 1) as u32) << 15;
+    (handle, address & (1 << 3) != 0)
+}
+
+#[test]
+fn interrupt_remapping_enable_sequence() {
+    let (rig, driver) = remapping();
+    assert!(driver.interrupt_remapping());
+    let table = driver.unit_info(U0).unwrap().interrupt_table.unwrap();
+    let events = reg_writes(&rig, 0);
+    // IRTA (table, S = 7: 256 entries, EIME = 0), SIRTP carrying the enables, the global
+    // interrupt-entry-cache invalidation and its wait, then IRE; CFI never set.
+    assert_eq!(
+        events[0],
+        Event::Reg64 {
+            unit: 0,
+            offset: reg::IRTA,
+            value: table | 7,
+        }
+    );
+    assert_eq!(
+        events[1],
+        Event::Reg32 {
+            unit: 0,
+            offset: reg::GCMD,
+            value: QIE | TE | SIRTP,
+        }
+    );
+    assert!(matches!(
+        events[2],
+        Event::Reg64 {
+            offset: reg::IQT,
+            ..
+        }
+    ));
+    assert_eq!(
+        events.last().unwrap(),
+        &Event::Reg32 {
+            unit: 0,
+            offset: reg::GCMD,
+            value: QIE | TE | IRE,
+        }
+    );
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[0],
+        Desc::InterruptEntry {
+            global: true,
+            index: 0,
+            mask: 0
+        }
+    );
+    assert!(descriptors[1].is_wait());
+    assert_eq!(descriptors.len(), 2);
+    let unit = rig.unit(0);
+    assert_eq!(unit.gsts & (IRE | CFI | TE | QIE), IRE | TE | QIE);
+    assert_eq!(unit.ir_table, Some((table, 256, false)));
+    assert_eq!(unit.sirtp_count, 1);
+    drop(unit);
+    // The table is empty: every entry not present.
+    let mem = rig.mem.borrow();
+    assert!((0..512).all(|i| mem.read(table + 8 * i) == 0));
+    drop(mem);
+    // Compatibility format is blocked, and so is any remappable handle.
+    assert_eq!(rig.fakes[0].interrupt(0x18, 0xfee0_0000, 0x41), Err(0x25));
+    assert_eq!(
+        rig.fakes[0].interrupt(0x18, 0xfee0_0018 | 1 << 5, 0),
+        Err(0x22)
+    );
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn interrupt_remapping_not_offered() {
+    for ecap in [no_ir(QEMU_ECAP), no_qi(QEMU_ECAP)] {
+        let (rig, mut driver) = setup(&[(QEMU_CAP, ecap)]);
+        rig.clear_log();
+        assert!(!driver.interrupt_remapping_offered());
+        assert_eq!(driver.enable_interrupt_remapping(), Ok(false));
+        assert!(reg_writes(&rig, 0).is_empty());
+        assert!(!driver.interrupt_remapping());
+        let dev = device(0, 0, 3, 0, &[]);
+        assert_eq!(
+            driver.map_msi(&dev, 0x41, 1, 0),
+            Err(IommuError::Unsupported { unit: U0 })
+        );
+    }
+    // One unit without it: none is enabled.
+    let (rig, mut driver) = setup(&[(QEMU_CAP, QEMU_ECAP), (QEMU_CAP, no_ir(QEMU_ECAP))]);
+    rig.clear_log();
+    assert_eq!(driver.enable_interrupt_remapping(), Ok(false));
+    assert!(reg_writes(&rig, 0).is_empty());
+}
+
+#[test]
+fn map_msi_writes_the_entry_present_last_and_invalidates_it() {
+    let (rig, mut driver) = remapping();
+    rig.clear_log();
+    let dev = device(0, 0, 3, 0, &[]);
+    let msi = driver.map_msi(&dev, 0x41, 1, 0).unwrap();
+    assert_eq!((msi.unit, msi.count, msi.data), (U0, 1, 0));
+    let (handle, shv) = handle_of(msi.address);
+    assert_eq!(handle, msi.first);
+    assert!(shv);
+    assert_ne!(handle, 0);
+    let table = driver.unit_info(U0).unwrap().interrupt_table.unwrap();
+    let slot = table + u64::from(handle) * 16;
+    let (lo, hi) = {
+        let mem = rig.mem.borrow();
+        (mem.read(slot), mem.read(slot + 8))
+    };
+    // P, fixed, physical, edge, remapped mode, vector 0x41, xAPIC destination 0.
+    assert_eq!(lo, 1 | 0x41 << 16);
+    // SID = 00:03.0, SQ = 00, SVT = 01.
+    assert_eq!(hi, 0x18 | 1 << 18);
+    // High quadword, barrier, low quadword (P): present last. Flushed (ECAP.C = 0).
+    let log = rig.mem.borrow().log.clone();
+    let hi_at = log
+        .iter()
+        .position(|e| {
+            *e == Event::Write {
+                addr: slot + 8,
+                value: hi,
+            }
+        })
+        .unwrap();
+    let lo_at = log
+        .iter()
+        .position(|e| {
+            *e == Event::Write {
+                addr: slot,
+                value: lo,
+            }
+        })
+        .unwrap();
+    assert!(hi_at < lo_at);
+    assert!(log[hi_at..lo_at].contains(&Event::Barrier));
+    assert!(
+        log[lo_at..]
+            .iter()
+            .any(|e| matches!(e, Event::Flush { addr, .. } if *addr == slot))
+    );
+    // Then the index-selective invalidation of that entry and a wait.
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[0],
+        Desc::InterruptEntry {
+            global: false,
+            index: handle as u16,
+            mask: 0
+        }
+    );
+    assert!(descriptors[1].is_wait());
+    let desc_at = log
+        .iter()
+        .position(|e| matches!(e, Event::Descriptor { .. }))
+        .unwrap();
+    assert!(lo_at < desc_at);
+    // The unit delivers it for the device, and only for the device.
+    let fake = &rig.fakes[0];
+    assert_eq!(
+        fake.interrupt(0x18, msi.address as u32, msi.data),
+        Ok((0x41, 0))
+    );
+    assert_eq!(
+        fake.interrupt(0x20, msi.address as u32, msi.data),
+        Err(0x26)
+    );
+    assert_eq!(fake.interrupt(0x18, 0xfee0_0000, 0x41), Err(0x25));
+    let irte = driver.interrupt_entry(U0, handle).unwrap();
+    assert!(irte.present() && irte.admits(0x18) && !irte.admits(0x19));
+    assert_eq!(driver.unit_info(U0).unwrap().interrupt_entries_in_use, 1);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn multiple_message_msi_gets_an_aligned_block() {
+    let (rig, mut driver) = remapping();
+    let dev = device(0, 0, 3, 0, &[]);
+    let one = driver.map_msi(&dev, 0x40, 1, 1).unwrap();
+    rig.clear_log();
+    let four = driver.map_msi(&dev, 0x44, 4, 2).unwrap();
+    assert_eq!(four.first % 4, 0);
+    assert_ne!(four.first, one.first);
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[0],
+        Desc::InterruptEntry {
+            global: false,
+            index: four.first as u16,
+            mask: 2
+        }
+    );
+    // MSI's Multiple Message Enable: the device puts the subindex in the data.
+    for sub in 0..4u32 {
+        assert_eq!(
+            rig.fakes[0].interrupt(0x18, four.address as u32, four.data | sub),
+            Ok((0x44 + sub as u8, 2))
+        );
+    }
+    assert_eq!(
+        rig.fakes[0].interrupt(0x18, one.address as u32, one.data),
+        Ok((0x40, 1))
+    );
+    assert_eq!(driver.unit_info(U0).unwrap().interrupt_entries_in_use, 5);
+}
+
+#[test]
+fn unmap_msi_clears_and_invalidates_the_cached_entry() {
+    let (rig, mut driver) = remapping();
+    let dev = device(0, 0, 3, 0, &[]);
+    let other = device(0, 0, 4, 0, &[]);
+    let msi = driver.map_msi(&dev, 0x41, 2, 0).unwrap();
+    let address = msi.address as u32;
+    // Delivered once: the fake now caches the entries.
+    assert_eq!(rig.fakes[0].interrupt(0x18, address, 1), Ok((0x42, 0)));
+    assert_eq!(
+        driver.unmap_msi(&other, &msi),
+        Err(IommuError::UnknownDevice)
+    );
+    rig.clear_log();
+    driver.unmap_msi(&dev, &msi).unwrap();
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[0],
+        Desc::InterruptEntry {
+            global: false,
+            index: msi.first as u16,
+            mask: 1
+        }
+    );
+    // P cleared first.
+    let table = driver.unit_info(U0).unwrap().interrupt_table.unwrap();
+    let slot = table + u64::from(msi.first) * 16;
+    let log = rig.mem.borrow().log.clone();
+    let lo_at = log
+        .iter()
+        .position(|e| {
+            *e == Event::Write {
+                addr: slot,
+                value: 0,
+            }
+        })
+        .unwrap();
+    let hi_at = log
+        .iter()
+        .position(|e| {
+            *e == Event::Write {
+                addr: slot + 8,
+                value: 0,
+            }
+        })
+        .unwrap();
+    assert!(lo_at < hi_at);
+    // Without the invalidation the cached entry would still deliver.
+    assert_eq!(rig.fakes[0].interrupt(0x18, address, 1), Err(0x22));
+    assert_eq!(rig.fakes[0].interrupt(0x18, address, 0), Err(0x22));
+    assert_eq!(driver.unit_info(U0).unwrap().interrupt_entries_in_use, 0);
+    assert_eq!(driver.unmap_msi(&dev, &msi), Err(IommuError::UnknownDevice));
+    // The entries are free again.
+    let again = driver.map_msi(&dev, 0x50, 2, 0).unwrap();
+    assert_eq!(again.first, msi.first);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn aliased_devices_are_validated_by_bus_range() {
+    let (rig, mut driver) = remapping();
+    // A function behind a conventional PCI bridge on bus 1: its own id and the bridge's.
+    let dev = device(0, 2, 0, 0, &[0x0108]);
+    let msi = driver.map_msi(&dev, 0x41, 1, 0).unwrap();
+    let irte = driver.interrupt_entry(U0, msi.first).unwrap();
+    assert_eq!(irte.source_validation_type(), 2);
+    assert_eq!(irte.source_id(), 0x0102);
+    let fake = &rig.fakes[0];
+    assert_eq!(fake.interrupt(0x0108, msi.address as u32, 0), Ok((0x41, 0)));
+    assert_eq!(fake.interrupt(0x0200, msi.address as u32, 0), Ok((0x41, 0)));
+    assert_eq!(fake.interrupt(0x0300, msi.address as u32, 0), Err(0x26));
+}
+
+#[test]
+fn map_msi_errors() {
+    let (rig, mut driver) = remapping();
+    let dev = device(0, 0, 3, 0, &[]);
+    let unsupported = Err(IommuError::Unsupported { unit: U0 });
+    assert_eq!(driver.map_msi(&dev, 0x41, 3, 0), unsupported);
+    assert_eq!(driver.map_msi(&dev, 0x41, 64, 0), unsupported);
+    assert_eq!(driver.map_msi(&dev, 0xfe, 4, 0), unsupported);
+    assert_eq!(driver.map_msi(&dev, 0x41, 1, 256), unsupported);
+    let nowhere = device(7, 0, 3, 0, &[]);
+    assert_eq!(
+        driver.map_msi(&nowhere, 0x41, 1, 0),
+        Err(IommuError::UnknownDevice)
+    );
+    // The table fills up (entry 0 is never used).
+    for _ in 0..7 {
+        driver.map_msi(&dev, 0x40, 32, 0).unwrap();
+    }
+    for _ in 0..31 {
+        driver.map_msi(&dev, 0x40, 1, 0).unwrap();
+    }
+    assert_eq!(driver.map_msi(&dev, 0x40, 1, 0), Err(IommuError::NoMemory));
+    // A unit that stops completing invalidations: the error, never a success, and the
+    // entries are not reused.
+    let (rig2, mut driver2) = driver_with(&[(QEMU_CAP, QEMU_ECAP)], Vec::new(), small_budget());
+    driver2.enable_interrupt_remapping().unwrap();
+    let msi = driver2.map_msi(&dev, 0x41, 1, 0).unwrap();
+    rig2.unit(0).ignore_iqt = true;
+    assert_eq!(
+        driver2.unmap_msi(&dev, &msi),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    assert_eq!(
+        driver2.map_msi(&dev, 0x41, 1, 0),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    drop(rig);
+}
+
+#[test]
+fn unacknowledged_interrupt_remapping_commands_time_out() {
+    for bit in [SIRTP, IRE] {
+        let (rig, mut driver) = driver_with(&[(QEMU_CAP, QEMU_ECAP)], Vec::new(), small_budget());
+        rig.unit(0).ignore_gcmd = bit;
+        assert_eq!(
+            driver.enable_interrupt_remapping(),
+            Err(IommuError::HardwareTimeout { unit: U0 })
+        );
+        assert!(!driver.interrupt_remapping());
+        assert!(driver.unit_failed(U0));
+    }
+}

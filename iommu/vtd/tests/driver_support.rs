@@ -408,6 +408,7 @@ pub mod reg {
     pub const IQT: usize = 0x88;
     pub const IQA: usize = 0x90;
     pub const ICS: usize = 0x9c;
+    pub const IRTA: usize = 0xb8;
 }
 
 pub const TE: u32 = 1 << 31;
@@ -416,6 +417,7 @@ pub const WBF: u32 = 1 << 27;
 pub const QIE: u32 = 1 << 26;
 pub const IRE: u32 = 1 << 25;
 pub const SIRTP: u32 = 1 << 24;
+pub const CFI: u32 = 1 << 23;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachedContext {
@@ -467,7 +469,13 @@ pub struct UnitState {
     pub storm: bool,
     pub faults_recorded: u64,
     pub faults_dropped: u64,
+    /// IRTA as written, and as latched by the last SIRTP: (table, entries, EIME).
+    pub irta: u64,
+    pub ir_table: Option<(u64, u32, bool)>,
+    pub sirtp_count: usize,
     // Caches.
+    /// Interrupt-entry cache: index → IRTE (lo, hi), present entries only.
+    pub iec: BTreeMap<u32, (u64, u64)>,
     pub context_cache: BTreeMap<u16, CachedContext>,
     /// (domain id, 4 KiB page) → (physical page, read, write), or a cached not-present
     /// result (caching mode only).
@@ -616,6 +624,10 @@ impl FakeVtdUnit {
             storm: false,
             faults_recorded: 0,
             faults_dropped: 0,
+            irta: 0,
+            ir_table: None,
+            sirtp_count: 0,
+            iec: BTreeMap::new(),
             context_cache: BTreeMap::new(),
             iotlb: BTreeMap::new(),
         };
@@ -637,6 +649,7 @@ impl FakeVtdUnit {
             reg::IQH => s.iqh,
             reg::IQT => s.iqt,
             reg::IQA => s.iqa,
+            reg::IRTA => s.irta,
             o if o == iro => s.iva,
             o if o == iro + 8 => s.iotlb_reg,
             o if o >= fro && o < fro + 16 * s.nfr() => {
@@ -685,6 +698,15 @@ impl FakeVtdUnit {
                     ((lo >> 48) & 3) as u8,
                 ),
                 2 => s.invalidate_iotlb((lo >> 4) & 3, (lo >> 16) as u16, hi & !0xfff, hi & 0x3f),
+                4 => {
+                    if lo & (1 << 4) == 0 {
+                        s.iec.clear();
+                    } else {
+                        let index = (lo >> 32) as u32 & 0xffff;
+                        let count = 1u32 << ((lo >> 27) & 0x1f);
+                        s.iec.retain(|&i, _| i < index || i >= index + count);
+                    }
+                }
                 5 => {
                     let sw = lo & (1 << 5) != 0;
                     let iflag = lo & (1 << 4) != 0;
@@ -740,7 +762,17 @@ impl FakeVtdUnit {
                 }
                 ok
             }
-            4 => true,
+            // QEMU's reserved mask for the interrupt-entry-cache descriptor; the handle
+            // mask may not exceed ECAP.MHMV.
+            4 => {
+                let mhmv = (s.ecap >> 20) & 0xf;
+                if s.ecap & (1 << 3) == 0 {
+                    s.violations.push("IEC invalidation without ECAP.IR".into());
+                }
+                lo & 0xffff_0000_07ff_f1e0 == 0
+                    && hi == 0
+                    && (lo & (1 << 4) == 0 || (lo >> 27) & 0x1f <= mhmv)
+            }
             5 => lo & 0xffff_ff80 == 0 && hi & 3 == 0,
             _ => false,
         };
@@ -794,13 +826,96 @@ impl FakeVtdUnit {
                 s.gsts &= !TE;
             }
         }
-        if changed & IRE != 0 {
+        if value & SIRTP != 0 && ignore & SIRTP == 0 {
+            let irta = s.irta;
+            if irta & (1 << 11) != 0 && s.ecap & (1 << 4) == 0 {
+                s.violations.push("IRTA.EIME without ECAP.EIM".into());
+            }
+            if s.gsts & IRE != 0 {
+                s.violations
+                    .push("SIRTP with interrupt remapping on".into());
+            }
+            s.ir_table = Some((irta & ADDR, 2 << (irta & 0xf), irta & (1 << 11) != 0));
+            s.sirtp_count += 1;
+            s.gsts |= SIRTP;
+        }
+        if changed & IRE != 0 && ignore & IRE == 0 {
+            if value & IRE != 0 && s.ir_table.is_none() {
+                s.violations.push("IRE before SIRTP".into());
+            }
             s.gsts ^= IRE;
         }
-        if value & SIRTP != 0 {
-            s.violations
-                .push("SIRTP issued (interrupt table re-latched)".into());
+        if changed & CFI != 0 && ignore & CFI == 0 {
+            s.gsts ^= CFI;
         }
+    }
+
+    /// An interrupt request (a write of `data` to `address` in the interrupt window) by
+    /// `rid`: Ok((vector, APIC id)) as delivered, or Err(VT-d interrupt-remapping fault
+    /// reason). Present entries are cached until an interrupt-entry-cache invalidation.
+    pub fn interrupt(&self, rid: u16, address: u32, data: u32) -> Result<(u8, u8), u8> {
+        let mem = self.mem.borrow();
+        let mut s = self.state.borrow_mut();
+        assert_eq!(address >> 20, 0xfee, "not an interrupt-window address");
+        if s.gsts & IRE == 0 {
+            return Ok((data as u8, (address >> 12) as u8));
+        }
+        if address & (1 << 4) == 0 {
+            // Compatibility format: only with CFI set.
+            return if s.gsts & CFI != 0 {
+                Ok((data as u8, (address >> 12) as u8))
+            } else {
+                Err(0x25)
+            };
+        }
+        let mut index = (address >> 5) & 0x7fff | ((address >> 2) & 1) << 15;
+        if address & (1 << 3) != 0 {
+            if data >> 16 != 0 {
+                return Err(0x24);
+            }
+            index += data & 0xffff;
+        }
+        let (table, entries, eime) = s.ir_table.expect("IRE without a table");
+        if index >= entries {
+            return Err(0x21);
+        }
+        let (lo, hi) = match s.iec.get(&index) {
+            Some(&cached) => cached,
+            None => {
+                let at = table + u64::from(index) * 16;
+                (mem.read(at), mem.read(at + 8))
+            }
+        };
+        if lo & 1 == 0 {
+            return Err(0x22);
+        }
+        // Reserved: lo bits 14:12 and 31:24 (remapped format), hi bits 63:20.
+        if lo & 0xff00_7000 != 0 || hi >> 20 != 0 {
+            return Err(0x24);
+        }
+        s.iec.insert(index, (lo, hi));
+        let sid = hi as u16;
+        let ok = match (hi >> 18) & 3 {
+            0 => true,
+            1 => {
+                let mask = [0xffffu16, 0xfffb, 0xfff9, 0xfff8][((hi >> 16) & 3) as usize];
+                rid & mask == sid & mask
+            }
+            2 => {
+                let bus = (rid >> 8) as u8;
+                bus >= (sid >> 8) as u8 && bus <= sid as u8
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(0x26);
+        }
+        let dest = if eime {
+            (lo >> 32) as u8
+        } else {
+            (lo >> 40) as u8
+        };
+        Ok(((lo >> 16) as u8, dest))
     }
 
     fn register_invalidation(&self, offset: usize, value: u64) {
@@ -994,6 +1109,7 @@ impl RegisterBlock for FakeVtdUnit {
                 }
                 s.iqa = value;
             }
+            reg::IRTA => self.state.borrow_mut().irta = value,
             reg::IQT => {
                 let process = {
                     let mut s = self.state.borrow_mut();

@@ -234,7 +234,8 @@ impl Vfio {
     }
 
     /// `DEVICE_MAP_REGION`: map part of a memory BAR at a guest-physical address
-    /// outside the guest's RAM, until the device is closed.
+    /// outside the guest's RAM, until the device is closed. The device's group must be
+    /// bound to the VM (`EPERM`, checked after the request's own `EINVAL`s).
     pub(super) fn device_map_region(
         &mut self,
         guest: GuestId,
@@ -263,6 +264,14 @@ impl Vfio {
         let (ram_base, ram_size) = mem.ram();
         if overlaps(map.gpa, map.size, ram_base, ram_size) {
             return Err(Errno::EINVAL);
+        }
+        // BARs go into the VM only for a group bound to it (GROUP_BIND_VM), as KVM
+        // needs the kvm-vfio registration. Unbinding later keeps what is mapped (as
+        // Linux keeps a process's mmaps when the group leaves kvm-vfio); only new
+        // mappings are refused.
+        let group = self.devices.get(&d).ok_or(Errno::EBADF)?.group;
+        if !self.bound(group) {
+            return Err(Errno::EPERM);
         }
         let taken = self
             .devices

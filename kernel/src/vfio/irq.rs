@@ -6,10 +6,12 @@
 //! - Enabling MSI (the first `DATA_EVENTFD | ACTION_TRIGGER`) takes an aligned block of
 //!   host vectors from [`HOST_VECTOR_FIRST`]`..=`[`HOST_VECTOR_LAST`] (MSI's Multiple
 //!   Message Enable makes the device put the subindex in the low data bits, so the block
-//!   is a power of two, aligned to its size) and programs the capability: address
+//!   is a power of two, aligned to its size) and programs the capability, MME and MSI
+//!   enable; INTx disabled (COMMAND bit 10) — it is never routed. The message depends on
+//!   the IOMMU (see *Interrupt remapping* below): with remapping, the address/data
+//!   [`Iommu::map_msi`] returns for the block; without, compatibility format: address
 //!   `0xFEE00000 | apic_id << 12` (physical destination, the host's local APIC), data =
-//!   the block's first vector (fixed delivery, edge), MME, MSI enable; INTx disabled
-//!   (COMMAND bit 10) — it is never routed.
+//!   the block's first vector (fixed delivery, edge).
 //! - The host's handler for those vectors only records them (`arch::lapic`); the kernel
 //!   hands them to [`Vfio::take_interrupts`], which maps each to its route and returns
 //!   `(guest, virtual vector)` pairs to inject. Loopback triggers and interrupts held
@@ -18,13 +20,30 @@
 //!   injected once on unmask. When the capability has per-vector mask bits they are set
 //!   too (the device then holds the message itself).
 //! - Disabling (count 0), closing the device, unbinding its group from the VM, or the
-//!   guest's end: MSI off in the capability, address/data cleared, host vectors freed,
-//!   routes and queued injections dropped.
+//!   guest's end: MSI off in the capability, address/data cleared, the remapping entries
+//!   cleared and invalidated ([`Iommu::unmap_msi`]), host vectors freed, routes and
+//!   queued injections dropped.
 //!
-//! Interrupt remapping is not used: the device's MSI is a compatibility-format write to
-//! the interrupt window, which the IOMMU passes (VT-d with IR off; AMD-Vi's device-table
-//! interrupt map left as the driver sets it). See the ABI docs for what that means for
-//! isolation.
+//! # Interrupt remapping
+//!
+//! Where the IOMMU offers it ([`Iommu::interrupt_remapping`]: VT-d with ECAP.IR on every
+//! unit, enabled at boot with compatibility format blocked), the device's MSI is a
+//! remappable-format request naming entries the hypervisor wrote: the vector and the
+//! destination come from the entry, and the entry admits only the device's own requester
+//! id. A device (or a guest driving it) can then raise only the host vectors it was
+//! given — not another device's, not the hypervisor's — and cannot aim at another CPU.
+//! (QEMU 7.2's intel-iommu model still passes compatibility-format requests with
+//! remapping on, whatever GSTS.CFIS says; real hardware and the specification block them.)
+//!
+//! [`Iommu::map_msi`]: sluice_iommu::Iommu::map_msi
+//! [`Iommu::unmap_msi`]: sluice_iommu::Iommu::unmap_msi
+//! [`Iommu::interrupt_remapping`]: sluice_iommu::Iommu::interrupt_remapping
+//!
+//! Without it (AMD-Vi today, VT-d machines without IR), the device's MSI is a
+//! compatibility-format write to the interrupt window that the IOMMU passes as is; the
+//! hypervisor programs it, but a device that can DMA could also write the window with any
+//! vector. See the ABI docs for what that means for isolation. The log says which of the
+//! two a device got.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;
@@ -37,9 +56,11 @@ use sluice_abi::vfio::{
     IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE,
     IRQ_SET_DATA_TYPE_MASK, IRQ_VECTOR_MIN, IRQ_VECTOR_NONE, IrqInfo, IrqSet, NUM_IRQS, min_size,
 };
+use sluice_iommu::{DeviceDma, IommuError, RemappedMsi};
 use sluice_pci::{ConfigSpace, PciAddress, cap_id, reg};
 
 use super::args::read_args;
+use super::errors::iommu_errno;
 use super::handles::DeviceId;
 use super::state::{Vfio, set_command};
 use super::{GuestId, GuestRam};
@@ -144,6 +165,10 @@ pub(super) struct Msi {
     pub block: u32,
     /// The subindexes enabled (`start + count` of the enabling call).
     pub vectors: Vec<Vector>,
+    /// The device's DMA route (the requester ids its interrupts carry).
+    pub dma: DeviceDma,
+    /// The interrupt-remapping entries of the block, when the IOMMU remaps.
+    pub remap: Option<RemappedMsi>,
 }
 
 /// The interrupt side of [`Vfio`].
@@ -295,6 +320,21 @@ impl Vfio {
         let msi = self.irq.msi.get(&d)?;
         let v = msi.vectors.get(sub as usize)?;
         Some((msi.owner, sub, v.virt))
+    }
+
+    /// The open device's DMA route (its requester ids and unit).
+    fn irq_device_dma(&self, d: DeviceId) -> Result<DeviceDma, Errno> {
+        let device = self.devices.get(&d).ok_or(Errno::EBADF)?;
+        self.groups
+            .get(device.group.0)
+            .and_then(|g| g.desc.devices.get(device.member))
+            .map(|f| f.dma.clone())
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Whether device MSIs go through interrupt remapping (see the module docs).
+    pub fn interrupt_remapping(&self) -> bool {
+        self.iommu.interrupt_remapping()
     }
 
     /// The open device's function and owner.
@@ -457,8 +497,9 @@ impl Vfio {
     }
 
     /// Enable MSI on `d` with `count` subindexes (none bound yet): host vectors, routes,
-    /// the capability programmed. `EINVAL` without a capability, `ENOSPC` without host
-    /// vectors.
+    /// remapping entries when the IOMMU remaps, the capability programmed. `EINVAL`
+    /// without a capability, `ENOSPC` without host vectors or remapping entries, the
+    /// IOMMU's error (see `iommu_errno`) when it cannot write them.
     fn msi_enable(
         &mut self,
         d: DeviceId,
@@ -471,18 +512,42 @@ impl Vfio {
         if count == 0 || block > cap.vectors {
             return Err(Errno::EINVAL);
         }
+        let dma = self.irq_device_dma(d)?;
         let base = self.irq.alloc(block).ok_or(Errno::ENOSPC)?;
+        let apic_id = self.irq.apic_id;
+        let remap = if self.iommu.interrupt_remapping() {
+            match self.iommu.map_msi(&dma, base, block, u32::from(apic_id)) {
+                Ok(remap) => Some(remap),
+                Err(e) => {
+                    self.irq.free(base, block);
+                    log::warn!(target: "vfio", "device {address}: no interrupt remapping entries: {e}");
+                    return Err(match e {
+                        IommuError::NoMemory => Errno::ENOSPC,
+                        e => iommu_errno(e),
+                    });
+                }
+            }
+        } else {
+            None
+        };
         for sub in 0..count {
             self.irq.routes.insert(base + sub as u8, (d, sub));
         }
+        let (address_lo, address_hi, data) = match &remap {
+            Some(r) => (r.address as u32, (r.address >> 32) as u32, r.data),
+            None => (
+                MSI_ADDRESS_BASE | u32::from(apic_id) << 12,
+                0,
+                u32::from(base),
+            ),
+        };
         let config = &*self.config;
         set_command(config, address, reg::COMMAND_INTX_DISABLE, 0);
-        let address_lo = MSI_ADDRESS_BASE | u32::from(self.irq.apic_id) << 12;
         config.write32(address, cap.offset + 4, address_lo);
         if cap.is_64bit {
-            config.write32(address, cap.offset + 8, 0);
+            config.write32(address, cap.offset + 8, address_hi);
         }
-        config.write32(address, cap.data_offset(), u32::from(base));
+        config.write32(address, cap.data_offset(), data);
         if cap.per_vector_masking {
             config.write32(address, cap.mask_offset(), 0);
         }
@@ -499,9 +564,19 @@ impl Vfio {
                 base,
                 block,
                 vectors: vec![Vector::default(); count as usize],
+                dma,
+                remap,
             },
         );
-        log::info!(target: "vfio", "guest {}: device {address} MSI enabled: {count} vectors on host vectors {base:#x}..{:#x} (address {address_lo:#x}, no interrupt remapping)", owner.0, u32::from(base) + block - 1);
+        let last = u32::from(base) + block - 1;
+        match remap {
+            Some(r) => {
+                log::info!(target: "vfio", "guest {}: device {address} MSI enabled: {count} vectors on host vectors {base:#x}..{last:#x} through interrupt remapping (unit {} entries {}..{}, address {address_lo:#x} data {data:#x})", owner.0, r.unit.0, r.first, r.first + r.count - 1)
+            }
+            None => {
+                log::info!(target: "vfio", "guest {}: device {address} MSI enabled: {count} vectors on host vectors {base:#x}..{last:#x} (address {address_lo:#x}, compatibility format: no interrupt remapping)", owner.0)
+            }
+        }
         Ok(())
     }
 
@@ -557,6 +632,13 @@ impl Vfio {
             config.write32(msi.address, msi.cap.offset + 8, 0);
         }
         config.write32(msi.address, msi.cap.data_offset(), 0);
+        // The device no longer sends the message: its entries can go (a failure is the
+        // unit's; the driver keeps those entries out of use).
+        if let Some(remap) = &msi.remap {
+            if let Err(e) = self.iommu.unmap_msi(&msi.dma, remap) {
+                log::error!(target: "vfio", "device {}: interrupt remapping entries not released: {e}", msi.address);
+            }
+        }
         self.irq.routes.retain(|_, &mut (dev, _)| dev != d);
         self.irq.free(msi.base, msi.block);
         self.irq.queued.retain(|&(dev, _, _)| dev != d);
@@ -581,6 +663,11 @@ impl Vfio {
                     msi.vectors.len(),
                     msi.block
                 ));
+            }
+            if msi.remap.is_some() != self.iommu.interrupt_remapping()
+                || msi.remap.is_some_and(|r| r.count != msi.block)
+            {
+                return Err(format!("{d:?}: remapping entries disagree with the block"));
             }
             for v in u32::from(msi.base)..u32::from(msi.base) + msi.block {
                 if is_used(&used, v) {

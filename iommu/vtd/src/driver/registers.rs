@@ -23,6 +23,8 @@ pub const IQH: usize = 0x80;
 pub const IQT: usize = 0x88;
 /// Invalidation queue address (64-bit).
 pub const IQA: usize = 0x90;
+/// Interrupt remapping table address (64-bit): base | EIME (bit 11) | S (bits 3:0).
+pub const IRTA: usize = 0xB8;
 
 /// GCMD/GSTS bits. The command bit and its status bit share a position.
 pub mod gcmd {

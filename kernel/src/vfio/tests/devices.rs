@@ -111,10 +111,55 @@ fn region_info(rig: &mut Rig, device: u64, index: u32) -> Result<RegionInfo, Err
     Ok(RegionInfo::from_bytes(&b))
 }
 
+/// The open edu of guest A (group 1), its group bound to the VM (BAR mappings need it).
 fn open_edu(rig: &mut Rig) -> (u64, u64, u64) {
     let (c, gs) = rig.active(A, &[1]);
     let d = rig.get_device(A, gs[0], "0000:00:02.0").unwrap();
+    rig.bind(A, gs[0]).unwrap();
     (c, gs[0], d)
+}
+
+#[test]
+fn map_region_needs_the_vm_binding_and_unbinding_keeps_what_is_mapped() {
+    let mut rig = Rig::new();
+    let (_, gs) = rig.active(A, &[1]);
+    let g = gs[0];
+    let d = rig.get_device(A, g, "0000:00:02.0").unwrap();
+    let gpa = 0x1_0000_0000;
+    assert_eq!(
+        map_region(&mut rig, d, 0, 0, 0x1000, gpa),
+        Err(Errno::EPERM),
+        "not bound"
+    );
+    // The request's own EINVALs come first.
+    assert_eq!(
+        map_region(&mut rig, d, 0, 0x800, 0x1000, gpa),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        map_region(&mut rig, d, 1, 0, 0x1000, gpa),
+        Err(Errno::EINVAL)
+    );
+    assert!(rig.a.mmio.is_empty());
+    rig.bind(A, g).unwrap();
+    assert_eq!(map_region(&mut rig, d, 0, 0, 0x1000, gpa), Ok(0));
+    // Unbinding (kvm-vfio group delete) leaves the mapping; new ones are refused.
+    rig.unbind(A, g).unwrap();
+    assert_eq!(rig.a.mmio.get(&gpa), Some(&(0xfea0_0000, 0x1000)));
+    assert_eq!(rig.vfio.region_mapping_count(A), 1);
+    assert_eq!(
+        map_region(&mut rig, d, 0, 0x1000, 0x1000, gpa + 0x1000),
+        Err(Errno::EPERM)
+    );
+    // Bound again: allowed again; closing the device removes both.
+    rig.bind(A, g).unwrap();
+    assert_eq!(
+        map_region(&mut rig, d, 0, 0x1000, 0x1000, gpa + 0x1000),
+        Ok(0)
+    );
+    rig.close(A, d).unwrap();
+    assert!(rig.a.mmio.is_empty());
+    assert_eq!(rig.vfio.region_mapping_count(A), 0);
 }
 
 #[test]
@@ -456,6 +501,7 @@ fn region_mappings_overlap_per_guest_across_devices() {
     let (_, _, d) = open_edu(&mut rig);
     let (_, gs) = rig.active(A, &[2]);
     let nic = rig.get_device(A, gs[0], "0000:01:00.0").unwrap();
+    rig.bind(A, gs[0]).unwrap();
     let gpa = 0x2_0000_0000;
     map_region(&mut rig, d, 0, 0, 0x4000, gpa).unwrap();
     assert_eq!(
@@ -466,6 +512,7 @@ fn region_mappings_overlap_per_guest_across_devices() {
     // B's guest-physical space is its own.
     let (_, gb) = rig.active(B, &[3]);
     let db = rig.get_device(B, gb[0], "0000:00:03.0").unwrap();
+    rig.bind(B, gb[0]).unwrap();
     assert_eq!(map_region_as(&mut rig, B, db, 0, 0, 0x1000, gpa), Ok(0));
     assert_eq!(rig.b.mmio.get(&gpa), Some(&(0xfec0_0000, 0x1000)));
     // A's device handles mean nothing to B, even where B has a device in that slot.

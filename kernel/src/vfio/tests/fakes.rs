@@ -10,7 +10,8 @@ use core::cell::RefCell;
 
 use sluice_abi::Errno;
 use sluice_iommu::{
-    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
+    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, RemappedMsi,
+    UnitId, Vendor,
 };
 use sluice_pci::PciAddress;
 
@@ -66,6 +67,15 @@ pub struct FakeState {
     pub fail_detach: bool,
     pub created: u32,
     pub destroyed: u32,
+    /// Interrupt remapping offered (off by default: compatibility format).
+    pub remapping: bool,
+    /// Remapping entries in use: first index → (device, first vector, count, APIC id).
+    pub irtes: BTreeMap<u32, (PciAddress, u8, u32, u32)>,
+    /// The next index handed out.
+    pub next_irte: u32,
+    /// `map_msi` fails with this.
+    pub fail_map_msi: Option<IommuError>,
+    pub msi_unmaps: u32,
 }
 
 impl FakeState {
@@ -84,7 +94,17 @@ impl FakeState {
             fail_detach: false,
             created: 0,
             destroyed: 0,
+            remapping: false,
+            irtes: BTreeMap::new(),
+            next_irte: 0x100,
+            fail_map_msi: None,
+            msi_unmaps: 0,
         }
+    }
+
+    /// The fake's remappable message for index `first`: a made-up address naming it.
+    pub fn msi_address(first: u32) -> u64 {
+        0xfee0_0000 | u64::from(first) << 5 | 0x18
     }
 
     /// Device → its domain's mappings `(iova, size, paddr)`, sorted.
@@ -285,6 +305,50 @@ impl Iommu for FakeIommu {
             0 => Some(true),
             1 => Some(false),
             _ => None,
+        }
+    }
+
+    fn interrupt_remapping(&self) -> bool {
+        self.0.borrow().remapping
+    }
+
+    /// Hands out indexes from `next_irte` on, never reused; checks what a driver checks.
+    fn map_msi(
+        &mut self,
+        device: &DeviceDma,
+        first_vector: u8,
+        count: u32,
+        dest_apic_id: u32,
+    ) -> Result<RemappedMsi, IommuError> {
+        let mut s = self.0.borrow_mut();
+        if !s.remapping || !count.is_power_of_two() || count > 32 {
+            return Err(IommuError::Unsupported { unit: device.unit });
+        }
+        if let Some(e) = s.fail_map_msi {
+            return Err(e);
+        }
+        let first = s.next_irte;
+        s.next_irte += count;
+        s.irtes
+            .insert(first, (device.device, first_vector, count, dest_apic_id));
+        Ok(RemappedMsi {
+            unit: device.unit,
+            first,
+            count,
+            address: FakeState::msi_address(first),
+            data: 0,
+        })
+    }
+
+    fn unmap_msi(&mut self, device: &DeviceDma, msi: &RemappedMsi) -> Result<(), IommuError> {
+        let mut s = self.0.borrow_mut();
+        match s.irtes.get(&msi.first) {
+            Some(&(owner, _, count, _)) if owner == device.device && count == msi.count => {
+                s.irtes.remove(&msi.first);
+                s.msi_unmaps += 1;
+                Ok(())
+            }
+            _ => Err(IommuError::UnknownDevice),
         }
     }
 

@@ -638,3 +638,140 @@ fn routes_end_with_close_and_release() {
         "MSI is off for the next owner"
     );
 }
+
+/// The host vector routed to subindex 0 of a device of `guest` (the block's base).
+fn base_vector(rig: &Rig, guest: GuestId) -> u8 {
+    (HOST_VECTOR_FIRST..=crate::vfio::HOST_VECTOR_LAST)
+        .find(|&v| matches!(rig.vfio.interrupt_route(v), Some((g, 0, _)) if g == guest))
+        .expect("a routed block")
+}
+
+#[test]
+fn msi_through_interrupt_remapping() {
+    let mut rig = Rig::new();
+    rig.iommu.borrow_mut().remapping = true;
+    assert!(rig.vfio.interrupt_remapping());
+    rig.vfio.set_interrupt_target(3);
+    let (_, d) = edu(&mut rig, true);
+    set_irqs(
+        &mut rig,
+        d,
+        TRIGGER_EVENTFD,
+        IRQ_INDEX_MSI,
+        0,
+        3,
+        &vectors(&[0x60, 0x61, 0x62]),
+    )
+    .unwrap();
+    let base = base_vector(&rig, A);
+    // The device is programmed with the IOMMU's message, not a compatibility one.
+    let at = msi_offset(&rig, DEV_EDU);
+    let cfg = rig.vfio.config();
+    let first = {
+        let s = rig.iommu.borrow();
+        let (&first, &entry) = s.irtes.iter().next().expect("entries written");
+        assert_eq!(
+            entry,
+            (DEV_EDU, base, 4, 3),
+            "block of 4 for MME 2, to APIC 3"
+        );
+        first
+    };
+    assert_eq!(
+        u64::from(cfg.read32(DEV_EDU, at + 4)),
+        super::fakes::FakeState::msi_address(first)
+    );
+    assert_eq!(cfg.read32(DEV_EDU, at + 8), 0, "address high");
+    assert_eq!(cfg.read32(DEV_EDU, at + 12), 0, "data: subhandle 0");
+    assert_eq!((msi_control(&rig, DEV_EDU) >> 4) & 7, 2);
+    // Delivery through the host vectors is unchanged.
+    assert_eq!(rig.vfio.take_interrupts(host_bit(base + 2)), [(A, 0x62)]);
+    rig.vfio.check_invariants().unwrap();
+    // Disable: the entries go.
+    set_irqs(&mut rig, d, TRIGGER_NONE, IRQ_INDEX_MSI, 0, 0, &[]).unwrap();
+    assert!(rig.iommu.borrow().irtes.is_empty());
+    assert_eq!(rig.iommu.borrow().msi_unmaps, 1);
+    // Close: the entries go.
+    set_irqs(
+        &mut rig,
+        d,
+        TRIGGER_EVENTFD,
+        IRQ_INDEX_MSI,
+        0,
+        1,
+        &vectors(&[0x60]),
+    )
+    .unwrap();
+    assert_eq!(rig.iommu.borrow().irtes.len(), 1);
+    rig.close(A, d).unwrap();
+    assert!(rig.iommu.borrow().irtes.is_empty());
+    // The guest's end: the entries go.
+    let (_, gs) = rig.active(A, &[3]);
+    rig.bind(A, gs[0]).unwrap();
+    let d3 = rig.get_device(A, gs[0], "0000:00:03.0").unwrap();
+    set_irqs(
+        &mut rig,
+        d3,
+        TRIGGER_EVENTFD,
+        IRQ_INDEX_MSI,
+        0,
+        1,
+        &vectors(&[0x61]),
+    )
+    .unwrap();
+    assert_eq!(
+        rig.iommu.borrow().irtes.values().next().map(|e| e.0),
+        Some(DEV_UNIT1)
+    );
+    rig.release(A);
+    assert!(rig.iommu.borrow().irtes.is_empty());
+    assert_eq!(rig.iommu.borrow().msi_unmaps, 3);
+    assert_eq!(rig.vfio.interrupt_routes(), (0, 0));
+    rig.vfio.check_invariants().unwrap();
+}
+
+#[test]
+fn remapping_failures_leave_msi_off() {
+    let mut rig = Rig::new();
+    rig.iommu.borrow_mut().remapping = true;
+    let (_, d) = edu(&mut rig, true);
+    for (error, errno) in [
+        (sluice_iommu::IommuError::NoMemory, Errno::ENOSPC),
+        (
+            sluice_iommu::IommuError::InvalidationTimeout {
+                unit: sluice_iommu::UnitId(0),
+            },
+            Errno::EBUSY,
+        ),
+    ] {
+        rig.iommu.borrow_mut().fail_map_msi = Some(error);
+        assert_eq!(
+            set_irqs(
+                &mut rig,
+                d,
+                TRIGGER_EVENTFD,
+                IRQ_INDEX_MSI,
+                0,
+                1,
+                &vectors(&[0x60])
+            ),
+            Err(errno)
+        );
+        assert_eq!(rig.vfio.interrupt_routes(), (0, 0));
+        assert_eq!(msi_control(&rig, DEV_EDU) & 1, 0, "MSI stays off");
+        rig.vfio.check_invariants().unwrap();
+    }
+    // Once the IOMMU recovers, MSI works.
+    rig.iommu.borrow_mut().fail_map_msi = None;
+    set_irqs(
+        &mut rig,
+        d,
+        TRIGGER_EVENTFD,
+        IRQ_INDEX_MSI,
+        0,
+        1,
+        &vectors(&[0x60]),
+    )
+    .unwrap();
+    assert_eq!(rig.vfio.interrupt_routes(), (1, 1));
+}

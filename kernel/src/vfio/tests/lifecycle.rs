@@ -128,12 +128,15 @@ fn the_handle_table_is_bounded() {
     assert!(rig.call(B, VfioCall::ContainerCreate).is_ok());
 }
 
-/// Build: container with group 1 (model set), one mapping, device open, region mapped.
+/// Build: container with group 1 (model set), one mapping, device open, region mapped
+/// (while the group was bound to the VM; unbound again: the mapping stays).
 fn full_setup(rig: &mut Rig) -> (u64, u64, u64) {
     let (c, gs) = rig.active(A, &[1]);
     rig.map(A, c, 0x10_0000, 0x100_0000, 0x2000).unwrap();
     let d = rig.get_device(A, gs[0], "0000:00:02.0").unwrap();
+    rig.bind(A, gs[0]).unwrap();
     map_region(rig, d, 0, 0, 0x1000, 0x1_0000_0000).unwrap();
+    rig.unbind(A, gs[0]).unwrap();
     (c, gs[0], d)
 }
 

@@ -458,6 +458,10 @@ impl Model {
                     Some((_, size)) if size >= REGION_SIZE => {}
                     _ => return Err(Errno::EINVAL),
                 }
+                // BARs into the VM need the binding; unbinding keeps what is mapped.
+                if !self.groups[&device.group].owner.as_ref().unwrap().bound {
+                    return Err(Errno::EPERM);
+                }
                 let gpa = REGION_BASE + slot * 4096;
                 let taken = self
                     .guest_regions(guest)
