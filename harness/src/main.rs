@@ -12,6 +12,7 @@ mod groups;
 mod guests;
 mod machine;
 mod model;
+mod nvme;
 mod oracle;
 mod runner;
 mod scenarios;

@@ -18,6 +18,7 @@ use crate::dmatest;
 use crate::groups::{self, GroupReport, Rid};
 use crate::guests::{self, GuestRun, Termination};
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
+use crate::nvme;
 use crate::oracle::FollowUp;
 use crate::runner::{self, Exit, MonitorPlan, Outcome};
 use crate::serial::{HOLDING_MARKER, KernelLog};
@@ -139,6 +140,11 @@ pub enum Check {
     /// holds, shows interrupt remapping on (IRES) and compatibility format off (CFIS
     /// clear). Needs `DevicesBlocked` in the same scenario. See `blocked.rs`.
     VtdInterruptRemapping,
+    /// After every guest has ended (read while the kernel holds), these NVMe controllers
+    /// (qdev ids or `bb:dd.f`) are disabled: CC.EN = 0 and CSTS.RDY = 0, read with `xp`
+    /// through BAR0 at the address `query-pci` reports (unmapped = memory decode off =
+    /// fail), the version register a controller's. See `nvme.rs`.
+    NvmeDisabled(&'static [&'static str]),
 }
 
 impl Check {
@@ -153,6 +159,7 @@ impl Check {
                 | Check::VtdFault(_)
                 | Check::DevicesBlocked(_)
                 | Check::VtdInterruptRemapping
+                | Check::NvmeDisabled(_)
         )
     }
 }
@@ -200,16 +207,38 @@ impl Scenario {
             .collect()
     }
 
+    /// The controllers of the scenario's `Check::NvmeDisabled` (all of them).
+    pub fn nvme_disabled(&self) -> Vec<&'static str> {
+        self.checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::NvmeDisabled(d) => Some(*d),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// Monitor commands chosen in rounds from the replies so far, after those of
     /// [`Scenario::monitor_plan`]: the walks of the IOMMU's tables for
-    /// `Check::DevicesBlocked`.
+    /// `Check::DevicesBlocked`, the NVMe registers for `Check::NvmeDisabled`.
     pub fn follow_up_plan(&self) -> Option<Box<FollowUp<'static>>> {
         let devices = self.devices_blocked();
-        if devices.is_empty() {
+        let controllers = self.nvme_disabled();
+        if devices.is_empty() && controllers.is_empty() {
             return None;
         }
         let unit = dmatest::Unit::of(self.machine.effective_iommu());
-        Some(Box::new(move |view| blocked::reads(unit, &devices, view)))
+        Some(Box::new(move |view| {
+            let mut reads = if devices.is_empty() {
+                Vec::new()
+            } else {
+                blocked::reads(unit, &devices, view)
+            };
+            reads.extend(nvme::reads(&controllers, view));
+            reads
+        }))
     }
 
     /// Monitor commands (beyond `query-pci`) the checks want while the kernel holds.
@@ -323,6 +352,16 @@ const VFIO_DEVICES: &[&str] = &["e1", "e2"];
 // EINVAL.
 const VFIO_RESET: GuestRun = GuestRun::exits("vfio-reset", 0).with_groups("00:05.0,00:03.0");
 const VFIO_NVME_DEVICES: &[&str] = &["e1", "e2", "nv1"];
+// Killed with the NVMe enabled (issue 8): vfio-nvme-killed owns nv1's group, maps IOVA
+// 0x200000, puts the admin queues there, enables the controller (CSTS.RDY = 1), has an
+// IDENTIFY completed through the IOMMU, submits another and, without waiting, writes
+// port 0x80. The kernel terminates it and releases the group: nv1's DMA blocked and
+// nv1 reset by FLR (CC.EN = CSTS.RDY = 0, read through BAR0 at hold).
+const VFIO_NVME_KILLED: GuestRun = GuestRun {
+    checks: true,
+    ..GuestRun::terminated("vfio-nvme-killed", Termination::Port(0x80)).with_groups("00:05.0")
+};
+const NVME_CONTROLLERS: &[&str] = &["nv1"];
 /// The passthrough demo (`./qemu-run.sh`'s default guest): vfio-demo owns e1's group,
 /// maps 2 MiB at IOVA 0x200000, binds the group, maps BAR0, routes e1's MSI to its
 /// vector 0x50, DMAs both ways waiting in HLT for each completion MSI, and shows a DMA
@@ -963,6 +1002,40 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::DevicesBlocked(VFIO_NVME_DEVICES),
         ],
     },
+    // Killed with the NVMe enabled: the release blocks its DMA and resets it (issue 8).
+    Scenario {
+        name: "vfio-nvme-killed-vtd",
+        about: "vfio-nvme-killed enables the NVMe (admin queues at its IOVAs, CSTS.RDY=1, an IDENTIFY through the IOMMU, another submitted) and is terminated (port 0x80): at the end nv1 is reset (CC.EN=0, CSTS.RDY=0 read through BAR0, still decoding) and blocked, e1/e2 blocked (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::VfioNvme),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_NVME_KILLED]),
+            Check::NvmeDisabled(NVME_CONTROLLERS),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-nvme-killed-amdvi",
+        about: "vfio-nvme-killed enables the NVMe and is terminated (port 0x80) with an IDENTIFY submitted: at the end nv1 is reset (CC.EN=0, CSTS.RDY=0 through BAR0) and its device-table entry blocks it, e1/e2 blocked (amd-iommu, pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::VfioNvme)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_NVME_KILLED]),
+            Check::NvmeDisabled(NVME_CONTROLLERS),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+        ],
+    },
     // The kill path alone: nobody takes the group over, so the tables read at the end
     // show what killing the owner left behind.
     Scenario {
@@ -1055,6 +1128,9 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "guest vfio-irq binds e1's MSI to vector 0x60 (after GROUP_BIND_VM; EPERM before): a loopback, the edu DMA-completion MSI while halted, and a raised edu interrupt arrive as 0x60, none after MSI is disabled; bytes match; e1/e2 blocked at the end (amd-iommu, pt=off)",
         machine: Machine {
             amd_pt: Some(false),
+            // Interrupt remapping (on by default under TCG) pinned off: the
+            // compatibility path (vfio-irq-amdvi-ir: on).
+            intremap: Some(false),
             ..Machine::DEFAULT
                 .with_iommu(Iommu::AmdVi)
                 .with_topology(Topology::Vfio)
@@ -1065,6 +1141,36 @@ pub const SCENARIOS: &[Scenario] = &[
         checks: &[
             Check::Guests(&[VFIO_IRQ]),
             VFIO_IRQ_LOG,
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    // The same on amd-iommu with interrupt remapping asked for explicitly: the IVRS
+    // names the IOAPIC, the kernel gives e1 its own (empty) interrupt remapping table
+    // when it is attached and writes e1's MSI entry there; the guest's checks prove the
+    // interrupt arrives.
+    Scenario {
+        name: "vfio-irq-amdvi-ir",
+        about: "vfio-irq-amdvi with intremap=on: the kernel enables AMD-Vi interrupt remapping (IVRS names the IOAPIC) and e1's MSI goes through an IRTE in e1's own table (DTE IV = 1, IntCtl = remapped); loopback, completion MSI and raised interrupt arrive as 0x60; e1/e2 blocked at the end (pt=off)",
+        machine: Machine {
+            amd_pt: Some(false),
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_IRQ]),
+            Check::LogLine {
+                needle: "AMD-Vi: interrupt remapping enabled on 1 unit(s)",
+                any: &["blocked until mapped"],
+            },
+            Check::LogLine {
+                needle: "MSI enabled: 1 vectors on host vectors",
+                any: &["through interrupt remapping"],
+            },
             Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },
@@ -1158,6 +1264,9 @@ fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &m
             } else {
                 fails.extend(blocked::check_vtd_interrupt_remapping(oracle_full(o)));
             }
+        }
+        Check::NvmeDisabled(controllers) => {
+            fails.extend(nvme::check(controllers, oracle_full(o)));
         }
         Check::DevicesBlocked(devices) => {
             if s.machine.effective_iommu() == Iommu::None {
@@ -2372,6 +2481,117 @@ mod tests {
             &with_oracle(33, &silent, vfio_view(s, None, &amd_blocked())),
         );
         assert_eq!(f, ["vfio-killed: printed no `check NAME: ok` line"]);
+    }
+
+    /// The NVMe kill scenarios: vfio-nvme-killed terminated at port 0x80 after its
+    /// checks; at hold nv1's registers are read through the BAR0 address of query-pci
+    /// (CC.EN = CSTS.RDY = 0 passes, a controller left enabled fails) and nv1 is blocked.
+    #[test]
+    fn vfio_nvme_killed_judging() {
+        use crate::blocked::tests::{Words, put64, vtd_blocked};
+        use crate::guests::GuestExpect;
+        use crate::model::{Bar, BarKind, Bdf, Function};
+        use crate::oracle::PciNode;
+        const BAR0: u64 = 0xfebd_0000;
+        for (name, vtd) in [
+            ("vfio-nvme-killed-vtd", true),
+            ("vfio-nvme-killed-amdvi", false),
+        ] {
+            let s = scenario(name);
+            assert_eq!(s.machine.topology, Topology::VfioNvme, "{name}");
+            assert_eq!(s.machine.effective_iommu() == Iommu::Vtd, vtd, "{name}");
+            assert_eq!(s.devices_blocked(), ["e1", "e2", "nv1"], "{name}");
+            assert_eq!(s.nvme_disabled(), ["nv1"], "{name}");
+            let runs = s.guests();
+            assert_eq!(runs.len(), 1);
+            assert_eq!(
+                (runs[0].name, runs[0].groups),
+                ("vfio-nvme-killed", "00:05.0")
+            );
+            assert_eq!(
+                runs[0].expect,
+                GuestExpect::Terminated(Termination::Port(0x80))
+            );
+            assert!(
+                runs[0].checks,
+                "vfio-nvme-killed must show its steps passed"
+            );
+            assert!(
+                kernel_cmdline(s, &[]).ends_with(
+                    "guest=vfio-nvme-killed:16M:groups=00:05.0 expect=vfio-nvme-killed:terminated hold"
+                ),
+                "{}",
+                kernel_cmdline(s, &[])
+            );
+        }
+        let s = scenario("vfio-nvme-killed-vtd");
+        let view = |cc: u32, csts: u32, bar0: Option<u64>| {
+            let bdf = Bdf {
+                bus: 0,
+                dev: 5,
+                func: 0,
+            };
+            let mut v = crate::vfio::tests::view(None);
+            v.nodes.push(PciNode {
+                bdf,
+                qdev_id: Some("nv1".into()),
+                class: 0x0108,
+                secondary: None,
+            });
+            v.functions.push(Function {
+                segment: 0,
+                bdf,
+                vendor: 0x1b36,
+                device: 0x0010,
+                class: 0x0108,
+                prog_if: None,
+                bars: vec![Bar {
+                    index: 0,
+                    kind: BarKind::MEM64,
+                    address: bar0,
+                    size: 0x4000,
+                }],
+            });
+            let mut mem: Words = vtd_blocked();
+            put64(&mut mem, BAR0, 0x0020_0030_0f00_07ff);
+            mem.insert(BAR0 + 0x08, 0x0001_0400);
+            mem.insert(BAR0 + 0x14, cc);
+            mem.insert(BAR0 + 0x1c, csts);
+            let plan = s.follow_up_plan().expect("a follow-up plan");
+            crate::oracle::follow_up_rounds(&mut v, &*plan, &mut |c| {
+                Ok(crate::dmatest::tests::fake_xp_words(
+                    c,
+                    &BTreeMap::new(),
+                    &mem,
+                ))
+            });
+            v
+        };
+        let good = "\
+[INFO  guest] vfio-nvme-killed: started, RAM 16 MiB, entry 0x200000
+[INFO  guest] [vfio-nvme-killed] check nvme-enable: ok
+[INFO  guest] [vfio-nvme-killed] check identify-in-flight: ok
+[WARN  guest] vfio-nvme-killed: terminated: port I/O to 0x80 not allowed (OUT 1 bytes, RIP 0x200c12)
+[INFO  guest] guests: 1 ran, 1 passed, 0 failed
+[INFO  boot] holding: send one byte on the serial port to finish
+";
+        let reset = view(0, 0, Some(BAR0));
+        assert!(reset.monitor_reply("xp /8xw 0xfebd0000").is_some());
+        assert_eq!(
+            evaluate(s, &with_oracle(33, good, reset)),
+            Vec::<String>::new()
+        );
+        // Released without the reset: the controller the guest enabled is still enabled.
+        let f = evaluate(s, &with_oracle(33, good, view(0x0046_0001, 1, Some(BAR0))));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("nv1 is still enabled after every guest ended"),
+            "{f:?}"
+        );
+        // Memory decode lost with the reset: BAR0 unmapped, nothing to read.
+        let f = evaluate(s, &with_oracle(33, good, view(0, 0, None)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("BAR0 is unmapped"), "{f:?}");
     }
 
     #[test]

@@ -99,12 +99,28 @@
 //! counters and the last few raw entries per unit, restarts logging after an overflow;
 //! [`Iommu::take_faults`] builds on it. See [`events`] for the format and QEMU's
 //! deviations (no events at all up to QEMU 10.0; bus-less device ids).
+//!
+//! # Interrupt remapping
+//!
+//! Not part of bring-up: [`AmdViIommu::enable_interrupt_remapping`] turns it on when the
+//! firmware says the units remap interrupts (the IVRS names an IOAPIC; see
+//! [`intremap`]). From then on every device attached gets its own interrupt remapping
+//! table (256 legacy entries, all empty) shared by its requester ids and their IVRS
+//! aliases, and its DTE IV = 1, IntCtl = 10b, IntTabLen = 8, IntTabRootPtr: every MSI
+//! it sends is blocked until [`Iommu::map_msi`] writes entries (one aligned block per
+//! MSI; the MSI data is the index, the address 0xFEE0_0000) and sends
+//! INVALIDATE_INTERRUPT_TABLE for each of those ids plus COMPLETION_WAIT.
+//! [`Iommu::unmap_msi`] clears the entries, invalidates, and only then frees them. The
+//! table stays with the ids (detached entries keep it: the device stays blocked).
+//! Devices never attached, the IOAPIC and the HPET keep IV = 0 (interrupts forwarded
+//! unremapped) as before.
 
 pub mod commands;
 pub mod dte;
 pub mod events;
 mod explain;
 mod ids;
+pub mod intremap;
 pub mod registers;
 
 use alloc::string::String;
@@ -119,7 +135,8 @@ use sluice_iommu::domains::{PendingRange as Pending, merge_pending};
 use sluice_iommu::hw::{DmaMemory, RegisterBlock};
 use sluice_iommu::range::subtract;
 use sluice_iommu::{
-    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, UnitId, Vendor,
+    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, RemappedMsi,
+    UnitId, Vendor,
 };
 use sluice_pci::PciAddress;
 
@@ -127,6 +144,7 @@ use self::commands::{Command, CommandRing, Target};
 use self::dte::DeviceTableEntry;
 use self::events::{EventStats, RecentEvents};
 use self::ids::DomainIds;
+use self::intremap::{InterruptTable, Irte};
 use self::registers::{control, offset, status};
 use crate::devmap::DeviceIdMap;
 use crate::ivrs::{DteSetting, IvmdFlags};
@@ -331,6 +349,8 @@ struct Unit<R> {
     failure: Option<UnitFailure>,
     events: EventStats,
     recent: RecentEvents,
+    /// Interrupt remapping tables of the devices given one (see [`intremap`]).
+    interrupt_tables: Vec<InterruptTable>,
 }
 
 /// AMD-Vi behind the vendor-neutral [`Iommu`] interface. See the module docs.
@@ -344,6 +364,10 @@ pub struct AmdViIommu<R: RegisterBlock, M: DmaMemory> {
     reserved: Vec<(u64, u64)>,
     domains: DomainSet<AmdV1>,
     routes: RouteTable,
+    /// The IVRS names an IOAPIC (see [`intremap`]).
+    interrupt_remapping_offered: bool,
+    /// [`AmdViIommu::enable_interrupt_remapping`] succeeded.
+    interrupt_remapping: bool,
 }
 
 impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
@@ -441,7 +465,57 @@ impl<R: RegisterBlock, M: DmaMemory> AmdViIommu<R, M> {
             reserved,
             domains: DomainSet::new(format),
             routes: RouteTable::new(),
+            interrupt_remapping_offered: topology
+                .special_devices()
+                .iter()
+                .any(|special| special.variety == crate::SpecialVariety::IoApic),
+            interrupt_remapping: false,
         })
+    }
+
+    /// Whether the firmware says the units remap interrupts: the IVRS names an IOAPIC
+    /// (special device entry, variety IOAPIC), as Linux requires. QEMU writes that entry
+    /// exactly when `amd-iommu` has `intremap=on`.
+    pub fn interrupt_remapping_offered(&self) -> bool {
+        self.interrupt_remapping_offered
+    }
+
+    /// Turns interrupt remapping on when offered ([`Self::interrupt_remapping_offered`]):
+    /// `Ok(true)`, and from then on every device attached gets an empty interrupt
+    /// remapping table (its MSIs blocked until [`Iommu::map_msi`]); `Ok(false)` (nothing
+    /// changes) otherwise. Nothing is written to the units (AMD-Vi has no global enable
+    /// for the legacy format). Call it before any device is attached: a device attached
+    /// earlier gets its table only at its first `map_msi`.
+    ///
+    /// Errors: `InvalidationTimeout` when a unit failed.
+    pub fn enable_interrupt_remapping(&mut self) -> Result<bool, IommuError> {
+        if self.interrupt_remapping {
+            return Ok(true);
+        }
+        if !self.interrupt_remapping_offered {
+            return Ok(false);
+        }
+        if let Some(unit) = self.units.iter().find(|unit| unit.failure.is_some()) {
+            return Err(IommuError::InvalidationTimeout { unit: unit.id });
+        }
+        self.interrupt_remapping = true;
+        Ok(true)
+    }
+
+    /// Entry `index` of the interrupt remapping table `requester_id`'s device table entry
+    /// names on `unit`, read from memory as the unit reads it. `None` for an unknown unit,
+    /// an entry with IV = 0 or an index beyond the table.
+    pub fn interrupt_entry(&self, unit: UnitId, requester_id: u16, index: u32) -> Option<Irte> {
+        let unit = self.unit(unit)?;
+        let entry = DeviceTableEntry::read(&self.mem, unit.device_table, requester_id);
+        if !entry.interrupt_valid() || index >= 1 << entry.int_tab_len() {
+            return None;
+        }
+        Some(intremap::read_irte(
+            &self.mem,
+            entry.interrupt_table(),
+            index,
+        ))
     }
 
     /// The table format every domain uses.
@@ -647,6 +721,7 @@ impl<R: RegisterBlock> Unit<R> {
             failure: None,
             events: EventStats::default(),
             recent: RecentEvents::default(),
+            interrupt_tables: Vec::new(),
         }
     }
 
@@ -672,6 +747,65 @@ impl<R: RegisterBlock> Unit<R> {
 
     fn blocked(&self, rid: u16) -> DeviceTableEntry {
         DeviceTableEntry::blocked(self.blocking_root, self.levels, self.settings(rid))
+    }
+
+    /// The index of the interrupt remapping table `rid`'s entry names.
+    fn interrupt_table_of(&self, rid: u16) -> Option<usize> {
+        self.interrupt_tables
+            .iter()
+            .position(|table| table.requester_ids.contains(&rid))
+    }
+
+    /// The interrupt remapping table of `rids` (one device's ids and aliases): the one
+    /// some of them already use, else a new, empty one (zeroed and flushed before any
+    /// entry names it). Returns its index and the ids newly given it, whose device table
+    /// entries the caller must rewrite ([`Unit::write_dte`] adds the fields) and
+    /// invalidate. `Busy` when the ids use two different tables.
+    fn ensure_interrupt_table(
+        &mut self,
+        mem: &mut dyn DmaMemory,
+        rids: &[u16],
+    ) -> Result<(usize, Vec<u16>), IommuError> {
+        let mut found: Option<usize> = None;
+        for &rid in rids {
+            if let Some(index) = self.interrupt_table_of(rid) {
+                if found.is_some_and(|f| f != index) {
+                    return Err(IommuError::Busy);
+                }
+                found = Some(index);
+            }
+        }
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let base = mem.alloc_zeroed(1, PAGE).ok_or(IommuError::NoMemory)?;
+                if !self.coherent {
+                    mem.flush(base, PAGE as usize);
+                }
+                mem.barrier();
+                self.interrupt_tables.push(InterruptTable::new(base));
+                self.interrupt_tables.len() - 1
+            }
+        };
+        let table = &mut self.interrupt_tables[index];
+        let mut added = Vec::new();
+        for &rid in rids {
+            if !table.requester_ids.contains(&rid) {
+                table.requester_ids.push(rid);
+                added.push(rid);
+            }
+        }
+        Ok((index, added))
+    }
+
+    /// `entry` with the interrupt remapping fields of `rid`'s table, when it has one.
+    fn with_interrupts(&self, rid: u16, entry: DeviceTableEntry) -> DeviceTableEntry {
+        match self.interrupt_table_of(rid) {
+            Some(index) => {
+                entry.with_interrupt_table(self.interrupt_tables[index].base, intremap::INT_TAB_LEN)
+            }
+            None => entry,
+        }
     }
 
     /// See the module docs, "Bring-up".
@@ -837,7 +971,12 @@ impl<R: RegisterBlock> Unit<R> {
     /// Writes the device table entry of `rid` so that no intermediate state grants
     /// anything (see the module docs): blocking quadword 0 first when the entry grants
     /// access and its other quadwords change, then quadwords 1–3, then quadword 0.
+    ///
+    /// The interrupt remapping fields of `rid`'s table (when it has one) are added to
+    /// `entry`; a change of quadword 2 alone (the interrupt fields) is one store and
+    /// needs no blocking step.
     fn write_dte(&mut self, mem: &mut dyn DmaMemory, rid: u16, entry: DeviceTableEntry) {
+        let entry = self.with_interrupts(rid, entry);
         let at = self.device_table + u64::from(rid) * dte::DTE_BYTES;
         let current = DeviceTableEntry::read(mem, self.device_table, rid);
         let interim = dte::V
@@ -846,7 +985,11 @@ impl<R: RegisterBlock> Unit<R> {
             | (self.blocking_root & dte::ROOT_MASK);
         let grants =
             !current.valid() || current.mode() == 0 || current.table_root() != self.blocking_root;
-        if grants && current.0[1..] != entry.0[1..] && current.0[0] != interim {
+        let others_change = current.0[1] != entry.0[1] || current.0[3] != entry.0[3];
+        let only_interrupts = current.0[1..] != entry.0[1..]
+            && !others_change
+            && (current.0[2] ^ entry.0[2]) & !dte::INTERRUPT_FIELDS == 0;
+        if grants && current.0[1..] != entry.0[1..] && !only_interrupts && current.0[0] != interim {
             self.store(mem, at, interim);
         }
         for quad in 1..4 {
@@ -1051,6 +1194,13 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
             .prepare_attach(&mut self.mem, handle, unit, &regions, record)?;
         let domain = self.domains.get(handle)?;
 
+        // With interrupt remapping: the device's (empty) interrupt table first.
+        let mut interrupt_ids = Vec::new();
+        if self.interrupt_remapping {
+            let (table, _) = unit.ensure_interrupt_table(&mut self.mem, &rids)?;
+            interrupt_ids = unit.interrupt_tables[table].requester_ids.clone();
+        }
+
         // Entries for requester ids not yet routed.
         let (root, levels) = (domain.table.root(), domain.table.levels());
         let fresh = self.routes.unrouted(unit.id, &rids);
@@ -1065,6 +1215,11 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
             .iter()
             .map(|&device_id| Command::InvalidateDevTabEntry { device_id })
             .collect();
+        commands.extend(
+            interrupt_ids
+                .iter()
+                .map(|&device_id| Command::InvalidateInterruptTable { device_id }),
+        );
         commands.push(Command::all_pages(did));
         unit.run(&mut self.mem, &self.config, &commands)?;
         // Whatever else is pending in the domain becomes visible on all its units too.
@@ -1112,6 +1267,129 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
             .iter()
             .filter_map(RawEvent::to_fault)
             .collect()
+    }
+
+    /// See [`AmdViIommu::enable_interrupt_remapping`].
+    fn interrupt_remapping(&self) -> bool {
+        self.interrupt_remapping
+    }
+
+    /// Takes an aligned block of `count` entries in the interrupt remapping table of
+    /// `device` (created, and its device table entries rewritten, if it has none yet),
+    /// writes them (RemapEn, fixed, physical destination `dest_apic_id`, vectors
+    /// `first_vector + i`), sends INVALIDATE_DEVTAB_ENTRY for the ids newly given the
+    /// table, INVALIDATE_INTERRUPT_TABLE for every id using it and COMPLETION_WAIT. The
+    /// device's MSI: address 0xFEE0_0000, data = the first index.
+    ///
+    /// Errors: `Unsupported` (remapping off, a destination above 255, a count that is
+    /// not a power of two up to 32); `UnknownDevice`; `Busy` (its ids use two tables);
+    /// `NoMemory`; `InvalidationTimeout` (the entries stay reserved).
+    fn map_msi(
+        &mut self,
+        device: &DeviceDma,
+        first_vector: u8,
+        count: u32,
+        dest_apic_id: u32,
+    ) -> Result<RemappedMsi, IommuError> {
+        let unsupported = IommuError::Unsupported { unit: device.unit };
+        let index = self
+            .units
+            .iter()
+            .position(|unit| unit.id == device.unit)
+            .ok_or(IommuError::UnknownDevice)?;
+        if !self.interrupt_remapping {
+            return Err(unsupported);
+        }
+        let apic_id = u8::try_from(dest_apic_id).map_err(|_| unsupported)?;
+        if count == 0 || !count.is_power_of_two() || count > 32 {
+            return Err(unsupported);
+        }
+        if u32::from(first_vector) + count > 256 {
+            return Err(unsupported);
+        }
+        let unit = &mut self.units[index];
+        if device.device.segment != unit.segment {
+            return Err(IommuError::UnknownDevice);
+        }
+        if unit.failure.is_some() {
+            return Err(IommuError::InvalidationTimeout { unit: unit.id });
+        }
+        let aliases = device
+            .requester_ids
+            .iter()
+            .filter_map(|&rid| unit.ivrs_alias(rid));
+        let rids = requester_ids(device, aliases)?;
+        let (table, added) = unit.ensure_interrupt_table(&mut self.mem, &rids)?;
+        let first = unit.interrupt_tables[table]
+            .alloc(count)
+            .ok_or(IommuError::NoMemory)?;
+        let base = unit.interrupt_tables[table].base;
+        for sub in 0..count {
+            let entry = Irte::remapped(first_vector + sub as u8, apic_id);
+            intremap::write_irte(&mut self.mem, base, first + sub, entry, unit.coherent);
+        }
+        for &rid in &added {
+            let current = DeviceTableEntry::read(&self.mem, unit.device_table, rid);
+            unit.write_dte(&mut self.mem, rid, current);
+        }
+        let mut commands: Vec<Command> = added
+            .iter()
+            .map(|&device_id| Command::InvalidateDevTabEntry { device_id })
+            .collect();
+        commands.extend(
+            unit.interrupt_tables[table]
+                .requester_ids
+                .iter()
+                .map(|&device_id| Command::InvalidateInterruptTable { device_id }),
+        );
+        unit.run(&mut self.mem, &self.config, &commands)?;
+        Ok(RemappedMsi {
+            unit: unit.id,
+            first,
+            count,
+            address: intremap::MSI_ADDRESS,
+            data: first,
+        })
+    }
+
+    /// Clears the entries (RemapEn with the rest), sends INVALIDATE_INTERRUPT_TABLE for
+    /// every id using the table and COMPLETION_WAIT, then frees them. After an error they
+    /// stay reserved. `UnknownDevice` when `msi` is not a block of `device`'s table.
+    fn unmap_msi(&mut self, device: &DeviceDma, msi: &RemappedMsi) -> Result<(), IommuError> {
+        let index = self
+            .units
+            .iter()
+            .position(|unit| unit.id == device.unit && unit.id == msi.unit)
+            .ok_or(IommuError::UnknownDevice)?;
+        let unit = &mut self.units[index];
+        let rid = *device
+            .requester_ids
+            .first()
+            .ok_or(IommuError::UnknownDevice)?;
+        let table = unit
+            .interrupt_table_of(rid)
+            .ok_or(IommuError::UnknownDevice)?;
+        if !unit.interrupt_tables[table].holds(msi.first, msi.count) {
+            return Err(IommuError::UnknownDevice);
+        }
+        let base = unit.interrupt_tables[table].base;
+        for sub in 0..msi.count {
+            intremap::write_irte(
+                &mut self.mem,
+                base,
+                msi.first + sub,
+                Irte::default(),
+                unit.coherent,
+            );
+        }
+        let commands: Vec<Command> = unit.interrupt_tables[table]
+            .requester_ids
+            .iter()
+            .map(|&device_id| Command::InvalidateInterruptTable { device_id })
+            .collect();
+        unit.run(&mut self.mem, &self.config, &commands)?;
+        unit.interrupt_tables[table].free(msi.first, msi.count);
+        Ok(())
     }
 
     /// The IVHD's Coherent flag (bit 5 of its flags byte: the unit's memory accesses

@@ -1520,3 +1520,104 @@ fn explain_never_panics_and_stays_bounded() {
         "{lines:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Interrupt remapping.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn interrupt_remapping_gives_attached_devices_a_blocking_table_and_maps_msis() {
+    // two_units: unit 0's IVHD names the IOAPIC.
+    let (rig, mut driver) = two_units();
+    assert!(!driver.interrupt_remapping());
+    let dev = device(0, 0, 3, 0, &[]);
+    let id = rid(0, 3, 0);
+    assert_eq!(
+        driver.map_msi(&dev, 0x60, 1, 0).unwrap_err(),
+        IommuError::Unsupported { unit: U0 }
+    );
+    assert!(driver.interrupt_remapping_offered());
+    assert!(driver.enable_interrupt_remapping().unwrap());
+    assert!(driver.interrupt_remapping());
+    let domain = driver.create_domain().unwrap();
+    rig.clear_log();
+    driver.attach(domain, &dev).unwrap();
+    let dte = rig.dte(0, id);
+    assert_eq!(dte[2] & 1, 1, "IV: {dte:#x?}");
+    assert_eq!((dte[2] >> 60) & 3, 2, "IntCtl remapped");
+    assert_eq!((dte[2] >> 1) & 0xf, 8, "IntTabLen");
+    let table = dte[2] & 0x000f_ffff_ffff_ffc0;
+    assert_ne!(table, 0);
+    assert!(qemu72_accepts(&dte));
+    // Empty: every MSI blocked.
+    assert!(!driver.interrupt_entry(U0, id, 0).unwrap().remap_enabled());
+    let commands = rig.commands(0);
+    assert!(commands.contains(&Cmd::Other {
+        lo: 5 << 60 | u64::from(id),
+        hi: 0
+    }));
+    // Other ids keep IV = 0.
+    assert_eq!(rig.dte(0, rid(0, 4, 0))[2] & 1, 0);
+
+    rig.clear_log();
+    let msi = driver.map_msi(&dev, 0x60, 2, 3).unwrap();
+    assert_eq!((msi.unit, msi.count, msi.address), (U0, 2, 0xfee0_0000));
+    assert_eq!(msi.data, msi.first);
+    assert_eq!(msi.first % 2, 0);
+    for sub in 0..2 {
+        let irte = driver.interrupt_entry(U0, id, msi.first + sub).unwrap();
+        assert!(irte.remap_enabled());
+        assert_eq!(irte.int_type(), 0);
+        assert!(!irte.logical());
+        assert_eq!(irte.destination(), 3);
+        assert_eq!(irte.vector(), 0x60 + sub as u8);
+    }
+    let commands = rig.commands(0);
+    assert_eq!(
+        commands[0],
+        Cmd::Other {
+            lo: 5 << 60 | u64::from(id),
+            hi: 0
+        }
+    );
+    assert!(commands.last().unwrap().is_wait());
+    // A second block does not overlap.
+    let other = driver.map_msi(&dev, 0x70, 1, 0).unwrap();
+    assert!(other.first >= msi.first + 2 || other.first < msi.first);
+    assert_eq!(
+        driver.map_msi(&dev, 0x60, 1, 256).unwrap_err(),
+        IommuError::Unsupported { unit: U0 }
+    );
+
+    rig.clear_log();
+    driver.unmap_msi(&dev, &msi).unwrap();
+    assert!(
+        !driver
+            .interrupt_entry(U0, id, msi.first)
+            .unwrap()
+            .remap_enabled()
+    );
+    assert!(rig.commands(0).last().unwrap().is_wait());
+    assert_eq!(
+        driver.unmap_msi(&dev, &msi).unwrap_err(),
+        IommuError::UnknownDevice
+    );
+    // Detached: blocked DMA, the (emptied) table kept.
+    driver.unmap_msi(&dev, &other).unwrap();
+    driver.detach(domain, &dev).unwrap();
+    let dte = rig.dte(0, id);
+    assert_eq!(dte[0] & IR, 0);
+    assert_eq!(dte[2] & 0x000f_ffff_ffff_ffc0, table);
+    assert_eq!(dte[2] & 1, 1);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn without_an_ioapic_in_the_ivrs_interrupt_remapping_is_not_offered() {
+    let pci = qemu_default_machine(AMD_IOMMU_72);
+    let (rig, fakes) = make_rig(QEMU72_INTREMAP_OFF, &pci, &[QEMU_EFR]);
+    let mut driver = start(&rig, fakes, DriverConfig::default()).expect("driver init");
+    assert!(!driver.interrupt_remapping_offered());
+    assert!(!driver.enable_interrupt_remapping().unwrap());
+    assert!(!driver.interrupt_remapping());
+}

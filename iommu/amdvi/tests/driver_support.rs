@@ -681,6 +681,13 @@ impl FakeAmdViUnit {
                         }),
                     }
                 }
+                5 => {
+                    if bits(lo, 16, 44) != 0 || hi != 0 {
+                        s.violations.push(format!(
+                            "INVALIDATE_INTERRUPT_TABLE reserved bits {lo:#x} {hi:#x}"
+                        ));
+                    }
+                }
                 8 => {
                     if bits(lo, 0, 60) != 0 || hi != 0 {
                         s.violations.push(format!(

@@ -1,7 +1,7 @@
 //! The command buffer (spec §2.4): a ring of 128-bit commands in memory the unit reads
 //! from its head to the tail software writes.
 //!
-//! The driver uses four commands, encoded as two quadwords (opcode in bits 63:60 of the
+//! The driver uses five commands, encoded as two quadwords (opcode in bits 63:60 of the
 //! first):
 //!
 //! | opcode | command                 | fields                                             |
@@ -9,6 +9,7 @@
 //! | 01h    | COMPLETION_WAIT         | S (bit 0) = store `data` at `address` (51:3)       |
 //! | 02h    | INVALIDATE_DEVTAB_ENTRY | DeviceID (15:0)                                     |
 //! | 03h    | INVALIDATE_IOMMU_PAGES  | DomainID (47:32); S (64), PDE (65), address (127:76) |
+//! | 05h    | INVALIDATE_INTERRUPT_TABLE | DeviceID (15:0)                                  |
 //! | 08h    | INVALIDATE_IOMMU_ALL    | none (only with EFR.IASup)                          |
 //!
 //! Every batch ends with a COMPLETION_WAIT whose store writes a fresh 64-bit sequence
@@ -38,6 +39,8 @@ pub mod opcode {
     pub const INVALIDATE_DEVTAB_ENTRY: u64 = 0x2;
     /// INVALIDATE_IOMMU_PAGES.
     pub const INVALIDATE_IOMMU_PAGES: u64 = 0x3;
+    /// INVALIDATE_INTERRUPT_TABLE.
+    pub const INVALIDATE_INTERRUPT_TABLE: u64 = 0x5;
     /// INVALIDATE_IOMMU_ALL.
     pub const INVALIDATE_IOMMU_ALL: u64 = 0x8;
 }
@@ -71,6 +74,11 @@ pub enum Command {
     },
     /// Drop everything the unit caches (EFR.IASup).
     InvalidateIommuAll,
+    /// Drop the unit's cached interrupt remapping entries of one requester id.
+    InvalidateInterruptTable {
+        /// The requester id.
+        device_id: u16,
+    },
 }
 
 impl Command {
@@ -117,6 +125,10 @@ impl Command {
                 (address & !0xfff) | u64::from(size) | u64::from(pde) << 1,
             ],
             Command::InvalidateIommuAll => [opcode::INVALIDATE_IOMMU_ALL << 60, 0],
+            Command::InvalidateInterruptTable { device_id } => [
+                u64::from(device_id) | opcode::INVALIDATE_INTERRUPT_TABLE << 60,
+                0,
+            ],
         }
     }
 }

@@ -62,6 +62,20 @@ pub const LINT0_PASS: u64 = 1 << 62;
 /// Lint1Pass (quadword 2, bit 63).
 pub const LINT1_PASS: u64 = 1 << 63;
 
+/// IV (quadword 2, bit 0): the interrupt fields are valid.
+pub const IV: u64 = 1 << 0;
+/// IntTabLen (quadword 2, bits 4:1) shift.
+pub const INT_TAB_LEN_SHIFT: u32 = 1;
+/// IntTabRootPtr (quadword 2, bits 51:6).
+pub const INT_TAB_ROOT_MASK: u64 = 0x000f_ffff_ffff_ffc0;
+/// IntCtl (quadword 2, bits 61:60) shift.
+pub const INT_CTL_SHIFT: u32 = 60;
+/// IntCtl = 10b: fixed and arbitrated interrupts remapped through the table.
+pub const INT_CTL_REMAPPED: u64 = 2 << INT_CTL_SHIFT;
+/// The quadword-2 bits the interrupt remapping fields occupy.
+pub const INTERRUPT_FIELDS: u64 =
+    IV | 0xf << INT_TAB_LEN_SHIFT | INT_TAB_ROOT_MASK | 3 << INT_CTL_SHIFT;
+
 /// A device table entry as its four quadwords (quadword 0 holds V).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeviceTableEntry(pub [u64; 4]);
@@ -112,6 +126,38 @@ impl DeviceTableEntry {
             quads[0] |= IW;
         }
         Self(quads)
+    }
+
+    /// The entry with interrupts remapped through the table at `table` (2^`log2_entries`
+    /// entries): IV = 1, IntCtl = 10b, IntTabLen, IntTabRootPtr (the pass-through bits
+    /// the IVRS set are kept).
+    pub fn with_interrupt_table(mut self, table: u64, log2_entries: u64) -> Self {
+        self.0[2] = (self.0[2] & !INTERRUPT_FIELDS)
+            | IV
+            | (log2_entries & 0xf) << INT_TAB_LEN_SHIFT
+            | (table & INT_TAB_ROOT_MASK)
+            | INT_CTL_REMAPPED;
+        self
+    }
+
+    /// IV: the interrupt fields are valid.
+    pub const fn interrupt_valid(&self) -> bool {
+        self.0[2] & IV != 0
+    }
+
+    /// IntCtl (2 bits).
+    pub const fn int_ctl(&self) -> u8 {
+        ((self.0[2] >> INT_CTL_SHIFT) & 3) as u8
+    }
+
+    /// IntTabLen (4 bits).
+    pub const fn int_tab_len(&self) -> u8 {
+        ((self.0[2] >> INT_TAB_LEN_SHIFT) & 0xf) as u8
+    }
+
+    /// IntTabRootPtr.
+    pub const fn interrupt_table(&self) -> u64 {
+        self.0[2] & INT_TAB_ROOT_MASK
     }
 
     /// Reads the entry of `requester_id` from the device table at `table`.
