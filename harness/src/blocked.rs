@@ -82,10 +82,6 @@ fn quads(w: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-fn rid(bdf: Bdf) -> u16 {
-    u16::from(bdf.bus) << 8 | u16::from(bdf.dev) << 3 | u16::from(bdf.func)
-}
-
 fn vtd_walk(view: &OracleView, bdf: Bdf) -> Result<Walk, Walk> {
     let gsts = words(view, VTD_GSTS, 1)?[0];
     if gsts & GSTS_TES == 0 {
@@ -141,7 +137,7 @@ fn amd_walk(view: &OracleView, bdf: Bdf) -> Result<Walk, Walk> {
     let reg = quads(&words(view, AMDVI_DEVTAB_BASE, 2)?)[0];
     let base = reg & 0x000f_ffff_ffff_f000;
     let entries = ((reg & 0x1ff) + 1) * 4096 / 32;
-    let id = rid(bdf);
+    let id = bdf.requester_id();
     if u64::from(id) >= entries {
         return Ok(Walk::Open(format!(
             "device id 0x{id:04x} lies beyond the device table (base register 0x{reg:x}: {entries} entries): the unit reads memory past it"
@@ -221,7 +217,10 @@ pub fn check(unit: Unit, devices: &[&str], qemu: Result<&OracleView, String>) ->
                 continue;
             }
         };
-        let who = format!("{device} ({bdf}, requester id 0x{:04x})", rid(bdf));
+        let who = format!(
+            "{device} ({bdf}, requester id 0x{:04x})",
+            bdf.requester_id()
+        );
         match walk(unit, view, bdf) {
             Walk::Blocked(_) => {}
             Walk::Need(cmd) => fails.push(format!(
@@ -279,19 +278,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::dmatest::tests::fake_xp_words;
     use crate::oracle::{PciNode, follow_up_rounds};
-
-    fn node(id: &str, dev: u8) -> PciNode {
-        PciNode {
-            bdf: Bdf {
-                bus: 0,
-                dev,
-                func: 0,
-            },
-            qdev_id: Some(id.into()),
-            class: 0x00ff,
-            secondary: None,
-        }
-    }
+    use crate::vfio::tests::node;
 
     /// 32-bit words of QEMU's memory and registers; unknown addresses read 0.
     pub type Words = BTreeMap<u64, u32>;

@@ -349,10 +349,6 @@ fn rid_label(rid: u16) -> String {
     format!("0x{rid:04x} ({bdf})")
 }
 
-fn rid_of(bdf: Bdf) -> u16 {
-    u16::from(bdf.bus) << 8 | u16::from(bdf.dev & 0x1f) << 3 | u16::from(bdf.func & 7)
-}
-
 /// A guest-memory cross-check: the bytes at `addr_key` must equal `value_key`. Made
 /// whenever both keys are there; the experiments whose address keys are mandatory
 /// (1: `buf`, `buf_b`; 2 and 6: `target`) report a missing key themselves.
@@ -570,7 +566,7 @@ pub fn check<S: AsRef<str>>(
         Ok(view) => {
             let names = Names::new(&view.nodes);
             let mut rid = |token: &str| match names.resolve(token) {
-                Ok(bdf) => Some(rid_of(bdf)),
+                Ok(bdf) => Some(bdf.requester_id()),
                 Err(e) => {
                     fails.push(format!("cannot name the expected requester id: {e}"));
                     None
@@ -1607,7 +1603,7 @@ pub(crate) mod tests {
         assert_eq!(fault_reason_name(2), "context entry not present");
         assert_eq!(rid_label(0x0010), "0x0010 (00:02.0)");
         assert_eq!(
-            rid_of(Bdf {
+            Bdf::requester_id(Bdf {
                 bus: 3,
                 dev: 1,
                 func: 2

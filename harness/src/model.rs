@@ -10,6 +10,13 @@ pub struct Bdf {
     pub func: u8,
 }
 
+impl Bdf {
+    /// The requester id the function's DMA carries: `bus << 8 | dev << 3 | func`.
+    pub fn requester_id(self) -> u16 {
+        u16::from(self.bus) << 8 | u16::from(self.dev & 0x1f) << 3 | u16::from(self.func & 7)
+    }
+}
+
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:02x}:{:02x}.{:x}", self.bus, self.dev, self.func)

@@ -49,7 +49,7 @@ pub fn check_fault(expected: &[BlockedDma], qemu: Result<&OracleView, String>) -
     let mut want = Vec::new();
     for (device, iova) in expected {
         match names.resolve(device) {
-            Ok(bdf) => want.push((*device, rid(bdf), iova & !0xfff)),
+            Ok(bdf) => want.push((*device, bdf.requester_id(), iova & !0xfff)),
             Err(e) => return vec![format!("cannot name the expected requester id: {e}")],
         }
     }
@@ -109,17 +109,13 @@ pub fn check_fault(expected: &[BlockedDma], qemu: Result<&OracleView, String>) -
     fails
 }
 
-fn rid(bdf: crate::model::Bdf) -> u16 {
-    u16::from(bdf.bus) << 8 | u16::from(bdf.dev) << 3 | u16::from(bdf.func)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::model::Bdf;
     use crate::oracle::{MonitorReply, PciNode};
 
-    fn node(id: &str, dev: u8) -> PciNode {
+    pub(crate) fn node(id: &str, dev: u8) -> PciNode {
         PciNode {
             bdf: Bdf {
                 bus: 0,

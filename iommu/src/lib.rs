@@ -123,6 +123,23 @@ pub struct IovaRange {
     pub last: u64,
 }
 
+/// The checks every driver's `Iommu::map_msi` makes on its block of vectors: `count` a
+/// power of two in `1..=32` (an MSI capability's Multiple Message Enable), the vectors
+/// `first_vector..first_vector + count` within 0..=255, and `dest_apic_id` an 8-bit
+/// xAPIC id. Returns the APIC id; `Unsupported { unit }` otherwise.
+pub fn check_msi_block(
+    unit: UnitId,
+    first_vector: u8,
+    count: u32,
+    dest_apic_id: u32,
+) -> Result<u8, IommuError> {
+    let unsupported = IommuError::Unsupported { unit };
+    if !count.is_power_of_two() || count > 32 || u32::from(first_vector) + count > 256 {
+        return Err(unsupported);
+    }
+    u8::try_from(dest_apic_id).map_err(|_| unsupported)
+}
+
 /// A vendor-neutral handle for one IO address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DomainHandle(pub u32);
@@ -336,5 +353,23 @@ pub trait Iommu {
     fn explain(&self, domain: DomainHandle, device: &DeviceDma, iova: u64) -> Vec<String> {
         let _ = (domain, device, iova);
         alloc::vec![String::from("(this driver cannot explain its tables)")]
+    }
+}
+
+#[cfg(test)]
+mod msi_tests {
+    use super::*;
+
+    #[test]
+    fn msi_blocks() {
+        let u = UnitId(3);
+        let no = Err(IommuError::Unsupported { unit: u });
+        assert_eq!(check_msi_block(u, 0x40, 1, 0), Ok(0));
+        assert_eq!(check_msi_block(u, 0xe0, 32, 255), Ok(255));
+        assert_eq!(check_msi_block(u, 0xe1, 32, 0), no, "past vector 255");
+        assert_eq!(check_msi_block(u, 0x40, 0, 0), no);
+        assert_eq!(check_msi_block(u, 0x40, 3, 0), no);
+        assert_eq!(check_msi_block(u, 0x40, 64, 0), no);
+        assert_eq!(check_msi_block(u, 0x40, 1, 256), no, "not an xAPIC id");
     }
 }

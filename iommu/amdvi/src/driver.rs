@@ -1300,13 +1300,8 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
         if !self.interrupt_remapping {
             return Err(unsupported);
         }
-        let apic_id = u8::try_from(dest_apic_id).map_err(|_| unsupported)?;
-        if count == 0 || !count.is_power_of_two() || count > 32 {
-            return Err(unsupported);
-        }
-        if u32::from(first_vector) + count > 256 {
-            return Err(unsupported);
-        }
+        let apic_id =
+            sluice_iommu::check_msi_block(device.unit, first_vector, count, dest_apic_id)?;
         let unit = &mut self.units[index];
         if device.device.segment != unit.segment {
             return Err(IommuError::UnknownDevice);

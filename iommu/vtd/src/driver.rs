@@ -1062,10 +1062,8 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
             return Err(unsupported);
         }
         let index = unit_index(&self.units, device.unit).ok_or(IommuError::UnknownDevice)?;
-        if !count.is_power_of_two() || count > 32 || u32::from(first_vector) + count > 256 {
-            return Err(unsupported);
-        }
-        let apic_id = u8::try_from(dest_apic_id).map_err(|_| unsupported)?;
+        let apic_id =
+            sluice_iommu::check_msi_block(device.unit, first_vector, count, dest_apic_id)?;
         let source = SourceValidation::for_requester_ids(&device.requester_ids)
             .ok_or(IommuError::UnknownDevice)?;
         let unit = &mut self.units[index];
