@@ -130,8 +130,9 @@
 //! - Device Control's Initiate FLR becomes the hypervisor's reset (as
 //!   [`nr::DEVICE_RESET`]); PMCSR's power state is kept (a D3hot round trip would reset
 //!   the function behind the host's back).
-//! - COMMAND: only memory space, bus master and INTx disable pass through; the I/O
-//!   space bit and the rest are dropped (reads show the hardware).
+//! - COMMAND: only memory space and bus master pass through; INTx disable is the
+//!   hypervisor's (it is how INTx is masked: use `DEVICE_SET_IRQS` on [`IRQ_INDEX_INTX`]),
+//!   the I/O space bit and the rest are dropped (reads show the hardware).
 //! - everything else reads and writes the hardware. Accesses of 1, 2 or 4 bytes,
 //!   naturally aligned, inside the 4096 bytes; anything else is `EINVAL`.
 //!
@@ -141,17 +142,19 @@
 //!
 //! # Interrupts
 //!
-//! A device's MSI reaches the hypervisor and is injected into the owning guest as the
-//! vector the guest chose (Linux: VFIO signals an eventfd, KVM's irqfd injects it; here
-//! both are the hypervisor). Indexes ([`IRQ_INDEX_INTX`] ...) and flags are Linux's;
-//! where Linux passes an eventfd the guest passes a *virtual vector* (an `i32`, 32..=255;
-//! -1 unbinds that one).
+//! A device's MSI or INTx reaches the hypervisor and is injected into the owning guest
+//! as the vector the guest chose (Linux: VFIO signals an eventfd, KVM's irqfd injects
+//! it; here both are the hypervisor). Indexes ([`IRQ_INDEX_INTX`] ...) and flags are
+//! Linux's; where Linux passes an eventfd the guest passes a *virtual vector* (an `i32`,
+//! 32..=255; -1 unbinds that one).
 //!
 //! [`nr::DEVICE_GET_IRQ_INFO`] reports, per index: INTx count 1 when the interrupt pin
-//! is set, flags 0 (INTx is not offered: the hypervisor does not route the I/O APIC);
-//! MSI count = the vectors the MSI capability can request (0 without one), flags
-//! [`IRQ_INFO_EVENTFD`] | [`IRQ_INFO_MASKABLE`] | [`IRQ_INFO_NORESIZE`]; MSI-X count
-//! = its table size, flags 0 (not offered yet); ERR and REQ count 0.
+//! is set and the hypervisor can route the line (the firmware's `_PRT` names its GSI
+//! and an I/O APIC has it), flags [`IRQ_INFO_EVENTFD`] | [`IRQ_INFO_MASKABLE`] |
+//! [`IRQ_INFO_AUTOMASKED`]; MSI count = the vectors the MSI capability can request (0
+//! without one), flags [`IRQ_INFO_EVENTFD`] | [`IRQ_INFO_MASKABLE`] |
+//! [`IRQ_INFO_NORESIZE`]; MSI-X count = its table size, flags 0 (not offered yet); ERR
+//! and REQ count 0.
 //!
 //! [`nr::DEVICE_SET_IRQS`] (Linux `VFIO_DEVICE_SET_IRQS`), on MSI:
 //!
@@ -170,25 +173,40 @@
 //!   MSI pending bit would). The capability's per-vector mask bits are set too when it
 //!   has them; otherwise the mask is the hypervisor's alone.
 //!
+//! On INTx (`start` 0, `count` 1; level-triggered and *automasked*, as in Linux):
+//!
+//! - `DATA_EVENTFD | ACTION_TRIGGER`: one `i32` virtual vector; the first binding
+//!   enables INTx (-1 unbinds and leaves it enabled). Needs the VM binding (`EPERM`).
+//!   `DATA_NONE | ACTION_TRIGGER` with `count` 0 disables it; with `count` 1 (or
+//!   `DATA_BOOL` non-zero) it is a loopback.
+//! - Each interrupt masks the device (PCI 2.3 Interrupt Disable, COMMAND bit 10) before
+//!   the guest sees it: service the device (acknowledge its interrupt), then
+//!   `ACTION_UNMASK`; a device still asserting then interrupts again at once.
+//!   `ACTION_MASK` masks it by hand. (`DATA_NONE`, or `DATA_BOOL` non-zero.)
+//!
 //! Errors are checked in this order: the structure (flags, index, range, data length)
-//! and an index other than MSI (`EINVAL`); the VM binding (`EPERM`); the vectors'
-//! values and the MSI state (`EINVAL`); host vectors (`ENOSPC`). "Enabling one
-//! interrupt type while another is active" cannot happen yet (only MSI can be enabled).
+//! and an index other than INTx and MSI (`EINVAL`); the VM binding (`EPERM`); the
+//! vectors' values and the interrupt state — enabling one type while the other is
+//! enabled, masking or disabling what is not enabled (`EINVAL`); host vectors or
+//! remapping entries (`ENOSPC`).
 //!
 //! How it works: each enabled MSI gets an aligned block of host vectors (from
-//! 0x40..=0xEF); the device's MSI capability is programmed with the host's local APIC
-//! (address `0xFEE00000 | apic_id << 12`, fixed, edge) and the block's first vector as
-//! data, MSI enabled with the Multiple Message Enable for the block, INTx disabled
-//! (COMMAND bit 10) while MSI is on. The host interrupt handler records the vector; after
-//! each guest exit (and while every guest waits in HLT) the hypervisor maps it to
-//! (guest, virtual vector) and injects it (waking a guest halted in HLT). Interrupt
-//! remapping is not used, even where the IOMMU offers it: the device's MSI write is
-//! passed through in compatibility format (VT-d without IR enabled; AMD-Vi with the
-//! device-table entry's interrupt map off), so nothing stops a device from writing
-//! another interrupt message than the one programmed: a guest that controls the
-//! device's DMA engine could send any host vector. Closing the device, unbinding its
-//! group from the VM, or the guest's end disables MSI in the capability, frees the host
-//! vectors and drops the routes.
+//! 0x40..=0xEF); the device's MSI capability is programmed with the host's local APIC,
+//! MSI enabled with the Multiple Message Enable for the block, INTx disabled (COMMAND
+//! bit 10). Where the IOMMU remaps interrupts (VT-d with ECAP.IR, AMD-Vi when the IVRS
+//! names the I/O APIC) the message names remapping entries only this device's
+//! requester id may use; without remapping it is a compatibility-format message
+//! (address `0xFEE00000 | apic_id << 12`, data = the vector), and nothing stops a
+//! device from writing another interrupt message than the one programmed: a guest that
+//! controls the device's DMA engine could send any host vector. An enabled INTx routes
+//! the I/O APIC pin of the device's GSI to one host vector (level-triggered, through a
+//! remapping entry of the I/O APIC's on VT-d), shared by every device on that GSI; the
+//! hypervisor asks each device whether it asserts (STATUS bit 3). The host interrupt
+//! handler records the vector; after each guest exit (and while every guest waits in
+//! HLT) the hypervisor maps it to (guest, virtual vector) and injects it (waking a guest
+//! halted in HLT). Closing the device, unbinding its group from the VM, or the guest's
+//! end disables MSI and INTx, frees the host vectors and remapping entries and drops the
+//! routes.
 //!
 //! # Binding a group to the VM (the external user)
 //!

@@ -318,6 +318,11 @@ const VFIO_IRQ_LOG: Check = Check::LogLine {
     needle: "MSI enabled: 1 vectors on host vectors",
     any: &["no interrupt remapping"],
 };
+/// Legacy INTx: vfio-intx binds e1's INTx to its vector 0x61 (the DSDT's `_PRT` puts
+/// slot 3's INTA on GSI 23); a raised edu interrupt arrives once and not again while the
+/// device is automasked, a loopback, the DMA-completion INTx (waiting in HLT), a hand
+/// mask that holds it, nothing once INTx is disabled, then MSI (see its source).
+const VFIO_INTX: GuestRun = GuestRun::exits("vfio-intx", 0).with_groups("00:03.0");
 const VFIO_HOSTILE: GuestRun =
     GuestRun::exits("vfio-hostile", 0).with_groups("00:04.0,00:1f.0,00:03.0");
 /// The DMAs the guests expect the IOMMU to block (edu writes, see their sources):
@@ -1171,6 +1176,63 @@ pub const SCENARIOS: &[Scenario] = &[
                 needle: "MSI enabled: 1 vectors on host vectors",
                 any: &["through interrupt remapping"],
             },
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    // Legacy INTx (issue 8): the edu's pin → GSI (DSDT `_PRT`) → I/O APIC pin → a
+    // host vector, level-triggered, masked at the device on each interrupt until the
+    // guest unmasks. On VT-d with interrupt remapping the I/O APIC entry is in
+    // remappable format naming an IRTE only the I/O APIC's source-id may use.
+    Scenario {
+        name: "vfio-intx-vtd",
+        about: "guest vfio-intx binds e1's INTx to vector 0x61 (GET_IRQ_INFO: count 1, AUTOMASKED): a raised edu interrupt arrives once (automasked while still asserted), a loopback, the DMA-completion INTx while halted, held while masked by hand and delivered on unmask, none once disabled, then MSI; bytes match; e1/e2 blocked at the end (intel-iommu, intremap=on: the I/O APIC entry goes through an IRTE)",
+        machine: Machine {
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_INTX]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+            Check::VtdInterruptRemapping,
+        ],
+    },
+    Scenario {
+        name: "vfio-intx-vtd-compat",
+        about: "vfio-intx-vtd with intremap=off: the I/O APIC entry in compatibility format; the same checks",
+        machine: Machine {
+            intremap: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_INTX]),
+            Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-intx-amdvi",
+        about: "guest vfio-intx on amd-iommu (pt=off, intremap=on: device MSIs remapped, the I/O APIC's own DTE passes its interrupts): INTx delivered, automasked, masked/unmasked, disabled, then MSI; e1/e2 blocked at the end",
+        machine: Machine {
+            amd_pt: Some(false),
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::Vfio)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_INTX]),
             Check::DevicesBlocked(VFIO_DEVICES),
         ],
     },

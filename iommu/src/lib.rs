@@ -252,6 +252,228 @@ pub struct RemappedMsi {
     pub data: u32,
 }
 
+/// I/O APIC redirection entries (82093AA, ICH9 IOxAPIC): the 64-bit entry that routes one
+/// interrupt pin. Both the kernel (which programs the I/O APIC) and the IOMMU drivers
+/// (which decide what the entry must say when interrupt remapping is on) build them here,
+/// so the bit layout is written down once.
+///
+/// Compatibility format (what every I/O APIC understands):
+///
+/// | bits | field | here |
+/// |---|---|---|
+/// | 7:0 | vector | the host vector |
+/// | 10:8 | delivery mode | 000: fixed |
+/// | 11 | destination mode | 0: physical |
+/// | 12 | delivery status | read-only |
+/// | 13 | polarity | 1: active low |
+/// | 14 | remote IRR | read-only: a level interrupt was delivered and not yet EOIed |
+/// | 15 | trigger mode | 1: level |
+/// | 16 | mask | 1: masked |
+/// | 63:56 | destination | the local APIC id (xAPIC: 8 bits) |
+///
+/// VT-d's remappable format (VT-d specification §5.1.5.1) keeps bits 7:0 and 16:12, sets
+/// bit 48 (interrupt format), and replaces the destination by the handle of an interrupt
+/// remapping entry: handle bits 14:0 in 63:49, bit 15 in bit 11, delivery mode 000. The
+/// I/O APIC itself does not interpret those bits: it copies 63:48 into the MSI address
+/// bits 19:4 and bit 11 into address bit 2 of the message it sends, which is exactly the
+/// remappable MSI address (SHV = 0) the remapping unit decodes.
+pub mod ioapic {
+    use core::fmt;
+
+    /// Bits of a redirection entry.
+    pub mod rte {
+        pub const VECTOR_MASK: u64 = 0xff;
+        pub const DELIVERY_MODE_SHIFT: u32 = 8;
+        /// Destination mode (compatibility format): logical.
+        pub const DEST_LOGICAL: u64 = 1 << 11;
+        /// Delivery status (read-only): the interrupt is waiting to be delivered.
+        pub const DELIVERY_PENDING: u64 = 1 << 12;
+        /// Polarity: the pin is active low.
+        pub const ACTIVE_LOW: u64 = 1 << 13;
+        /// Remote IRR (read-only, level only): delivered, EOI not yet received. While it
+        /// is set the pin is not delivered again.
+        pub const REMOTE_IRR: u64 = 1 << 14;
+        /// Trigger mode: level.
+        pub const LEVEL: u64 = 1 << 15;
+        pub const MASKED: u64 = 1 << 16;
+        /// Destination (compatibility format): the APIC id in bits 63:56.
+        pub const DEST_SHIFT: u32 = 56;
+        /// Interrupt format (VT-d remappable format): 1 = remappable.
+        pub const REMAPPABLE: u64 = 1 << 48;
+        /// Remappable format: handle bits 14:0 sit at bits 63:49.
+        pub const HANDLE_SHIFT: u32 = 49;
+        /// Remappable format: handle bit 15.
+        pub const HANDLE_15: u64 = 1 << 11;
+        /// The bits a write ignores.
+        pub const READ_ONLY: u64 = DELIVERY_PENDING | REMOTE_IRR;
+    }
+
+    /// A compatibility-format entry: fixed delivery of `vector` to the local APIC
+    /// `dest_apic_id` (physical destination), edge or level, active high or low, masked
+    /// or not.
+    pub const fn compat_rte(
+        vector: u8,
+        dest_apic_id: u8,
+        level_triggered: bool,
+        active_low: bool,
+        masked: bool,
+    ) -> u64 {
+        vector as u64
+            | (dest_apic_id as u64) << rte::DEST_SHIFT
+            | shared_bits(level_triggered, active_low, masked)
+    }
+
+    /// The trigger, polarity and mask bits, the same in both formats.
+    pub const fn shared_bits(level_triggered: bool, active_low: bool, masked: bool) -> u64 {
+        (if level_triggered { rte::LEVEL } else { 0 })
+            | (if active_low { rte::ACTIVE_LOW } else { 0 })
+            | (if masked { rte::MASKED } else { 0 })
+    }
+
+    /// A redirection entry, decoded field by field (for logs and tests).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RedirectionEntry(pub u64);
+
+    impl RedirectionEntry {
+        pub const fn vector(&self) -> u8 {
+            (self.0 & rte::VECTOR_MASK) as u8
+        }
+
+        /// Delivery mode (bits 10:8): 0 fixed, 1 lowest priority, 2 SMI, 4 NMI, 5 INIT,
+        /// 7 ExtINT.
+        pub const fn delivery_mode(&self) -> u8 {
+            ((self.0 >> rte::DELIVERY_MODE_SHIFT) & 7) as u8
+        }
+
+        pub const fn delivery_pending(&self) -> bool {
+            self.0 & rte::DELIVERY_PENDING != 0
+        }
+
+        pub const fn active_low(&self) -> bool {
+            self.0 & rte::ACTIVE_LOW != 0
+        }
+
+        pub const fn remote_irr(&self) -> bool {
+            self.0 & rte::REMOTE_IRR != 0
+        }
+
+        pub const fn level_triggered(&self) -> bool {
+            self.0 & rte::LEVEL != 0
+        }
+
+        pub const fn masked(&self) -> bool {
+            self.0 & rte::MASKED != 0
+        }
+
+        /// VT-d remappable format (bit 48)?
+        pub const fn remappable(&self) -> bool {
+            self.0 & rte::REMAPPABLE != 0
+        }
+
+        /// Compatibility format: logical destination mode.
+        pub const fn logical(&self) -> bool {
+            !self.remappable() && self.0 & rte::DEST_LOGICAL != 0
+        }
+
+        /// Compatibility format: the destination APIC id; `None` in remappable format.
+        pub const fn destination(&self) -> Option<u8> {
+            if self.remappable() {
+                None
+            } else {
+                Some((self.0 >> rte::DEST_SHIFT) as u8)
+            }
+        }
+
+        /// Remappable format: the interrupt remapping entry's handle; `None` in
+        /// compatibility format.
+        pub const fn handle(&self) -> Option<u16> {
+            if !self.remappable() {
+                return None;
+            }
+            let low = ((self.0 >> rte::HANDLE_SHIFT) & 0x7fff) as u16;
+            let high = if self.0 & rte::HANDLE_15 != 0 {
+                0x8000
+            } else {
+                0
+            };
+            Some(high | low)
+        }
+    }
+
+    /// `vector 0x41 level active-high masked, remapped handle 0x1` or
+    /// `vector 0x41 edge active-low unmasked, fixed physical to APIC 0` — what an
+    /// operator reads in the log.
+    impl fmt::Display for RedirectionEntry {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "vector {:#04x} {} active-{} {}",
+                self.vector(),
+                if self.level_triggered() {
+                    "level"
+                } else {
+                    "edge"
+                },
+                if self.active_low() { "low" } else { "high" },
+                if self.masked() { "masked" } else { "unmasked" },
+            )?;
+            if self.remote_irr() {
+                f.write_str(" remote-IRR")?;
+            }
+            match (self.handle(), self.destination()) {
+                (Some(handle), _) => write!(f, ", remapped handle {handle:#x}"),
+                (None, Some(dest)) => write!(
+                    f,
+                    ", delivery mode {} {} to APIC {dest}",
+                    self.delivery_mode(),
+                    if self.logical() {
+                        "logical"
+                    } else {
+                        "physical"
+                    }
+                ),
+                (None, None) => Ok(()),
+            }
+        }
+    }
+}
+
+/// An I/O APIC pin's route as programmed through the IOMMU ([`Iommu::map_ioapic_pin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApicPinRoute {
+    /// The unit holding the pin's interrupt remapping entry; `None` in compatibility
+    /// format (no entry: the I/O APIC's message reaches the local APICs as written).
+    pub unit: Option<UnitId>,
+    /// That entry's index (VT-d: its handle); `None` in compatibility format.
+    pub index: Option<u32>,
+    /// The redirection entry to program (masked bit clear).
+    pub rte: u64,
+}
+
+impl IoApicPinRoute {
+    /// The compatibility-format route: fixed delivery of `vector` to the local APIC
+    /// `dest_apic_id`, physical destination, unmasked, no remapping entry. `None` when
+    /// the id does not fit the entry's 8-bit destination (an x2APIC id).
+    pub fn compatibility(
+        vector: u8,
+        dest_apic_id: u32,
+        level_triggered: bool,
+        active_low: bool,
+    ) -> Option<Self> {
+        let dest = u8::try_from(dest_apic_id).ok()?;
+        Some(Self {
+            unit: None,
+            index: None,
+            rte: ioapic::compat_rte(vector, dest, level_triggered, active_low, false),
+        })
+    }
+
+    /// No remapping entry is held (compatibility format).
+    pub fn is_compatibility(&self) -> bool {
+        self.unit.is_none() && self.index.is_none()
+    }
+}
+
 /// The translation interface the kernel programs against. Edits (`map`, `unmap`,
 /// `attach`, `detach`) change tables only; `commit` makes the hardware see them, with as
 /// few invalidations as the batch allows. Every device not attached to a domain has its
@@ -346,6 +568,54 @@ pub trait Iommu {
         Err(IommuError::Unsupported { unit: device.unit })
     }
 
+    /// Route I/O APIC `ioapic_id`'s pin `pin` (a GSI's pin, e.g. a device's INTx line) to
+    /// host vector `vector` of the local APIC `dest_apic_id` (fixed delivery, physical
+    /// destination), `level_triggered`/`active_low` as the pin signals. Returns the
+    /// redirection entry to program into that pin (masked bit clear) and the remapping
+    /// entry it names, if any; the entry is written and the unit's interrupt-entry cache
+    /// invalidated before this returns.
+    ///
+    /// The default (a driver without interrupt remapping for I/O APICs) is meant for
+    /// [`Iommu::interrupt_remapping`] = false: the I/O APIC's messages then reach the
+    /// local APICs as written, so the compatibility-format entry is the route. With
+    /// remapping on, the default refuses, because a compatibility-format message may be
+    /// blocked there.
+    ///
+    /// Errors: `Unsupported` (remapping on but not offered for I/O APICs by this driver,
+    /// or a destination above 255, which an xAPIC-mode entry cannot name; no unit is
+    /// involved, so it names unit 0), and for drivers that remap: `UnknownDevice` (no
+    /// unit remaps that I/O APIC), `Busy` (the pin already has a route), `NoMemory` (the
+    /// table is full), `InvalidationTimeout`.
+    fn map_ioapic_pin(
+        &mut self,
+        ioapic_id: u8,
+        pin: u8,
+        vector: u8,
+        dest_apic_id: u32,
+        level_triggered: bool,
+        active_low: bool,
+    ) -> Result<IoApicPinRoute, IommuError> {
+        let _ = (ioapic_id, pin);
+        let unsupported = IommuError::Unsupported { unit: UnitId(0) };
+        if self.interrupt_remapping() {
+            return Err(unsupported);
+        }
+        IoApicPinRoute::compatibility(vector, dest_apic_id, level_triggered, active_low)
+            .ok_or(unsupported)
+    }
+
+    /// Release what [`Iommu::map_ioapic_pin`] took: clear the remapping entry (present
+    /// bit first), invalidate it and free it. Mask the pin first: once the entry is gone
+    /// the pin's interrupts are blocked (and fault). A compatibility-format route holds
+    /// nothing (`Ok`); a route this driver did not hand out is `UnknownDevice`.
+    fn unmap_ioapic_pin(&mut self, route: &IoApicPinRoute) -> Result<(), IommuError> {
+        if route.is_compatibility() {
+            Ok(())
+        } else {
+            Err(IommuError::UnknownDevice)
+        }
+    }
+
     /// A teaching aid: describe, one line each, what the hardware reads for a DMA by
     /// `device` at `iova` in `domain` — the root/context entry (VT-d) or the device-table
     /// entry (AMD-Vi) of each requester id, then every page-table entry of the walk down
@@ -371,5 +641,137 @@ mod msi_tests {
         assert_eq!(check_msi_block(u, 0x40, 3, 0), no);
         assert_eq!(check_msi_block(u, 0x40, 64, 0), no);
         assert_eq!(check_msi_block(u, 0x40, 1, 256), no, "not an xAPIC id");
+    }
+}
+
+#[cfg(test)]
+mod ioapic_tests {
+    use super::ioapic::{RedirectionEntry, compat_rte, rte};
+    use super::*;
+
+    #[test]
+    fn compatibility_entries() {
+        // Vector 0x41, APIC 3, level, active low, masked.
+        let e = compat_rte(0x41, 3, true, true, true);
+        assert_eq!(e, 0x0300_0000_0001_a041);
+        let d = RedirectionEntry(e);
+        assert_eq!(
+            (d.vector(), d.destination(), d.handle()),
+            (0x41, Some(3), None)
+        );
+        assert!(d.level_triggered() && d.active_low() && d.masked() && !d.logical());
+        assert_eq!(d.delivery_mode(), 0);
+        // Edge, active high, unmasked: nothing but vector and destination.
+        assert_eq!(compat_rte(0x30, 0, false, false, false), 0x30);
+        assert_eq!(
+            compat_rte(0xef, 0xff, false, false, false),
+            0xff00_0000_0000_00ef
+        );
+        assert_eq!(rte::READ_ONLY, 1 << 12 | 1 << 14);
+        assert_eq!(
+            RedirectionEntry(e | rte::REMOTE_IRR).to_string(),
+            "vector 0x41 level active-low masked remote-IRR, delivery mode 0 physical to APIC 3"
+        );
+    }
+
+    #[test]
+    fn remappable_entries_decode() {
+        // VT-d remappable: bit 48, handle 0x8005 (bit 15 in bit 11).
+        let e = RedirectionEntry(0x41 | rte::LEVEL | rte::REMAPPABLE | 5 << 49 | rte::HANDLE_15);
+        assert_eq!(e.handle(), Some(0x8005));
+        assert_eq!(e.destination(), None);
+        assert!(!e.logical(), "bit 11 is a handle bit here");
+        assert_eq!(
+            e.to_string(),
+            "vector 0x41 level active-high unmasked, remapped handle 0x8005"
+        );
+    }
+
+    #[test]
+    fn compatibility_routes() {
+        let r = IoApicPinRoute::compatibility(0x41, 0, true, false).unwrap();
+        assert!(r.is_compatibility());
+        assert_eq!(r.rte, 0x8041);
+        assert_eq!(IoApicPinRoute::compatibility(0x41, 256, true, false), None);
+    }
+
+    /// A driver that implements nothing about I/O APICs: the trait's defaults.
+    struct Bare {
+        remapping: bool,
+    }
+
+    impl Iommu for Bare {
+        fn vendor(&self) -> Vendor {
+            Vendor::IntelVtd
+        }
+        fn create_domain(&mut self) -> Result<DomainHandle, IommuError> {
+            Err(IommuError::NoDomainId)
+        }
+        fn destroy_domain(&mut self, _: DomainHandle) -> Result<(), IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn page_sizes(&self, _: DomainHandle) -> Result<u64, IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn iova_ranges(&self, _: DomainHandle) -> Result<Vec<IovaRange>, IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn map(
+            &mut self,
+            _: DomainHandle,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: Access,
+        ) -> Result<(), IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn unmap(&mut self, _: DomainHandle, _: u64, _: u64) -> Result<u64, IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn commit(&mut self, _: DomainHandle) -> Result<(), IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn attach(&mut self, _: DomainHandle, _: &DeviceDma) -> Result<(), IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn detach(&mut self, _: DomainHandle, _: &DeviceDma) -> Result<(), IommuError> {
+            Err(IommuError::UnknownDomain)
+        }
+        fn take_faults(&mut self) -> Vec<FaultRecord> {
+            Vec::new()
+        }
+        fn dma_coherent(&self, _: UnitId) -> Option<bool> {
+            None
+        }
+        fn interrupt_remapping(&self) -> bool {
+            self.remapping
+        }
+    }
+
+    #[test]
+    fn default_pin_routes() {
+        let no = Err(IommuError::Unsupported { unit: UnitId(0) });
+        let mut bare = Bare { remapping: false };
+        let route = bare.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+        assert_eq!(
+            route,
+            IoApicPinRoute::compatibility(0x41, 0, true, false).unwrap()
+        );
+        assert_eq!(bare.unmap_ioapic_pin(&route), Ok(()));
+        assert_eq!(bare.map_ioapic_pin(0, 23, 0x41, 300, true, false), no);
+        let foreign = IoApicPinRoute {
+            unit: Some(UnitId(0)),
+            index: Some(1),
+            rte: 0,
+        };
+        assert_eq!(
+            bare.unmap_ioapic_pin(&foreign),
+            Err(IommuError::UnknownDevice)
+        );
+        // Remapping on and the driver does not say how to remap an I/O APIC: refused,
+        // since a compatibility-format message may be blocked.
+        let mut bare = Bare { remapping: true };
+        assert_eq!(bare.map_ioapic_pin(0, 23, 0x41, 0, true, false), no);
     }
 }

@@ -169,6 +169,9 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     let mut vfio: Option<VfioSetup> = None;
     if let Some(tables) = &tables {
         report_madt(&phys, tables);
+        // Device INTx: the I/O APICs (MADT) and where each slot's pins arrive (DSDT).
+        let ioapics = init_ioapics(&phys, tables, start_info.memory_map());
+        let intx_routing = read_pci_intx_routing(&phys, tables);
         let regions = read_mcfg(&phys, tables);
         if let Some((ecam, mut table)) = enumerate_pci(regions, start_info.memory_map()) {
             for change in sluice_pci::enable_acs(&ecam, &mut table) {
@@ -214,6 +217,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
                         &discovery,
                         driver,
                         start_info.memory_map(),
+                        (ioapics, intx_routing.as_ref()),
                     ));
                 }
             } else if opts.dma_test {
@@ -401,6 +405,110 @@ fn report_madt(phys: &IdentityMapped, tables: &AcpiTables) {
         }
         Err(e) => {
             error!(target: "acpi", "MADT at {:#x} is malformed: {e}; CPU list unknown", entry.address)
+        }
+    }
+}
+
+/// The I/O APICs from the MADT: registers mapped, ID and VERSION read, every pin masked
+/// and reset (firmware may have left pins routed), one log line each. `None` (logged)
+/// without a usable MADT or I/O APIC: device INTx lines then cannot be offered.
+fn init_ioapics(
+    phys: &IdentityMapped,
+    tables: &AcpiTables,
+    map: &[MemoryRegion],
+) -> Option<&'static sluice_kernel::arch::ioapic::IoApics> {
+    let madt = tables
+        .find(Signature::MADT)
+        .map(|entry| copy_table(phys, entry).and_then(|b| acpi::madt::parse(&b)));
+    let madt = match madt {
+        Some(Ok(madt)) => madt,
+        Some(Err(e)) => {
+            warn!(target: "arch", "MADT malformed ({e}): I/O APICs unknown, no INTx");
+            return None;
+        }
+        None => {
+            warn!(target: "arch", "no MADT: I/O APICs unknown, no INTx");
+            return None;
+        }
+    };
+    match sluice_kernel::arch::ioapic::init(&madt.io_apics, map) {
+        Ok(apics) => {
+            for unit in apics.units() {
+                let version = unit.version();
+                info!(target: "arch", "I/O APIC id {} at {:#x}: version {:#x}, {} pins, GSI {}..={}, all masked",
+                    unit.id(),
+                    unit.address(),
+                    version.version,
+                    unit.pins(),
+                    unit.gsi_base(),
+                    unit.gsi_last()
+                );
+                if unit.id_register().apic_id != unit.id() & 0xf {
+                    warn!(target: "arch", "I/O APIC id {}: its ID register says {}", unit.id(), unit.id_register().apic_id);
+                }
+            }
+            Some(apics)
+        }
+        Err(e) => {
+            warn!(target: "arch", "{e}; no INTx");
+            None
+        }
+    }
+}
+
+/// The INTx routing of the root PCI bus, from the DSDT's `_PRT` in APIC mode. The DSDT is
+/// found through the FADT and was probed by `AcpiTables::load` at the same address (length
+/// capped at `MAX_TABLE_LEN`, 4 MiB, far above QEMU's ~8 KiB; checksum verified), then
+/// copied out like every other table and read by the AML reader. Logs one summary line
+/// (each slot at debug level), or why there is no routing.
+fn read_pci_intx_routing(
+    phys: &IdentityMapped,
+    tables: &AcpiTables,
+) -> Option<acpi::prt::PciIntxRouting> {
+    let Some(fadt_entry) = tables.find(Signature::FADT) else {
+        warn!(target: "acpi", "FADT (FACP) missing or invalid: no DSDT, PCI INTx routing unknown");
+        return None;
+    };
+    let fadt = match copy_table(phys, fadt_entry).and_then(|b| acpi::fadt::parse(&b)) {
+        Ok(f) => f,
+        Err(e) => {
+            error!(target: "acpi", "FADT at {:#x} is malformed: {e}; PCI INTx routing unknown", fadt_entry.address);
+            return None;
+        }
+    };
+    if fadt.dsdt_fields_disagree() {
+        warn!(target: "acpi", "FADT fields DSDT {:#x} and X_DSDT {:#x?} differ; X_DSDT is used", fadt.dsdt, fadt.x_dsdt);
+    }
+    let Some(address) = fadt.dsdt_address() else {
+        error!(target: "acpi", "FADT fields DSDT and X_DSDT are both 0: no DSDT, PCI INTx routing unknown");
+        return None;
+    };
+    let Some(entry) = tables
+        .find_all(Signature::DSDT)
+        .find(|e| e.address == address)
+    else {
+        error!(target: "acpi", "DSDT at {address:#x} (from the FADT) was not examined; PCI INTx routing unknown");
+        return None;
+    };
+    let bytes = match copy_table(phys, entry) {
+        Ok(b) => b,
+        Err(e) => {
+            error!(target: "acpi", "DSDT at {address:#x} is invalid: {e}; PCI INTx routing unknown");
+            return None;
+        }
+    };
+    match acpi::prt::PciIntxRouting::from_dsdt(&bytes) {
+        Ok(routing) => {
+            info!(target: "acpi", "PCI INTx routing from DSDT {}", routing.summary());
+            log_lines("acpi", log::Level::Debug, &routing);
+            for problem in &routing.aml_problems {
+                warn!(target: "acpi", "DSDT: AML definitions not read past: {problem}");
+            }
+            Some(routing)
+        }
+        Err(e) => {
+            error!(target: "acpi", "DSDT at {address:#x}: no PCI INTx routing: {e}");
+            None
         }
     }
 }
@@ -921,6 +1029,10 @@ fn build_vfio(
     discovery: &Discovery,
     driver: Driver,
     memory_map: &[sluice_boot::start_info::MemoryRegion],
+    (ioapics, intx_routing): (
+        Option<&'static sluice_kernel::arch::ioapic::IoApics>,
+        Option<&acpi::prt::PciIntxRouting>,
+    ),
 ) -> VfioSetup {
     use sluice_kernel::vfio::{GroupDesc, GroupDevice, Vfio};
     use sluice_pci::DeviceKind;
@@ -967,6 +1079,7 @@ fn build_vfio(
                 },
                 bars: d.bars.clone(),
                 interrupt_pin: d.interrupt_pin,
+                intx_line: intx_line(table, d, intx_routing),
                 // FLR, PM reset, or a bus reset when the whole bus is this group's.
                 reset: if bridge {
                     None
@@ -1019,10 +1132,83 @@ fn build_vfio(
     if let Some(lapic) = sluice_kernel::arch::lapic::get() {
         vfio.set_interrupt_target(lapic.id() as u8);
     }
+    // Device INTx, through the I/O APICs, when both they and the DSDT's routing are known.
+    match (ioapics, intx_routing) {
+        (Some(apics), Some(_)) => vfio.set_interrupt_lines(Box::new(IoApicLines(apics))),
+        _ => {
+            warn!(target: "vfio", "device INTx not offered (I/O APICs or the DSDT's PCI routing unknown)")
+        }
+    }
     VfioSetup {
         vfio,
         group_of,
         forbidden_mmio,
+    }
+}
+
+/// Where `d`'s INTx pin arrives: its pin swizzled through the bridges above it to a slot
+/// on root bus 0, looked up in the DSDT's `_PRT` (bridges' own `_PRT`s are not read).
+/// `None` without a pin, a routing table, or for functions under another root bus.
+fn intx_line(
+    table: &DeviceTable,
+    d: &sluice_pci::PciDevice,
+    routing: Option<&acpi::prt::PciIntxRouting>,
+) -> Option<sluice_kernel::vfio::IntxLine> {
+    let routing = routing?;
+    let pin = acpi::prt::IntxPin::from_config(d.interrupt_pin)?;
+    let ancestors = table.ancestors(d.address);
+    let top = ancestors.last().map_or(d.address, |b| b.address);
+    if top.segment != 0 || top.bus != 0 {
+        return None;
+    }
+    let mut path: Vec<u8> = ancestors.iter().rev().map(|b| b.address.device).collect();
+    path.push(d.address.device);
+    let route = routing.route_through_bridges(&path, pin)?;
+    Some(sluice_kernel::vfio::IntxLine {
+        gsi: route.gsi,
+        level_triggered: route.level_triggered,
+        active_low: route.active_low,
+    })
+}
+
+/// The I/O APICs as the VFIO layer uses them for device INTx: a routed pin is written
+/// masked and its vector registered as level-triggered (the interrupt handler masks the
+/// pin before its EOI); the VFIO layer unmasks it once it has masked the asserting
+/// device.
+struct IoApicLines(&'static sluice_kernel::arch::ioapic::IoApics);
+
+impl sluice_kernel::vfio::InterruptLines for IoApicLines {
+    fn locate(&self, gsi: u32) -> Option<(u8, u8)> {
+        self.0.locate(gsi)
+    }
+
+    fn route(&self, gsi: u32, vector: u8, rte: u64) -> Result<(), alloc::string::String> {
+        use sluice_kernel::arch::ioapic;
+        self.0
+            .route(gsi, rte | ioapic::rte::MASKED)
+            .map_err(|e| alloc::format!("{e}"))?;
+        ioapic::register_level_vector(vector, gsi).map_err(|e| {
+            let _ = self.0.mask(gsi);
+            alloc::format!("{e}")
+        })
+    }
+
+    fn set_masked(&self, gsi: u32, masked: bool) {
+        let result = if masked {
+            self.0.mask(gsi)
+        } else {
+            self.0.unmask(gsi)
+        };
+        if let Err(e) = result {
+            error!(target: "vfio", "GSI {gsi}: {e}");
+        }
+    }
+
+    fn release(&self, gsi: u32, vector: u8) {
+        if let Err(e) = self.0.mask(gsi) {
+            error!(target: "vfio", "GSI {gsi}: {e}");
+        }
+        sluice_kernel::arch::ioapic::unregister_level_vector(vector);
     }
 }
 

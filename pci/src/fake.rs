@@ -97,6 +97,21 @@ impl FakeConfigSpace {
         self.bar_writes.get()
     }
 
+    /// The device's side of a register: set (or clear) `bits` of the 16-bit register at
+    /// `offset`, whatever software may write there — e.g. STATUS's Interrupt Status
+    /// while the function asserts INTx.
+    pub fn device_set_bits16(&self, addr: PciAddress, offset: u16, bits: u16, on: bool) {
+        let at = usize::from(offset);
+        if at + 2 > SIZE {
+            return;
+        }
+        if let Some(f) = self.functions.borrow_mut().get_mut(&addr) {
+            let old = u16::from_le_bytes([f.image[at], f.image[at + 1]]);
+            let new = if on { old | bits } else { old & !bits };
+            f.image[at..at + 2].copy_from_slice(&new.to_le_bytes());
+        }
+    }
+
     /// How many `read32` calls were made (narrow reads count once each).
     pub fn read_count(&self) -> u64 {
         self.reads.get()

@@ -61,7 +61,10 @@ use crate::vfio::{
     GROUP_FLAGS_VIABLE, GroupList, GroupStatus, IOMMU_INFO_CAPS, InfoCapHeader, IommuType1Info,
     IovaRangeCap, MAX_ARGSZ, RegionAccess, RegionMap, min_size,
 };
-use crate::vfio::{IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, IrqSet};
+use crate::vfio::{
+    IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_EVENTFD,
+    IRQ_SET_DATA_NONE, IrqSet,
+};
 
 pub use crate::vfio::IrqInfo;
 pub use crate::vfio::{
@@ -778,6 +781,31 @@ impl Device {
         }
         self.set_irqs_raw(
             IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER,
+            index,
+            start,
+            count,
+            &[],
+        )
+    }
+
+    /// `DEVICE_SET_IRQS` with `DATA_NONE | ACTION_MASK`: mask subindexes
+    /// `start..start + count` (INTx: `0, 1`).
+    pub fn mask_irq(&self, index: u32, start: u32, count: u32) -> Result<(), Errno> {
+        self.set_irqs_raw(
+            IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK,
+            index,
+            start,
+            count,
+            &[],
+        )
+    }
+
+    /// `DEVICE_SET_IRQS` with `DATA_NONE | ACTION_UNMASK`: unmask subindexes
+    /// `start..start + count`. INTx is masked by every interrupt (automasked): service
+    /// the device, then unmask `0, 1`.
+    pub fn unmask_irq(&self, index: u32, start: u32, count: u32) -> Result<(), Errno> {
+        self.set_irqs_raw(
+            IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK,
             index,
             start,
             count,

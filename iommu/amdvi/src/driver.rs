@@ -114,6 +114,15 @@
 //! table stays with the ids (detached entries keep it: the device stays blocked).
 //! Devices never attached, the IOAPIC and the HPET keep IV = 0 (interrupts forwarded
 //! unremapped) as before.
+//!
+//! I/O APIC pins therefore get compatibility-format redirection entries
+//! ([`Iommu::map_ioapic_pin`]), remapping on or not: only the hypervisor programs the I/O
+//! APIC, so no guest can make it send an interrupt the hypervisor did not route, which is
+//! what remapping would guard against. (Remapping it would mean IV = 1 on the I/O APIC's
+//! DTE, a table for it, the entry index in the redirection entry's vector field, and an
+//! explicit EOI to the I/O APIC with that index: QEMU's legacy IRTE carries no trigger
+//! mode, so the interrupt reaches the local APIC as edge and its EOI is never
+//! broadcast.)
 
 pub mod commands;
 pub mod dte;
@@ -135,8 +144,8 @@ use sluice_iommu::domains::{PendingRange as Pending, merge_pending};
 use sluice_iommu::hw::{DmaMemory, RegisterBlock};
 use sluice_iommu::range::subtract;
 use sluice_iommu::{
-    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, RemappedMsi,
-    UnitId, Vendor,
+    Access, DeviceDma, DomainHandle, FaultRecord, IoApicPinRoute, Iommu, IommuError, IovaRange,
+    RemappedMsi, UnitId, Vendor,
 };
 use sluice_pci::PciAddress;
 
@@ -1385,6 +1394,36 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for AmdViIommu<R, M> {
         unit.run(&mut self.mem, &self.config, &commands)?;
         unit.interrupt_tables[table].free(msi.first, msi.count);
         Ok(())
+    }
+
+    /// The compatibility-format entry (fixed, physical, `dest_apic_id`, `vector`, the
+    /// pin's trigger and polarity), with interrupt remapping on or off: the I/O APIC's
+    /// device table entry keeps IV = 0, so its messages pass unremapped (see the module
+    /// docs for why that is safe). `ioapic_id` and `pin` are not needed. `Unsupported`
+    /// (the first unit) for an APIC id above 255.
+    fn map_ioapic_pin(
+        &mut self,
+        ioapic_id: u8,
+        pin: u8,
+        vector: u8,
+        dest_apic_id: u32,
+        level_triggered: bool,
+        active_low: bool,
+    ) -> Result<IoApicPinRoute, IommuError> {
+        let _ = (ioapic_id, pin);
+        let first = self.units.first().map_or(UnitId(0), |unit| unit.id);
+        IoApicPinRoute::compatibility(vector, dest_apic_id, level_triggered, active_low)
+            .ok_or(IommuError::Unsupported { unit: first })
+    }
+
+    /// Compatibility-format routes hold nothing: `Ok`; anything else was not handed out
+    /// here: `UnknownDevice`.
+    fn unmap_ioapic_pin(&mut self, route: &IoApicPinRoute) -> Result<(), IommuError> {
+        if route.is_compatibility() {
+            Ok(())
+        } else {
+            Err(IommuError::UnknownDevice)
+        }
     }
 
     /// The IVHD's Coherent flag (bit 5 of its flags byte: the unit's memory accesses

@@ -1621,3 +1621,48 @@ fn without_an_ioapic_in_the_ivrs_interrupt_remapping_is_not_offered() {
     assert!(!driver.enable_interrupt_remapping().unwrap());
     assert!(!driver.interrupt_remapping());
 }
+
+#[test]
+fn ioapic_pins_stay_in_compatibility_format() {
+    // two_units: unit 0's IVHD names the IOAPIC (00:14.0), so remapping is offered.
+    let (rig, mut driver) = two_units();
+    let ioapic = rid(0, 0x14, 0);
+    for enable in [false, true] {
+        if enable {
+            assert!(driver.enable_interrupt_remapping().unwrap());
+        }
+        rig.clear_log();
+        // GSI 23: I/O APIC 0 pin 23, host vector 0x41, APIC 0, level, active high.
+        let route = driver.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+        assert_eq!((route.unit, route.index), (None, None));
+        assert_eq!(
+            route.rte, 0x8041,
+            "fixed, physical, APIC 0, level, unmasked"
+        );
+        let route = driver.map_ioapic_pin(0, 16, 0x42, 3, true, true).unwrap();
+        assert_eq!(
+            route.rte, 0x0300_0000_0000_a042,
+            "APIC 3 in 63:56, active low"
+        );
+        assert_eq!(driver.unmap_ioapic_pin(&route), Ok(()));
+        // Nothing is written for it, and the I/O APIC's DTE keeps IV = 0: its messages
+        // pass unremapped.
+        assert!(reg_writes(&rig, 0).is_empty());
+        assert!(rig.commands(0).is_empty());
+        assert_eq!(rig.dte(0, ioapic)[2] & 1, 0);
+        assert_eq!(driver.interrupt_entry(U0, ioapic, 0), None);
+        assert_eq!(
+            driver.map_ioapic_pin(0, 23, 0x41, 256, true, false),
+            Err(IommuError::Unsupported { unit: U0 })
+        );
+    }
+    let forged = sluice_iommu::IoApicPinRoute {
+        unit: Some(U0),
+        index: Some(1),
+        rte: 0,
+    };
+    assert_eq!(
+        driver.unmap_ioapic_pin(&forged),
+        Err(IommuError::UnknownDevice)
+    );
+}

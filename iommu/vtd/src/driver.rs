@@ -61,6 +61,12 @@
 //! exactly those in the interrupt-entry cache; [`Iommu::unmap_msi`] clears them (P first),
 //! invalidates, and only then frees them. See `driver/intremap.rs` for the entry layout.
 //!
+//! I/O APIC pins go the same way ([`Iommu::map_ioapic_pin`]): one entry per pin on the
+//! unit whose DMAR scope lists the I/O APIC, source-id validation naming the I/O APIC's
+//! requester id from that scope, the pin's trigger mode; the pin's redirection entry is
+//! returned in remappable format. [`VtdIommu::new`] takes the I/O APICs from the DMAR;
+//! with [`VtdIommu::with_units`], [`VtdIommu::add_io_apic`] names them.
+//!
 //! # Memory
 //!
 //! `VtdIommu` owns its [`DmaMemory`] (`M`, e.g. the kernel's frame-backed memory, or a
@@ -85,19 +91,19 @@ use sluice_iommu::domains::{
 };
 use sluice_iommu::range::subtract;
 use sluice_iommu::{
-    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, RemappedMsi,
-    UnitId, Vendor,
+    Access, DeviceDma, DomainHandle, FaultRecord, IoApicPinRoute, Iommu, IommuError, IovaRange,
+    RemappedMsi, UnitId, Vendor,
 };
 use sluice_pci::PciAddress;
 
 use self::ids::DomainIds;
-use self::intremap::{InterruptTable, Irte, SourceValidation};
+use self::intremap::{InterruptTable, Irte, Owner, SourceValidation};
 use self::invalidation::{Invalidator, Queue, Target};
 use self::registers::{fsts, gcmd};
 use crate::hw::{DmaMemory, RegisterBlock};
 use crate::pagetable::{PageSizes, VtdSecondLevel};
 use crate::regs::{self, Capability, ExtendedCapability, TableFormat, Version};
-use crate::topology::{DmarTopology, ResolvedRmrr};
+use crate::topology::{DmarTopology, InterruptSourceKind, ResolvedRmrr};
 
 pub use self::entries::{
     ContextEntry, DeviceTranslation, ENTRY_BYTES, RootEntry, TABLE_ENTRIES, WalkFault,
@@ -234,6 +240,18 @@ struct Unit<R> {
     irt: Option<InterruptTable>,
 }
 
+/// An I/O APIC whose interrupt messages a unit remaps (a DMAR device scope of type
+/// IOAPIC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApicSource {
+    /// Its APIC id (the scope's enumeration id; the MADT's I/O APIC id).
+    pub id: u8,
+    /// The unit whose scope lists it.
+    pub unit: UnitId,
+    /// The requester id its messages carry (the scope's path resolved: QEMU `ff:00.0`).
+    pub source_id: u16,
+}
+
 /// Intel VT-d behind the vendor-neutral [`Iommu`] interface. See the module docs.
 pub struct VtdIommu<R: RegisterBlock, M: DmaMemory> {
     mem: M,
@@ -246,12 +264,15 @@ pub struct VtdIommu<R: RegisterBlock, M: DmaMemory> {
     caching_mode: bool,
     /// Every unit has interrupt remapping enabled ([`VtdIommu::enable_interrupt_remapping`]).
     interrupt_remapping: bool,
+    /// The I/O APICs the units remap, in DMAR order.
+    io_apics: Vec<IoApicSource>,
 }
 
 impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
     /// Brings up every unit of `topology`. `registers[i]` is the register block of
     /// `topology.vtd_units()[i]` (mapped over at least
-    /// [`crate::regs::register_set_size`] bytes); the RMRRs become identity regions.
+    /// [`crate::regs::register_set_size`] bytes); the RMRRs become identity regions and
+    /// the IOAPIC device scopes the I/O APICs [`Iommu::map_ioapic_pin`] knows.
     pub fn new(
         topology: &DmarTopology,
         registers: Vec<R>,
@@ -279,7 +300,21 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
             .iter()
             .filter_map(IdentityRegion::from_rmrr)
             .collect();
-        Self::with_units(setups, regions, mem, config)
+        let mut driver = Self::with_units(setups, regions, mem, config)?;
+        for source in topology.interrupt_sources() {
+            if source.kind != InterruptSourceKind::IoApic {
+                continue;
+            }
+            if let Err(e) = driver.add_io_apic(source.unit, source.id, source.source_id) {
+                log::warn!(
+                    target: "vtd",
+                    "DMAR: I/O APIC {} in dmar{}'s scope ignored: {e} (listed twice?)",
+                    source.id,
+                    source.unit.0
+                );
+            }
+        }
+        Ok(driver)
     }
 
     /// Brings up the given units. First every unit's VER/CAP/ECAP are read and checked
@@ -338,7 +373,30 @@ impl<R: RegisterBlock, M: DmaMemory> VtdIommu<R, M> {
             routes: RouteTable::new(),
             caching_mode,
             interrupt_remapping: false,
+            io_apics: Vec::new(),
         })
+    }
+
+    /// Names an I/O APIC whose interrupts `unit` remaps: APIC id `id`, messages carrying
+    /// requester id `source_id` (what a DMAR IOAPIC device scope says; [`Self::new`]
+    /// calls this for each). `UnknownDevice` for an unknown unit, `Busy` when `id` is
+    /// already named (the first naming stays).
+    pub fn add_io_apic(&mut self, unit: UnitId, id: u8, source_id: u16) -> Result<(), IommuError> {
+        unit_index(&self.units, unit).ok_or(IommuError::UnknownDevice)?;
+        if self.io_apic(id).is_some() {
+            return Err(IommuError::Busy);
+        }
+        self.io_apics.push(IoApicSource {
+            id,
+            unit,
+            source_id,
+        });
+        Ok(())
+    }
+
+    /// The I/O APIC with APIC id `id`, if a unit remaps it.
+    pub fn io_apic(&self, id: u8) -> Option<IoApicSource> {
+        self.io_apics.iter().copied().find(|source| source.id == id)
     }
 
     /// The table format every domain uses.
@@ -1116,6 +1174,106 @@ impl<R: RegisterBlock, M: DmaMemory> Iommu for VtdIommu<R, M> {
                 table.free(msi.first);
             } else {
                 table.leak(msi.first);
+            }
+        }
+        result
+    }
+
+    /// With interrupt remapping off: the compatibility-format entry (the I/O APIC's
+    /// messages pass untranslated). With it on: a free IRTE on the unit whose DMAR scope
+    /// lists I/O APIC `ioapic_id`, written present last — fixed delivery of `vector` to
+    /// `dest_apic_id`, physical, TM = `level_triggered`, SVT = 01 / SQ = 00 with the I/O
+    /// APIC's requester id — then invalidated in the interrupt-entry cache
+    /// (index-selective) with a wait. The route's entry is the remappable-format
+    /// redirection entry naming it, its vector field the IRTE's vector (see
+    /// `driver/intremap.rs`). `pin` only identifies the route: one per pin.
+    ///
+    /// Errors: `UnknownDevice` (no unit remaps that I/O APIC), `Unsupported` (an APIC id
+    /// above 255), `Busy` (the pin already has an entry), `NoMemory` (table full),
+    /// `InvalidationTimeout` (the unit failed: the entry, written but unconfirmed, is
+    /// never reused).
+    fn map_ioapic_pin(
+        &mut self,
+        ioapic_id: u8,
+        pin: u8,
+        vector: u8,
+        dest_apic_id: u32,
+        level_triggered: bool,
+        active_low: bool,
+    ) -> Result<IoApicPinRoute, IommuError> {
+        if !self.interrupt_remapping {
+            let first = self.units.first().map_or(UnitId(0), |unit| unit.id);
+            return IoApicPinRoute::compatibility(
+                vector,
+                dest_apic_id,
+                level_triggered,
+                active_low,
+            )
+            .ok_or(IommuError::Unsupported { unit: first });
+        }
+        let source = self.io_apic(ioapic_id).ok_or(IommuError::UnknownDevice)?;
+        let index = unit_index(&self.units, source.unit).ok_or(IommuError::UnknownDevice)?;
+        let unsupported = IommuError::Unsupported { unit: source.unit };
+        let apic_id = u8::try_from(dest_apic_id).map_err(|_| unsupported)?;
+        let unit = &mut self.units[index];
+        if unit.failure.is_some() {
+            return Err(IommuError::InvalidationTimeout { unit: unit.id });
+        }
+        let owner = Owner::IoApicPin { ioapic_id, pin };
+        let table = unit.irt.as_mut().ok_or(unsupported)?;
+        if table.block_of(owner).is_some() {
+            return Err(IommuError::Busy);
+        }
+        let handle = table.alloc(1, owner).ok_or(IommuError::NoMemory)?;
+        let entry = Irte::remapped(
+            vector,
+            apic_id,
+            SourceValidation::RequesterId(source.source_id),
+        )
+        .with_trigger(level_triggered);
+        if let Err(error) =
+            unit.write_interrupt_entries(&mut self.mem, &self.config, handle, &[entry])
+        {
+            if let Some(table) = unit.irt.as_mut() {
+                table.leak(handle);
+            }
+            return Err(error);
+        }
+        Ok(IoApicPinRoute {
+            unit: Some(unit.id),
+            index: Some(handle),
+            rte: intremap::ioapic_rte(handle as u16, vector, level_triggered, active_low),
+        })
+    }
+
+    /// A compatibility-format route holds nothing: `Ok`. Otherwise the pin's IRTE is
+    /// cleared (P first), invalidated in the interrupt-entry cache with a wait, and freed
+    /// once the unit confirmed. Mask the pin before: from here on its messages fault.
+    ///
+    /// Errors: `UnknownDevice` (not an entry `map_ioapic_pin` handed out), `Unsupported`
+    /// (remapping off), `InvalidationTimeout` (cleared, unconfirmed: never reused).
+    fn unmap_ioapic_pin(&mut self, route: &IoApicPinRoute) -> Result<(), IommuError> {
+        let (unit, handle) = match (route.unit, route.index) {
+            (None, None) => return Ok(()),
+            (Some(unit), Some(handle)) => (unit, handle),
+            _ => return Err(IommuError::UnknownDevice),
+        };
+        if !self.interrupt_remapping {
+            return Err(IommuError::Unsupported { unit });
+        }
+        let index = unit_index(&self.units, unit).ok_or(IommuError::UnknownDevice)?;
+        let unit = &mut self.units[index];
+        let pin_entry = unit.irt.as_ref().and_then(|table| table.block(handle));
+        if !matches!(pin_entry, Some((1, Owner::IoApicPin { .. }))) {
+            return Err(IommuError::UnknownDevice);
+        }
+        let result =
+            unit.write_interrupt_entries(&mut self.mem, &self.config, handle, &[Irte::default()]);
+        if let Some(table) = unit.irt.as_mut() {
+            if result.is_ok() {
+                table.free(handle);
+            } else {
+                table.leak(handle);
             }
         }
         result

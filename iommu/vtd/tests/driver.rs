@@ -2155,3 +2155,259 @@ fn unacknowledged_interrupt_remapping_commands_time_out() {
         assert!(driver.unit_failed(U0));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// I/O APIC pins through interrupt remapping.
+// ---------------------------------------------------------------------------------------
+
+/// QEMU's I/O APIC: APIC id 0, requester id ff:00.0 (the DMAR's IOAPIC scope).
+const IOAPIC_SID: u16 = 0xff00;
+
+/// [`remapping`] with QEMU's I/O APIC named on unit 0.
+fn remapping_with_ioapic() -> (Rig, Driver) {
+    let (rig, mut driver) = remapping();
+    driver.add_io_apic(U0, 0, IOAPIC_SID).unwrap();
+    rig.clear_log();
+    (rig, driver)
+}
+
+#[test]
+fn ioapic_pin_gets_a_level_entry_and_a_remappable_rte() {
+    let (rig, mut driver) = remapping_with_ioapic();
+    // GSI 23 = pin 23 of I/O APIC 0, host vector 0x41, APIC 0, level, active high.
+    let route = driver.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+    assert_eq!((route.unit, route.index), (Some(U0), Some(1)));
+    // The redirection entry, by the test's own decoding: vector 0x41 (the IRTE's),
+    // delivery mode 000, polarity 0, trigger 1 (bit 15), unmasked, interrupt format 1
+    // (bit 48), handle 1 in bits 63:49, handle bit 15 (bit 11) clear.
+    assert_eq!(route.rte, 0x0003_0000_0000_8041);
+    assert_eq!(route.rte & 0xff, 0x41);
+    assert_eq!((route.rte >> 8) & 7, 0);
+    assert_eq!((route.rte >> 15) & 1, 1);
+    assert_eq!((route.rte >> 16) & 1, 0);
+    assert_eq!((route.rte >> 48) & 1, 1);
+    assert_eq!(route.rte >> 49, 1);
+
+    // The IRTE: P, TM = level (bit 4), fixed, physical, vector 0x41 (23:16), APIC 0 in
+    // 47:40; SID ff:00.0, SQ 00, SVT 01.
+    let table = driver.unit_info(U0).unwrap().interrupt_table.unwrap();
+    let slot = table + 16;
+    let (lo, hi) = {
+        let mem = rig.mem.borrow();
+        (mem.read(slot), mem.read(slot + 8))
+    };
+    assert_eq!(lo, 0x0000_0000_0041_0011);
+    assert_eq!(hi, 0x0000_0000_0004_ff00);
+    // High quadword, barrier, then low (P); flushed; then the index-selective
+    // invalidation of entry 1 and a wait.
+    let log = rig.mem.borrow().log.clone();
+    let write_at = |addr, value| {
+        log.iter()
+            .position(|e| *e == Event::Write { addr, value })
+            .unwrap()
+    };
+    let (hi_at, lo_at) = (write_at(slot + 8, hi), write_at(slot, lo));
+    assert!(hi_at < lo_at && log[hi_at..lo_at].contains(&Event::Barrier));
+    assert!(
+        log[lo_at..]
+            .iter()
+            .any(|e| matches!(e, Event::Flush { addr, .. } if *addr == slot))
+    );
+    let descriptors = rig.descriptors(0);
+    assert_eq!(
+        descriptors[0],
+        Desc::InterruptEntry {
+            global: false,
+            index: 1,
+            mask: 0
+        }
+    );
+    assert!(descriptors[1].is_wait());
+    assert_eq!(descriptors.len(), 2);
+
+    // The message the I/O APIC sends for that entry (address 0xfee00030, data 0x8041:
+    // SHV = 0) is delivered for the I/O APIC's requester id only.
+    let (address, data) = sluice_vtd::driver::intremap::ioapic_message(route.rte);
+    assert_eq!((address, data), (0xfee0_0030, 0x8041));
+    let fake = &rig.fakes[0];
+    assert_eq!(fake.interrupt(IOAPIC_SID, address, data), Ok((0x41, 0)));
+    assert_eq!(fake.interrupt(0x0018, address, data), Err(0x26));
+    // The same pin in compatibility format is blocked (CFIS clear).
+    let compat = sluice_iommu::ioapic::compat_rte(0x41, 0, true, false, false);
+    let (address, data) = sluice_vtd::driver::intremap::ioapic_message(compat);
+    assert_eq!(fake.interrupt(IOAPIC_SID, address, data), Err(0x25));
+
+    let irte = driver.interrupt_entry(U0, 1).unwrap();
+    assert!(irte.present() && irte.level() && irte.admits(IOAPIC_SID));
+    assert_eq!(driver.unit_info(U0).unwrap().interrupt_entries_in_use, 1);
+    // A second pin gets its own entry (handle 2); active low shows in bit 13.
+    let other = driver.map_ioapic_pin(0, 16, 0x42, 0, true, true).unwrap();
+    assert_eq!(other.index, Some(2));
+    assert_eq!(other.rte, 0x0005_0000_0000_a042);
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn unmap_ioapic_pin_clears_invalidates_and_frees() {
+    let (rig, mut driver) = remapping_with_ioapic();
+    let route = driver.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+    let (address, data) = sluice_vtd::driver::intremap::ioapic_message(route.rte);
+    // Delivered once: the fake caches the entry.
+    assert_eq!(
+        rig.fakes[0].interrupt(IOAPIC_SID, address, data),
+        Ok((0x41, 0))
+    );
+    rig.clear_log();
+    driver.unmap_ioapic_pin(&route).unwrap();
+    let table = driver.unit_info(U0).unwrap().interrupt_table.unwrap();
+    let slot = table + 16;
+    let log = rig.mem.borrow().log.clone();
+    let write_at = |addr| {
+        log.iter()
+            .position(|e| *e == Event::Write { addr, value: 0 })
+            .unwrap()
+    };
+    assert!(write_at(slot) < write_at(slot + 8), "P cleared first");
+    assert_eq!(
+        rig.descriptors(0)[0],
+        Desc::InterruptEntry {
+            global: false,
+            index: 1,
+            mask: 0
+        }
+    );
+    // Without the invalidation the cached entry would still deliver.
+    assert_eq!(rig.fakes[0].interrupt(IOAPIC_SID, address, data), Err(0x22));
+    assert_eq!(driver.unit_info(U0).unwrap().interrupt_entries_in_use, 0);
+    assert_eq!(
+        driver.unmap_ioapic_pin(&route),
+        Err(IommuError::UnknownDevice)
+    );
+    // An MSI block is no pin route; half a route is nothing.
+    let dev = device(0, 0, 3, 0, &[]);
+    let msi = driver.map_msi(&dev, 0x50, 1, 0).unwrap();
+    let forged = sluice_iommu::IoApicPinRoute {
+        unit: Some(U0),
+        index: Some(msi.first),
+        rte: 0,
+    };
+    assert_eq!(
+        driver.unmap_ioapic_pin(&forged),
+        Err(IommuError::UnknownDevice)
+    );
+    let half = sluice_iommu::IoApicPinRoute {
+        unit: Some(U0),
+        index: None,
+        rte: 0,
+    };
+    assert_eq!(
+        driver.unmap_ioapic_pin(&half),
+        Err(IommuError::UnknownDevice)
+    );
+    // The pin can be routed again; its entry is reused.
+    let again = driver.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+    assert_eq!(again.index, Some(2), "entry 1 is the MSI's now");
+    assert!(rig.violations().is_empty(), "{:?}", rig.violations());
+}
+
+#[test]
+fn ioapic_pin_errors() {
+    let (_rig, mut driver) = remapping_with_ioapic();
+    // Naming I/O APICs.
+    assert_eq!(
+        driver.add_io_apic(UnitId(3), 1, 0xff01),
+        Err(IommuError::UnknownDevice)
+    );
+    assert_eq!(driver.add_io_apic(U0, 0, 0xff08), Err(IommuError::Busy));
+    // An I/O APIC no unit remaps.
+    assert_eq!(
+        driver.map_ioapic_pin(9, 0, 0x41, 0, true, false),
+        Err(IommuError::UnknownDevice)
+    );
+    // An x2APIC destination.
+    assert_eq!(
+        driver.map_ioapic_pin(0, 0, 0x41, 256, true, false),
+        Err(IommuError::Unsupported { unit: U0 })
+    );
+    // One route per pin.
+    driver.map_ioapic_pin(0, 5, 0x41, 0, true, false).unwrap();
+    assert_eq!(
+        driver.map_ioapic_pin(0, 5, 0x42, 0, true, false),
+        Err(IommuError::Busy)
+    );
+    // The table fills up: 255 usable entries (entry 0 is never handed out).
+    for pin in 0..=u8::MAX {
+        if pin == 5 {
+            continue;
+        }
+        let result = driver.map_ioapic_pin(0, pin, 0x41, 0, true, false);
+        if pin == u8::MAX {
+            assert_eq!(result, Err(IommuError::NoMemory));
+        } else {
+            assert!(result.is_ok(), "pin {pin}: {result:?}");
+        }
+    }
+    // A unit that stops completing invalidations: an error, never a success.
+    let (rig, mut driver) = driver_with(&[(QEMU_CAP, QEMU_ECAP)], Vec::new(), small_budget());
+    driver.enable_interrupt_remapping().unwrap();
+    driver.add_io_apic(U0, 0, IOAPIC_SID).unwrap();
+    rig.unit(0).ignore_iqt = true;
+    assert_eq!(
+        driver.map_ioapic_pin(0, 23, 0x41, 0, true, false),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+    assert!(driver.unit_failed(U0));
+    assert_eq!(
+        driver.map_ioapic_pin(0, 22, 0x41, 0, true, false),
+        Err(IommuError::InvalidationTimeout { unit: U0 })
+    );
+}
+
+#[test]
+fn ioapic_pin_without_remapping_is_compatibility_format() {
+    let (rig, mut driver) = qemu();
+    driver.add_io_apic(U0, 0, IOAPIC_SID).unwrap();
+    rig.clear_log();
+    let route = driver.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+    assert_eq!((route.unit, route.index), (None, None));
+    // Fixed, physical, APIC 0, level, active high, unmasked.
+    assert_eq!(route.rte, 0x8041);
+    assert_eq!(driver.unmap_ioapic_pin(&route), Ok(()));
+    assert!(reg_writes(&rig, 0).is_empty(), "nothing written");
+    assert_eq!(
+        driver.map_ioapic_pin(0, 23, 0x41, 256, true, false),
+        Err(IommuError::Unsupported { unit: U0 })
+    );
+}
+
+#[test]
+fn the_dmar_names_qemus_ioapic() {
+    let table = DeviceTable::new(Vec::new());
+    let topology =
+        DmarTopology::parse(include_bytes!("fixtures/qemu10-intremap-on.dmar"), &table).unwrap();
+    let (rig, setups) = Rig::new(&[(QEMU_CAP, QEMU_ECAP)]);
+    let registers = setups.into_iter().map(|s| s.registers).collect();
+    let mut driver = VtdIommu::new(
+        &topology,
+        registers,
+        SharedMem(rig.mem.clone()),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        driver.io_apic(0),
+        Some(sluice_vtd::driver::IoApicSource {
+            id: 0,
+            unit: U0,
+            source_id: IOAPIC_SID,
+        })
+    );
+    assert_eq!(driver.io_apic(1), None);
+    driver.enable_interrupt_remapping().unwrap();
+    let route = driver.map_ioapic_pin(0, 23, 0x41, 0, true, false).unwrap();
+    let (address, data) = sluice_vtd::driver::intremap::ioapic_message(route.rte);
+    assert_eq!(
+        rig.fakes[0].interrupt(IOAPIC_SID, address, data),
+        Ok((0x41, 0))
+    );
+}

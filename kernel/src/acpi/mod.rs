@@ -10,8 +10,11 @@
 //! the tables' memory alone. Table bodies are then copied out ([`AcpiTables::copy_table`])
 //! and parsed as byte slices by [`madt`] and [`mcfg`], which is what the host tests feed.
 
+pub mod aml;
+pub mod fadt;
 pub mod madt;
 pub mod mcfg;
+pub mod prt;
 mod sdt;
 
 pub use sdt::{

@@ -15,9 +15,13 @@
 //! is taken at the next window or makes the next VMRUN exit at once: never lost.
 //!
 //! # Device vectors
-//! [`DEVICE_VECTOR_FIRST`]`..=`[`DEVICE_VECTOR_LAST`] belong to devices' MSIs (the VFIO
-//! layer programs them): the handler sets the vector's bit in a pending bitmap and EOIs;
-//! [`take_device_interrupts`] collects them for injection into the owning guest.
+//! [`DEVICE_VECTOR_FIRST`]`..=`[`DEVICE_VECTOR_LAST`] belong to devices' MSIs and INTx
+//! lines (the VFIO layer programs them): the handler sets the vector's bit in a pending
+//! bitmap and EOIs; [`take_device_interrupts`] collects them for injection into the
+//! owning guest. A vector that is a level-triggered I/O APIC line
+//! ([`super::ioapic::register_level_vector`]) first has its pin masked, before the EOI:
+//! the line stays asserted until the VFIO layer silences the device, and an unmasked pin
+//! would deliver again the moment the EOI clears its Remote IRR.
 //!
 //! # Timer rate
 //! Divide 16. QEMU's APIC timer counts virtual nanoseconds (one tick per ns before the
@@ -261,7 +265,12 @@ pub fn handle_interrupt(vector: u64) {
         return;
     }
     if is_device_vector(vector) {
-        // Edge-triggered MSI: record it for the VFIO layer, EOI at once.
+        // A level-triggered INTx line: mask its I/O APIC pin before the EOI, or the
+        // still-asserted line fires again at once (the VFIO layer unmasks it once the
+        // device is silenced). Touching the I/O APIC here is safe: see `ioapic`'s module
+        // docs (no host code is ever interrupted inside an I/O APIC register access).
+        super::ioapic::mask_level_vector(vector as u8);
+        // Record it for the VFIO layer (MSI or INTx alike), EOI at once.
         DEVICE_PENDING[(vector / 64) as usize].fetch_or(1 << (vector % 64), Ordering::SeqCst);
         DEVICE_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
         if let Some(l) = get() {
@@ -279,8 +288,10 @@ pub fn handle_interrupt(vector: u64) {
 /// stack; IF is 0 again on return. Call only with IF = 0 (the host's normal state).
 pub fn take_pending_interrupts() {
     // SAFETY: every vector has an IST stack (idt.rs), so an interrupt taken here does not
-    // touch this stack's red zone; the non-fatal handlers (timer, spurious) only count
-    // and EOI; any other vector is fatal anyway. IF is cleared again before returning.
+    // touch this stack's red zone; the non-fatal handlers (timer, spurious, device
+    // vectors) only count, record, mask a level-triggered vector's I/O APIC pin (no host
+    // code is inside an I/O APIC access here: IF is 0 everywhere else) and EOI; any
+    // other vector is fatal anyway. IF is cleared again before returning.
     unsafe { core::arch::asm!("sti", "nop", "cli", options(nostack)) };
 }
 
@@ -289,7 +300,8 @@ pub fn take_pending_interrupts() {
 /// must be bounded. Call only with IF = 0.
 pub fn wait_for_interrupt() {
     // SAFETY: as in take_pending_interrupts: every vector runs on an IST stack and the
-    // non-fatal handlers only count, record and EOI; IF is cleared again before returning.
+    // non-fatal handlers only count, record, mask a level-triggered pin and EOI; IF is
+    // cleared again before returning.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
 }
 

@@ -171,10 +171,11 @@ impl Vfio {
         set_command(
             &*self.config,
             address,
-            reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER,
+            // INTx stays off until the guest routes it (see `intx`).
+            reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER | reg::COMMAND_INTX_DISABLE,
             0,
         );
-        log::info!(target: "vfio", "guest {}: device {address} opened (memory decoding and bus mastering on)", guest.0);
+        log::info!(target: "vfio", "guest {}: device {address} opened (memory decoding and bus mastering on, INTx disabled)", guest.0);
         Ok(handle)
     }
 

@@ -208,8 +208,8 @@ impl Vfio {
             .and_then(|owner| owner.vm_binding.take())
             .ok_or(Errno::EINVAL)?;
         let group_id = external_user_iommu_id(&user);
-        // Interrupts go to the VM: without the binding, the group's devices' MSIs are
-        // disabled and their routes dropped.
+        // Interrupts go to the VM: without the binding, the group's devices' MSI and
+        // INTx are disabled and their routes dropped.
         let open: alloc::vec::Vec<_> = self
             .devices
             .iter()
@@ -217,7 +217,7 @@ impl Vfio {
             .map(|(&d, _)| d)
             .collect();
         for d in open {
-            self.msi_disable(d);
+            self.irqs_disable(d);
         }
         self.external_user_put(user);
         log::info!(target: "vfio", "guest {}: group {group_id} unbound from the VM", guest.0);

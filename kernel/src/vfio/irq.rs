@@ -51,10 +51,11 @@ use alloc::vec::Vec;
 
 use sluice_abi::Errno;
 use sluice_abi::vfio::{
-    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE,
-    IRQ_INFO_NORESIZE, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_TYPE_MASK,
-    IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE,
-    IRQ_SET_DATA_TYPE_MASK, IRQ_VECTOR_MIN, IRQ_VECTOR_NONE, IrqInfo, IrqSet, NUM_IRQS, min_size,
+    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD,
+    IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER,
+    IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_ACTION_UNMASK, IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD,
+    IRQ_SET_DATA_NONE, IRQ_SET_DATA_TYPE_MASK, IRQ_VECTOR_MIN, IRQ_VECTOR_NONE, IrqInfo, IrqSet,
+    NUM_IRQS, min_size,
 };
 use sluice_iommu::{DeviceDma, IommuError, RemappedMsi};
 use sluice_pci::{ConfigSpace, PciAddress, cap_id, reg};
@@ -62,8 +63,9 @@ use sluice_pci::{ConfigSpace, PciAddress, cap_id, reg};
 use super::args::read_args;
 use super::errors::iommu_errno;
 use super::handles::DeviceId;
+use super::intx::IntxState;
 use super::state::{Vfio, set_command};
-use super::{GuestId, GuestRam};
+use super::{GuestId, GuestRam, IntxLine};
 
 /// The first host vector given to device MSIs (`arch::lapic` handles them).
 pub const HOST_VECTOR_FIRST: u8 = crate::arch::lapic::DEVICE_VECTOR_FIRST;
@@ -175,20 +177,22 @@ pub(super) struct Msi {
 #[derive(Debug, Default)]
 pub(super) struct IrqState {
     /// Host vectors in use (bit n: vector n).
-    used: [u64; 4],
+    pub(super) used: [u64; 4],
     /// Host vector → (device, subindex).
     routes: BTreeMap<u8, (DeviceId, u32)>,
     /// Devices with MSI enabled.
-    msi: BTreeMap<DeviceId, Msi>,
+    pub(super) msi: BTreeMap<DeviceId, Msi>,
     /// Injections waiting for the next [`Vfio::take_interrupts`]: loopbacks and
     /// interrupts released by an unmask.
-    queued: Vec<(DeviceId, GuestId, u8)>,
+    pub(super) queued: Vec<(DeviceId, GuestId, u8)>,
     /// The host's local APIC id (the MSI destination).
-    apic_id: u8,
+    pub(super) apic_id: u8,
     /// Interrupts dropped: on an unbound subindex, or on a host vector without route.
-    dropped: u64,
+    pub(super) dropped: u64,
     /// Interrupts injected (handed out by take_interrupts).
     injected: u64,
+    /// Devices with INTx enabled and the I/O APIC lines they use (see `intx`).
+    pub(super) intx: IntxState,
 }
 
 fn is_used(used: &[u64; 4], v: u32) -> bool {
@@ -206,7 +210,7 @@ fn set_used(used: &mut [u64; 4], v: u32, on: bool) {
 
 impl IrqState {
     /// An aligned block of `size` (a power of two ≤ 32) free host vectors.
-    fn alloc(&mut self, size: u32) -> Option<u8> {
+    pub(super) fn alloc(&mut self, size: u32) -> Option<u8> {
         let first = u32::from(HOST_VECTOR_FIRST).next_multiple_of(size);
         let mut base = first;
         while base + size - 1 <= u32::from(HOST_VECTOR_LAST) {
@@ -221,7 +225,7 @@ impl IrqState {
         None
     }
 
-    fn free(&mut self, base: u8, size: u32) {
+    pub(super) fn free(&mut self, base: u8, size: u32) {
         for v in u32::from(base)..u32::from(base) + size {
             set_used(&mut self.used, v, false);
         }
@@ -273,8 +277,12 @@ impl Vfio {
             while bits != 0 {
                 let v = w as u32 * 64 + bits.trailing_zeros();
                 bits &= bits - 1;
-                match u8::try_from(v).ok().and_then(|v| self.irq.routes.get(&v)) {
-                    Some(&(d, sub)) => self.irq.fire(d, sub),
+                let Ok(v) = u8::try_from(v) else {
+                    continue;
+                };
+                match self.irq.routes.get(&v).copied() {
+                    Some((d, sub)) => self.irq.fire(d, sub),
+                    None if self.service_line(v) => {}
                     None => {
                         self.irq.dropped += 1;
                         log::debug!(target: "vfio", "host vector {v:#x}: no route, dropped");
@@ -296,6 +304,7 @@ impl Vfio {
     /// is queued?
     pub fn interrupts_armed(&self) -> bool {
         !self.irq.queued.is_empty()
+            || self.intx_armed()
             || self
                 .irq
                 .msi
@@ -337,21 +346,26 @@ impl Vfio {
         self.iommu.interrupt_remapping()
     }
 
-    /// The open device's function and owner.
-    fn irq_device(&self, d: DeviceId) -> Result<(GuestId, PciAddress, u8), Errno> {
+    /// The open device's owner, function and INTx line (when INTx can be offered).
+    fn irq_device(&self, d: DeviceId) -> Result<(GuestId, PciAddress, Option<IntxLine>), Errno> {
         let device = self.devices.get(&d).ok_or(Errno::EBADF)?;
         let function = self
             .groups
             .get(device.group.0)
             .and_then(|g| g.desc.devices.get(device.member))
             .ok_or(Errno::EBADF)?;
-        Ok((device.owner, function.address, function.interrupt_pin))
+        let line = function
+            .intx_line
+            .filter(|_| function.interrupt_pin != 0)
+            .filter(|&l| self.intx_available(Some(l)));
+        Ok((device.owner, function.address, line))
     }
 
-    /// How many interrupts index `index` of the function has.
-    fn irq_count(&self, address: PciAddress, pin: u8, index: u32) -> u32 {
+    /// How many interrupts index `index` of the function has (INTx: 1 when its pin is
+    /// set and the host can route the line).
+    fn irq_count(&self, address: PciAddress, intx: Option<IntxLine>, index: u32) -> u32 {
         match index {
-            IRQ_INDEX_INTX => u32::from(pin != 0),
+            IRQ_INDEX_INTX => u32::from(intx.is_some()),
             IRQ_INDEX_MSI => msi_capability(&*self.config, address).map_or(0, |c| c.vectors),
             IRQ_INDEX_MSIX => msix_count(&*self.config, address),
             _ => 0,
@@ -367,14 +381,17 @@ impl Vfio {
         gpa: u64,
     ) -> Result<u64, Errno> {
         let d = self.device_handle(guest, handle)?;
-        let (_, address, pin) = self.irq_device(d)?;
+        let (_, address, intx) = self.irq_device(d)?;
         let (argsz, bytes) = read_args::<{ IrqInfo::SIZE }>(&*mem, gpa, min_size::IRQ_INFO)?;
         let input = IrqInfo::from_bytes(&bytes);
         if input.flags != 0 || input.index >= NUM_IRQS {
             return Err(Errno::EINVAL);
         }
-        let count = self.irq_count(address, pin, input.index);
+        let count = self.irq_count(address, intx, input.index);
         let flags = match input.index {
+            IRQ_INDEX_INTX if count > 0 => {
+                IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_AUTOMASKED
+            }
             IRQ_INDEX_MSI if count > 0 => IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_NORESIZE,
             _ => 0,
         };
@@ -397,7 +414,7 @@ impl Vfio {
         gpa: u64,
     ) -> Result<u64, Errno> {
         let d = self.device_handle(guest, handle)?;
-        let (owner, address, pin) = self.irq_device(d)?;
+        let (owner, address, intx) = self.irq_device(d)?;
         let (argsz, bytes) = read_args::<{ IrqSet::SIZE }>(&*mem, gpa, min_size::IRQ_SET)?;
         let set = IrqSet::from_bytes(&bytes);
         let data = set.flags & IRQ_SET_DATA_TYPE_MASK;
@@ -409,7 +426,7 @@ impl Vfio {
         {
             return Err(Errno::EINVAL);
         }
-        let max = self.irq_count(address, pin, set.index);
+        let max = self.irq_count(address, intx, set.index);
         let end = set.start.checked_add(set.count).ok_or(Errno::EINVAL)?;
         if set.start >= max || end > max {
             return Err(Errno::EINVAL);
@@ -418,8 +435,8 @@ impl Vfio {
         if (argsz as usize - IrqSet::SIZE) < len {
             return Err(Errno::EINVAL);
         }
-        if set.index != IRQ_INDEX_MSI {
-            // INTx (the I/O APIC is not routed) and MSI-X: not offered yet.
+        if set.index != IRQ_INDEX_MSI && set.index != IRQ_INDEX_INTX {
+            // MSI-X: not offered yet.
             return Err(Errno::EINVAL);
         }
         let binds =
@@ -433,6 +450,10 @@ impl Vfio {
         let mut items = vec![0u8; len];
         // `argsz` covers the data and lies in RAM (read_args checked it).
         mem.read(gpa + IrqSet::SIZE as u64, &mut items)?;
+        if set.index == IRQ_INDEX_INTX {
+            self.intx_set_irqs(d, owner, address, intx, (data, action, set.count), &items)?;
+            return Ok(0);
+        }
         let enabled = self.irq.msi.get(&d).map(|m| m.vectors.len() as u32);
         match (data, action) {
             (IRQ_SET_DATA_NONE, IRQ_SET_ACTION_TRIGGER) if set.count == 0 => {
@@ -507,6 +528,10 @@ impl Vfio {
         address: PciAddress,
         count: u32,
     ) -> Result<(), Errno> {
+        if self.irq.intx.devices.contains_key(&d) {
+            // One interrupt type at a time.
+            return Err(Errno::EINVAL);
+        }
         let cap = msi_capability(&*self.config, address).ok_or(Errno::EINVAL)?;
         let block = count.next_power_of_two();
         if count == 0 || block > cap.vectors {
@@ -613,6 +638,12 @@ impl Vfio {
             .extend(release.into_iter().map(|virt| (d, owner, virt)));
     }
 
+    /// Disable every interrupt type of `d` (closing, unbinding, the guest's end).
+    pub(super) fn irqs_disable(&mut self, d: DeviceId) {
+        self.msi_disable(d);
+        self.intx_disable(d);
+    }
+
     /// Disable MSI on `d` (if enabled): capability off and cleared, host vectors freed,
     /// routes and queued injections dropped. INTx stays disabled (never routed).
     pub(super) fn msi_disable(&mut self, d: DeviceId) {
@@ -685,8 +716,14 @@ impl Vfio {
                 }
             }
         }
+        for &v in self.irq.intx.vectors.keys() {
+            if is_used(&used, u32::from(v)) || self.irq.routes.contains_key(&v) {
+                return Err(format!("host vector {v:#x} given twice"));
+            }
+            set_used(&mut used, u32::from(v), true);
+        }
         if used != self.irq.used {
-            return Err("host vector pool disagrees with the MSI blocks".into());
+            return Err("host vector pool disagrees with the MSI blocks and INTx lines".into());
         }
         for (&host, &(d, _)) in &self.irq.routes {
             if !self.irq.msi.contains_key(&d) {
@@ -694,10 +731,11 @@ impl Vfio {
             }
         }
         for &(d, guest, _) in &self.irq.queued {
-            if self.irq.msi.get(&d).map(|m| m.owner) != Some(guest) {
-                return Err(format!("queued interrupt of {d:?} outlived its MSI"));
+            let owner = self.irq.msi.get(&d).map(|m| m.owner).or(self.intx_owner(d));
+            if owner != Some(guest) {
+                return Err(format!("queued interrupt of {d:?} outlived its MSI/INTx"));
             }
         }
-        Ok(())
+        self.check_intx_invariants()
     }
 }

@@ -33,7 +33,8 @@
 //! - `external`: external users ([`Vfio::external_user_get`] and the VM binding calls);
 //! - `irq`: device interrupts (`DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS`): MSI
 //!   programming, the host vector pool, routes to guests' virtual vectors
-//!   ([`Vfio::take_interrupts`]);
+//!   ([`Vfio::take_interrupts`]); `intx`: legacy INTx lines through the I/O APIC
+//!   (level-triggered, masked while the guest services them);
 //! - `region`, `reset`: `DEVICE_REGION_READ`/`WRITE` (mediated config space, memory
 //!   BARs) and `DEVICE_RESET` (also run on every function of a released group);
 //! - `args`: reading and writing argument structures in guest memory;
@@ -47,6 +48,7 @@ mod errors;
 mod external;
 mod group;
 mod handles;
+mod intx;
 mod irq;
 mod region;
 mod reset;
@@ -116,6 +118,33 @@ pub trait DeviceHw {
     fn mmio_write(&mut self, hpa: u64, size: u32, value: u64) -> bool;
 }
 
+/// Where a function's INTx pin arrives at the host, from the firmware's routing table
+/// (the DSDT's `_PRT`, swizzled through bridges): a GSI, and how the line signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntxLine {
+    pub gsi: u32,
+    pub level_triggered: bool,
+    pub active_low: bool,
+}
+
+/// The interrupt controller pins (I/O APICs) device INTx lines arrive on, as the VFIO
+/// layer needs them (the kernel: `arch::ioapic`; host tests: a fake).
+pub trait InterruptLines {
+    /// The I/O APIC id and pin that `gsi` is, when some I/O APIC has it.
+    fn locate(&self, gsi: u32) -> Option<(u8, u8)>;
+
+    /// Program `gsi`'s redirection entry with `rte` and leave the pin masked; the host's
+    /// interrupt handler now treats `vector` as `gsi`'s level-triggered line and masks
+    /// the pin before its EOI (until [`Self::set_masked`] unmasks it again).
+    fn route(&self, gsi: u32, vector: u8, rte: u64) -> Result<(), alloc::string::String>;
+
+    /// Mask or unmask `gsi`'s pin.
+    fn set_masked(&self, gsi: u32, masked: bool);
+
+    /// Stop using `gsi`: pin masked, `vector` no longer a line of the handler's.
+    fn release(&self, gsi: u32, vector: u8);
+}
+
 /// One PCI function of an IOMMU group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupDevice {
@@ -137,6 +166,8 @@ pub struct GroupDevice {
     /// How it can be reset (FLR, PM, bus reset), if at all: `DEVICE_FLAGS_RESET`.
     pub reset: Option<sluice_pci::ResetMethod>,
     pub interrupt_pin: u8,
+    /// Where its INTx pin arrives (`None`: no pin, or the firmware does not say).
+    pub intx_line: Option<IntxLine>,
 }
 
 /// An IOMMU group as the kernel formed it.

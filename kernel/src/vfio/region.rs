@@ -10,7 +10,8 @@
 //!   hardware;
 //! - MSI address and data are virtual too (the hypervisor owns them);
 //! - a bridge header's bus numbers never reach the hardware;
-//! - COMMAND passes only memory space, bus master and INTx disable;
+//! - COMMAND passes only memory space and bus master (INTx disable is the hypervisor's:
+//!   it masks the device's INTx, see `intx`);
 //! - Device Control's "Initiate FLR" becomes the hypervisor's own reset (with the
 //!   header saved and restored), and PMCSR's power state is kept (a D3hot round trip
 //!   would reset the function behind the host's back);
@@ -35,8 +36,7 @@ use super::{GroupDevice, GuestId, GuestRam, Vfio};
 pub const CONFIG_REGION_SIZE: u64 = 4096;
 
 /// Command bits a guest may change.
-const COMMAND_PASS: u16 =
-    reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER | reg::COMMAND_INTX_DISABLE;
+const COMMAND_PASS: u16 = reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER;
 
 /// The virtual registers of an open device's config space.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -59,6 +59,9 @@ pub struct Vfio {
     pub(super) device_hw: Option<Box<dyn super::DeviceHw>>,
     /// Device interrupts: host vectors, routes, MSI state (see `irq`).
     pub(super) irq: IrqState,
+    /// The I/O APICs device INTx lines arrive on ([`Vfio::set_interrupt_lines`]);
+    /// without them INTx is not offered.
+    pub(super) lines: Option<Box<dyn super::InterruptLines>>,
 }
 
 /// Heap bytes kept free from guest-driven growth (see [`Vfio::set_heap_guard`]).
@@ -179,6 +182,7 @@ impl Vfio {
             heap_free: None,
             device_hw: None,
             irq: IrqState::default(),
+            lines: None,
         }
     }
 
@@ -187,6 +191,11 @@ impl Vfio {
     /// and BAR accesses are `EINVAL`.
     pub fn set_device_hw(&mut self, hw: Box<dyn super::DeviceHw>) {
         self.device_hw = Some(hw);
+    }
+
+    /// Give the VFIO layer the I/O APICs, so devices' INTx can be routed (see `intx`).
+    pub fn set_interrupt_lines(&mut self, lines: Box<dyn super::InterruptLines>) {
+        self.lines = Some(lines);
     }
 
     /// Register `guest` and the groups its command line gives it (`groups=`). Ids that
@@ -780,8 +789,8 @@ impl Vfio {
     /// Close an open device: bus mastering off, its region mappings removed from the
     /// guest (`mem`; forgotten when the guest is gone), its group reference dropped.
     pub(super) fn close_device(&mut self, d: DeviceId, mem: Option<&mut dyn GuestRam>) {
-        // Interrupts first: MSI off, host vectors freed, routes dropped.
-        self.msi_disable(d);
+        // Interrupts first: MSI and INTx off, host vectors and lines freed, routes dropped.
+        self.irqs_disable(d);
         let Some(device) = self.devices.remove(&d) else {
             return;
         };

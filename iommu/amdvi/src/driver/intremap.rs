@@ -7,7 +7,8 @@
 //! abort (IO_PAGE_FAULT), so a device whose table is empty has every MSI blocked. A DTE
 //! with IV = 0 forwards the device's interrupts unremapped; only the devices given to
 //! guests get a table here, everything else (the IOAPIC and HPET sources included) keeps
-//! the entry bring-up wrote.
+//! the entry bring-up wrote. I/O APIC pins are routed in compatibility format
+//! (`Iommu::map_ioapic_pin`; the driver's module docs say why).
 //!
 //! When the unit offers it: AMD IOMMUs have no enable bit and no EFR bit for the legacy
 //! format (EFR.GASup/XTSup are the 128-bit and x2APIC extensions, not used); firmware

@@ -29,6 +29,21 @@
 //! The table is one 4 KiB page of 256 entries (IRTA.S = 7), xAPIC mode (IRTA.EIME = 0):
 //! the host has fewer device vectors than that, and an 8-bit APIC id is what xAPIC mode
 //! can name (QEMU's TCG model refuses EIM).
+//!
+//! # I/O APIC pins (§5.1.5.1)
+//!
+//! An I/O APIC pin gets one entry too, with source-id validation naming the I/O APIC
+//! (its DMAR device scope gives the requester id its messages carry; QEMU: `ff:00.0`) and
+//! the pin's trigger mode in TM. The pin's redirection entry is then programmed in
+//! remappable format ([`ioapic_rte`]): interrupt format (bit 48) set, the handle in bits
+//! 63:49 and 11, delivery mode 000, polarity and trigger as the pin signals, and in the
+//! vector field the entry's own vector. The I/O APIC turns that into a remappable MSI
+//! (SHV = 0), the unit delivers the entry's vector with the entry's trigger mode, and
+//! since the entry says level the local APIC broadcasts its EOI for that vector, which
+//! the I/O APIC matches against the redirection entry's vector field to clear Remote IRR:
+//! hence the two vectors must agree (the specification requires it; QEMU traces a
+//! warning when they differ). Linux does otherwise: it puts the pin number in the vector
+//! field, marks the entry edge and EOIs the I/O APIC explicitly.
 
 use alloc::collections::BTreeMap;
 
@@ -71,6 +86,34 @@ pub const fn msi_address(handle: u16) -> u32 {
         } else {
             0
         }
+}
+
+/// The remappable-format I/O APIC redirection entry (§5.1.5.1) for entry `handle`:
+/// interrupt format 1 (bit 48), handle bits 14:0 in 63:49 and bit 15 in bit 11, delivery
+/// mode 000, `vector` (the IRTE's: see the module docs), trigger mode and polarity as the
+/// pin signals, unmasked.
+pub const fn ioapic_rte(handle: u16, vector: u8, level_triggered: bool, active_low: bool) -> u64 {
+    use sluice_iommu::ioapic::{rte, shared_bits};
+    vector as u64
+        | shared_bits(level_triggered, active_low, false)
+        | rte::REMAPPABLE
+        | ((handle & 0x7fff) as u64) << rte::HANDLE_SHIFT
+        | if handle & 0x8000 != 0 {
+            rte::HANDLE_15
+        } else {
+            0
+        }
+}
+
+/// The MSI an I/O APIC sends for redirection entry `rte` (address, data), as the 82093AA
+/// family builds it and QEMU's `ioapic_entry_parse` models it: address bits 19:4 from
+/// entry bits 63:48, bit 2 from bit 11; data = vector, delivery mode, trigger mode (15).
+pub const fn ioapic_message(rte: u64) -> (u32, u32) {
+    let address =
+        MSI_WINDOW | (((rte >> 48) & 0xffff) as u32) << 4 | (((rte >> 11) & 1) as u32) << 2;
+    let data =
+        (rte & 0xff) as u32 | (((rte >> 8) & 7) as u32) << 8 | (((rte >> 15) & 1) as u32) << 15;
+    (address, data)
 }
 
 /// Decodes a remappable-format MSI (address, data) into the entry index it selects, as the
@@ -137,6 +180,19 @@ impl Irte {
             lo: 1 | (vector as u64) << 16 | (apic_id as u64) << 40,
             // SQ = 00 (bits 81:80).
             hi: sid | svt << 18,
+        }
+    }
+
+    /// The same entry with trigger mode TM = `level_triggered` (an I/O APIC pin's entry
+    /// must carry the pin's trigger mode, §5.1.5.1).
+    pub const fn with_trigger(self, level_triggered: bool) -> Self {
+        Self {
+            lo: if level_triggered {
+                self.lo | 0x10
+            } else {
+                self.lo & !0x10
+            },
+            hi: self.hi,
         }
     }
 
@@ -225,13 +281,28 @@ impl Irte {
     }
 }
 
+/// Who uses a block of entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A device's MSI block.
+    Device(PciAddress),
+    /// One I/O APIC pin.
+    IoApicPin { ioapic_id: u8, pin: u8 },
+}
+
+impl From<PciAddress> for Owner {
+    fn from(device: PciAddress) -> Self {
+        Self::Device(device)
+    }
+}
+
 /// One unit's interrupt remapping table and which entries are in use.
 #[derive(Debug)]
 pub(crate) struct InterruptTable {
     /// Physical address of the table (one page).
     pub(crate) base: u64,
-    /// Blocks in use: first index → (entries, device).
-    blocks: BTreeMap<u32, (u32, PciAddress)>,
+    /// Blocks in use: first index → (entries, owner).
+    blocks: BTreeMap<u32, (u32, Owner)>,
     /// Entries never reused: cleared while the unit failed to confirm.
     leaked: BTreeMap<u32, u32>,
 }
@@ -262,11 +333,12 @@ impl InterruptTable {
     /// A free block of `count` entries (a power of two), aligned to `count` so one
     /// index-selective invalidation covers it. Entry 0 is never handed out (a zeroed
     /// MSI address in remappable format would name it).
-    pub(crate) fn alloc(&mut self, count: u32, device: PciAddress) -> Option<u32> {
+    pub(crate) fn alloc(&mut self, count: u32, owner: impl Into<Owner>) -> Option<u32> {
+        let owner = owner.into();
         let mut first = count.max(1);
         while first + count <= IRT_ENTRIES {
             if (first..first + count).all(|i| !self.taken(i)) {
-                self.blocks.insert(first, (count, device));
+                self.blocks.insert(first, (count, owner));
                 return Some(first);
             }
             first += count;
@@ -274,9 +346,22 @@ impl InterruptTable {
         None
     }
 
-    /// The block starting at `first`, if it is `count` entries of `device`.
-    pub(crate) fn owns(&self, first: u32, count: u32, device: PciAddress) -> bool {
-        self.blocks.get(&first) == Some(&(count, device))
+    /// The block starting at `first`, if it is `count` entries of `owner`.
+    pub(crate) fn owns(&self, first: u32, count: u32, owner: impl Into<Owner>) -> bool {
+        self.blocks.get(&first) == Some(&(count, owner.into()))
+    }
+
+    /// The block starting at `first`: (entries, owner).
+    pub(crate) fn block(&self, first: u32) -> Option<(u32, Owner)> {
+        self.blocks.get(&first).copied()
+    }
+
+    /// The first index of `owner`'s block, if it has one.
+    pub(crate) fn block_of(&self, owner: Owner) -> Option<u32> {
+        self.blocks
+            .iter()
+            .find(|(_, (_, o))| *o == owner)
+            .map(|(&first, _)| first)
     }
 
     pub(crate) fn free(&mut self, first: u32) {
@@ -325,6 +410,31 @@ mod tests {
     }
 
     #[test]
+    fn ioapic_entries() {
+        // IOAPIC pin, handle 1, vector 0x41, level, active high.
+        let rte = ioapic_rte(1, 0x41, true, false);
+        assert_eq!(rte, 0x0003_0000_0000_8041);
+        // What the I/O APIC sends for it, and what the unit makes of that.
+        let (address, data) = ioapic_message(rte);
+        assert_eq!((address, data), (0xfee0_0030, 0x8041));
+        assert_eq!(
+            msi_index(address, data),
+            Some(1),
+            "SHV = 0: data is no subhandle"
+        );
+        // Handle bit 15 travels in bit 11, into address bit 2.
+        let rte = ioapic_rte(0x8002, 0x50, false, true);
+        assert_eq!(rte, 1 << 48 | 2 << 49 | 1 << 11 | 1 << 13 | 0x50);
+        let (address, data) = ioapic_message(rte);
+        assert_eq!(msi_index(address, data), Some(0x8002));
+        assert_eq!(data, 0x50, "edge: trigger bit clear");
+        // Entry with the pin's trigger mode.
+        let e = Irte::remapped(0x41, 0, SourceValidation::RequesterId(0xff00));
+        assert!(e.with_trigger(true).level() && !e.with_trigger(true).with_trigger(false).level());
+        assert_eq!(e.with_trigger(true).lo, 0x41_0011);
+    }
+
+    #[test]
     fn validation_choice() {
         assert_eq!(
             SourceValidation::for_requester_ids(&[0x18, 0x18]),
@@ -351,5 +461,13 @@ mod tests {
         assert_eq!(t.alloc(1, dev), Some(1));
         assert_eq!(t.in_use(), 6);
         assert_eq!(t.alloc(256, dev), None);
+        let pin = Owner::IoApicPin {
+            ioapic_id: 0,
+            pin: 23,
+        };
+        assert_eq!(t.block_of(pin), None);
+        assert_eq!(t.alloc(1, pin), Some(8));
+        assert_eq!(t.block_of(pin), Some(8));
+        assert!(t.owns(8, 1, pin) && !t.owns(8, 1, dev));
     }
 }

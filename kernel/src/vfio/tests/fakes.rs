@@ -10,8 +10,8 @@ use core::cell::RefCell;
 
 use sluice_abi::Errno;
 use sluice_iommu::{
-    Access, DeviceDma, DomainHandle, FaultRecord, Iommu, IommuError, IovaRange, RemappedMsi,
-    UnitId, Vendor,
+    Access, DeviceDma, DomainHandle, FaultRecord, IoApicPinRoute, Iommu, IommuError, IovaRange,
+    RemappedMsi, UnitId, Vendor,
 };
 use sluice_pci::PciAddress;
 
@@ -76,6 +76,10 @@ pub struct FakeState {
     /// `map_msi` fails with this.
     pub fail_map_msi: Option<IommuError>,
     pub msi_unmaps: u32,
+    /// I/O APIC pins with a remapping entry: index → (I/O APIC id, pin).
+    pub ioapic_pins: BTreeMap<u32, (u8, u8)>,
+    /// `map_ioapic_pin` fails with this.
+    pub fail_map_ioapic: Option<IommuError>,
 }
 
 impl FakeState {
@@ -99,6 +103,8 @@ impl FakeState {
             next_irte: 0x100,
             fail_map_msi: None,
             msi_unmaps: 0,
+            ioapic_pins: BTreeMap::new(),
+            fail_map_ioapic: None,
         }
     }
 
@@ -349,6 +355,56 @@ impl Iommu for FakeIommu {
                 Ok(())
             }
             _ => Err(IommuError::UnknownDevice),
+        }
+    }
+
+    /// Compatibility format without remapping; with it, an entry from `next_irte` and a
+    /// remappable-format redirection entry naming it.
+    fn map_ioapic_pin(
+        &mut self,
+        ioapic_id: u8,
+        pin: u8,
+        vector: u8,
+        dest_apic_id: u32,
+        level_triggered: bool,
+        active_low: bool,
+    ) -> Result<IoApicPinRoute, IommuError> {
+        let mut s = self.0.borrow_mut();
+        if let Some(e) = s.fail_map_ioapic {
+            return Err(e);
+        }
+        if !s.remapping {
+            return IoApicPinRoute::compatibility(
+                vector,
+                dest_apic_id,
+                level_triggered,
+                active_low,
+            )
+            .ok_or(IommuError::Unsupported { unit: UnitId(0) });
+        }
+        let index = s.next_irte;
+        s.next_irte += 1;
+        s.ioapic_pins.insert(index, (ioapic_id, pin));
+        let rte = u64::from(vector)
+            | sluice_iommu::ioapic::shared_bits(level_triggered, active_low, false)
+            | sluice_iommu::ioapic::rte::REMAPPABLE
+            | u64::from(index) << sluice_iommu::ioapic::rte::HANDLE_SHIFT;
+        Ok(IoApicPinRoute {
+            unit: Some(UnitId(0)),
+            index: Some(index),
+            rte,
+        })
+    }
+
+    fn unmap_ioapic_pin(&mut self, route: &IoApicPinRoute) -> Result<(), IommuError> {
+        let mut s = self.0.borrow_mut();
+        match route.index {
+            None => Ok(()),
+            Some(i) => s
+                .ioapic_pins
+                .remove(&i)
+                .map(drop)
+                .ok_or(IommuError::UnknownDevice),
         }
     }
 

@@ -7,6 +7,7 @@ mod devices;
 mod external;
 mod fakes;
 mod groups;
+mod intx;
 mod irq;
 mod lifecycle;
 mod prop;
@@ -78,7 +79,20 @@ fn function(address: PciAddress, unit: u16, bridge: bool, host_owned: bool) -> G
         },
         bars: Vec::new(),
         interrupt_pin: 1,
+        intx_line: None,
         reset: None,
+    }
+}
+
+/// A fake config space the test keeps a handle on (to play the device's side).
+pub struct Shared(pub Rc<FakeConfigSpace>);
+
+impl sluice_pci::ConfigSpace for Shared {
+    fn read32(&self, addr: PciAddress, offset: u16) -> u32 {
+        self.0.read32(addr, offset)
+    }
+    fn write32(&self, addr: PciAddress, offset: u16, value: u32) {
+        self.0.write32(addr, offset, value)
     }
 }
 

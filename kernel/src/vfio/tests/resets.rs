@@ -31,17 +31,6 @@ const SCRATCH: u16 = 0xF0;
 const NVME_MSI: u16 = 0x7C;
 
 /// Config space shared between the VFIO layer and the test.
-struct Shared(Rc<FakeConfigSpace>);
-
-impl ConfigSpace for Shared {
-    fn read32(&self, addr: PciAddress, offset: u16) -> u32 {
-        self.0.read32(addr, offset)
-    }
-    fn write32(&self, addr: PciAddress, offset: u16, value: u32) {
-        self.0.write32(addr, offset, value)
-    }
-}
-
 /// Delays recorded, BAR memory as a byte map.
 #[derive(Default)]
 struct HwState {
@@ -85,6 +74,7 @@ fn device(address: PciAddress, bars: Vec<Bar>, reset: Option<ResetMethod>) -> Gr
         },
         bars,
         interrupt_pin: 1,
+        intx_line: None,
         reset,
     }
 }
@@ -481,31 +471,50 @@ fn msi_address_and_data_are_virtual() {
 fn command_filter_and_flr_through_config() {
     let mut r = rig();
     let (_, d) = r.open_device(A, 1, "0000:00:05.0");
+    // Open: decoding and bus mastering on, INTx disabled (the hypervisor's bit).
     let on = reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER;
-    assert_eq!(r.cfg.read16(NVME, reg::COMMAND), on);
+    assert_eq!(
+        r.cfg.read16(NVME, reg::COMMAND),
+        on | reg::COMMAND_INTX_DISABLE
+    );
     r.write(
         d,
         REGION_CONFIG,
         4,
         2,
-        u64::from(reg::COMMAND_IO_SPACE | reg::COMMAND_INTX_DISABLE | 0x40),
+        u64::from(reg::COMMAND_IO_SPACE | 0x40),
     )
     .unwrap();
     assert_eq!(
         r.cfg.read16(NVME, reg::COMMAND),
         reg::COMMAND_INTX_DISABLE,
-        "I/O and parity bits dropped"
+        "I/O and parity bits dropped, INTx disable kept"
     );
     r.write(d, REGION_CONFIG, 4, 4, u64::from(on)).unwrap();
-    assert_eq!(r.cfg.read16(NVME, reg::COMMAND), on);
-    assert_eq!(r.read(d, REGION_CONFIG, 4, 2), Ok(u64::from(on)));
+    assert_eq!(
+        r.cfg.read16(NVME, reg::COMMAND),
+        on | reg::COMMAND_INTX_DISABLE
+    );
+    assert_eq!(
+        r.read(d, REGION_CONFIG, 4, 2),
+        Ok(u64::from(on | reg::COMMAND_INTX_DISABLE))
+    );
+    // The guest cannot clear INTx disable behind the hypervisor.
+    r.write(d, REGION_CONFIG, 4, 2, u64::from(on)).unwrap();
+    assert_ne!(
+        r.cfg.read16(NVME, reg::COMMAND) & reg::COMMAND_INTX_DISABLE,
+        0
+    );
     // Initiate FLR written by the guest: the hypervisor's reset, header restored.
     r.cfg.write32(NVME, SCRATCH, 0xdead_beef);
     r.write(d, REGION_CONFIG, 0x48, 2, 1 << 15).unwrap();
     assert_eq!(r.cfg.resets(), [(NVME, FakeReset::Flr)]);
     assert_eq!(r.cfg.read32(NVME, SCRATCH), 0x1111_1111);
     assert_eq!(r.cfg.read32(NVME, reg::BAR0), NVME_BAR0 as u32 | 4);
-    assert_eq!(r.cfg.read16(NVME, reg::COMMAND), on);
+    assert_eq!(
+        r.cfg.read16(NVME, reg::COMMAND),
+        on | reg::COMMAND_INTX_DISABLE
+    );
 }
 
 #[test]
