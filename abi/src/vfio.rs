@@ -127,6 +127,11 @@
 //! - MSI address and data are virtual: writes are kept and read back, never reach the
 //!   hardware (the hypervisor owns them). MSI-X's address and data live in its table,
 //!   inside a BAR: not virtualised in this version (a mapped BAR exposes the table).
+//!   That gives a guest no interrupt it could not already send: with interrupt
+//!   remapping a table entry can only name remapping entries written for this device
+//!   (none while MSI-X is not offered), so its messages are blocked; without remapping
+//!   the device could write the same message to the interrupt window by DMA anyway
+//!   (Linux likewise lets the table be mmapped when the IOMMU isolates interrupts).
 //! - Device Control's Initiate FLR becomes the hypervisor's reset (as
 //!   [`nr::DEVICE_RESET`]); PMCSR's power state is kept (a D3hot round trip would reset
 //!   the function behind the host's back).

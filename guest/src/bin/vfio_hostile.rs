@@ -1718,7 +1718,11 @@ fn set_irqs_abuse(h: &Hostile, device: &Device) -> CheckResult {
             "MSI-X (the edu has none)",
             set(ev, IRQ_INDEX_MSIX, 0, 1, &one),
         ),
-        ("INTx (not offered)", set(ev, IRQ_INDEX_INTX, 0, 1, &one)),
+        (
+            "INTx start + count past its one interrupt",
+            set(ev, IRQ_INDEX_INTX, 0, 2, &vectors(2)),
+        ),
+        ("INTx start 1", set(ev, IRQ_INDEX_INTX, 1, 1, &one)),
         ("ERR (count 0)", set(ev, IRQ_INDEX_ERR, 0, 1, &one)),
         (
             "two DATA flags",
