@@ -83,21 +83,22 @@
 //! | [`nr::CLOSE`]                   | RDI = handle         | 0 (any live handle). As with file descriptors, an object lives while referenced: a container while its handle is open or a group is in it; a group stays open (owned) while its handle or a device of it is open, or while it is bound to the VM ([`nr::GROUP_BIND_VM`]). When a group's last reference goes it is released: taken out of its container (devices blocked again), ready for the next owner |
 //! | [`nr::GROUP_GET_DEVICE`]        | RDI = g, RSI = gpa of the name, RDX = length | a device handle. The name is `SSSS:BB:DD.F` (hex, as Linux). `EINVAL`: length 0 or above [`DEVICE_NAME_MAX`]. `ENODEV`: the name is not a function of the group that can be opened (not a bridge). `EINVAL`: the group has no container with a model set (checked after the name, as Linux does). `EBUSY`: already open |
 //! | [`nr::DEVICE_GET_INFO`]         | RDI = d, RSI = gpa   | 0, fills [`DeviceInfo`] ([`DEVICE_FLAGS_PCI`], [`DEVICE_FLAGS_RESET`] when a reset method exists (see [`nr::DEVICE_RESET`]), [`NUM_REGIONS`], [`NUM_IRQS`]) |
-//! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`: memory BARs READ|WRITE (and MMAP when mappable), config READ|WRITE, I/O BARs, ROM and VGA size only. `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
+//! | [`nr::DEVICE_GET_REGION_INFO`]  | RDI = d, RSI = gpa   | 0, fills [`RegionInfo`] for `index`: assigned memory BARs READ|WRITE (and MMAP when mappable), assigned I/O BARs READ|WRITE (never MMAP), the ROM READ with its BAR's size when firmware gave it an address (else size 0, no flags), config READ|WRITE, VGA size 0 (see *BAR and ROM regions*). `EINVAL`: index ≥ [`NUM_REGIONS`], `argsz`, flags |
 //! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EPERM`: the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]; as KVM needs the kvm-vfio registration; checked after those `EINVAL`s). Unbinding keeps the mappings made while bound (as Linux keeps a process's mmaps when the group leaves kvm-vfio) and refuses new ones. `EEXIST`: overlaps a region mapped before. `ENOSPC`: the device already has 16 regions mapped. `EINVAL` also when the BAR's host address is not plain device memory (RAM, firmware tables, the APIC window, IOMMU registers or ECAM are never handed out). `ENOMEM`: no memory for nested tables |
 //! | [`nr::CONTAINER_DEBUG`]         | RDI = c, RSI = iova  | number of lines printed: the hypervisor logs each domain of the container, the context / device-table entry of each attached device and the page-table walk for `iova` (a teaching aid). `EINVAL`: no model set |
 //! | [`nr::GROUP_BIND_VM`]           | RDI = g              | 0: the group is bound to the caller's VM (the VM becomes the group's *external user*, below). `EINVAL`: the group is in no container, or its container has no IOMMU model set. `EPERM`: the group is not viable. `EBUSY`: already bound |
 //! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it); the group's devices' MSIs are disabled; their BAR mappings stay until the device is closed, new ones are `EPERM`. `EINVAL`: not bound |
 //! | [`nr::GROUP_VM_INFO`]           | RDI = g, RSI = gpa   | 0, fills [`GroupVmInfo`]: the group id (Linux `vfio_external_user_iommu_id`), the remapping unit translating its DMA, and [`GROUP_VM_INFO_COHERENT`]. `EINVAL`: not bound (checked first: the group's state), `argsz` below [`min_size::GROUP_VM_INFO`], flags ≠ 0 |
 //! | [`nr::DEVICE_RESET`]            | RDI = d              | 0: the function was reset (FLR, else PM reset, else secondary bus reset; see *Reset*) and its config header restored. `EINVAL`: no reset method (as Linux). `ENODEV`: the function did not answer after the reset |
-//! | [`nr::DEVICE_REGION_READ`]      | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: reads `size` bytes at `offset` of region `index` and writes them back in `data`. `EINVAL`: flags ≠ 0; `index` not a readable region (config, or a memory BAR); `size` not 1, 2, 4 (config) or 1, 2, 4, 8 (BARs); `offset` not a multiple of `size`; `offset + size` beyond the region |
-//! | [`nr::DEVICE_REGION_WRITE`]     | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: writes the low `size` bytes of `data` at `offset` of region `index` (config writes are mediated, see *Config space*). Errors as [`nr::DEVICE_REGION_READ`] |
+//! | [`nr::DEVICE_REGION_READ`]      | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: reads `size` bytes at `offset` of region `index` and writes them back in `data`. `EINVAL`: flags ≠ 0; `index` not a readable region (config, an assigned BAR, an assigned ROM); `size` not 1, 2, 4 (config, I/O BARs, ROM) or 1, 2, 4, 8 (memory BARs); `offset` not a multiple of `size`; `offset + size` beyond the region; the platform refuses the address or port (see *BAR and ROM regions*) |
+//! | [`nr::DEVICE_REGION_WRITE`]     | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: writes the low `size` bytes of `data` at `offset` of region `index` (config writes are mediated, see *Config space*). Errors as [`nr::DEVICE_REGION_READ`]; the ROM is read only (`EINVAL`) |
 //! | [`nr::DEVICE_GET_IRQ_INFO`]    | RDI = d, RSI = gpa   | 0, fills [`IrqInfo`] for `index` (see *Interrupts*). `EINVAL`: index ≥ [`NUM_IRQS`], `argsz` below [`min_size::IRQ_INFO`], flags ≠ 0 |
 //! | [`nr::DEVICE_SET_IRQS`]         | RDI = d, RSI = gpa   | 0; [`IrqSet`] + data: binds, fires, masks or disables interrupts of `index` (see *Interrupts*). `EINVAL`: flags not exactly one `DATA_*` and one `ACTION_*` bit (or unknown bits); index ≥ [`NUM_IRQS`]; `start + count` beyond the index's count; `argsz` shorter than `24 + count × (1 for BOOL, 4 for EVENTFD)`; an index other than MSI (not offered yet); a virtual vector outside 32..=255 (or -1); enabling MSI while another index is active; a `start + count` beyond the vectors MSI was enabled with; MASK/UNMASK/loopback while MSI is off; `DATA_EVENTFD` with MASK/UNMASK. `EPERM`: binding vectors or a loopback while the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]). `ENOSPC`: no free host vectors |
 //!
-//! Devices: opening a device turns on its memory decoding and bus mastering; its DMA is
-//! still confined to the container's mappings by the IOMMU. Closing it turns bus
-//! mastering off and removes its region mappings from the guest. Numbers
+//! Devices: opening a device turns on its memory decoding and bus mastering (and its
+//! I/O decoding when it has I/O BARs, all assigned, as vfio-pci enables the device);
+//! its DMA is still confined to the container's mappings by the IOMMU. Closing it turns
+//! bus mastering off and removes its region mappings from the guest. Numbers
 //! [`nr::END`]`..VFIO_BASE + 0x100` are reserved for the rest of the device model.
 //!
 //! # Reset
@@ -141,9 +142,23 @@
 //! - everything else reads and writes the hardware. Accesses of 1, 2 or 4 bytes,
 //!   naturally aligned, inside the 4096 bytes; anything else is `EINVAL`.
 //!
-//! BAR regions: memory BARs are readable and writable through the call (1, 2, 4, 8
-//! bytes, aligned, in bounds) whether or not they are mappable; I/O BARs are not
-//! offered yet (`EINVAL`).
+//! # BAR and ROM regions
+//!
+//! Memory BARs are readable and writable through [`nr::DEVICE_REGION_READ`] /
+//! [`nr::DEVICE_REGION_WRITE`] (1, 2, 4, 8 bytes, aligned, in bounds) whether or not
+//! they are mappable. I/O BARs (never mappable: x86 port I/O cannot be given to a
+//! guest page by page) are read and written by the hypervisor's own `in`/`out` (1, 2, 4
+//! bytes, aligned, in bounds); the function's I/O decoding is on while it is open. The
+//! platform's ports are refused whatever a BAR claims: everything below 0x1000 (legacy
+//! ISA devices, PCI configuration at 0xCF8/0xCFC, the ACPI PM block) and anything
+//! past 0xFFFF. The ROM (region [`REGION_ROM`], read only, 1, 2, 4 bytes, aligned, in
+//! bounds) is read from the address firmware assigned to the function's ROM BAR —
+//! never the value the guest wrote to its virtual ROM BAR — with the ROM's decoding
+//! (and memory decoding, if the guest turned it off) switched on for that one read and
+//! restored after; a ROM with no address, or whose window is not plain device memory,
+//! is `EINVAL`. Every refused access is `EINVAL`, like a bad offset or size, and moves
+//! no data; device memory that is RAM, firmware tables, the APIC window, IOMMU
+//! registers or ECAM is refused as for [`nr::DEVICE_MAP_REGION`].
 //!
 //! # Interrupts
 //!
@@ -625,9 +640,10 @@ wire_struct! {
         argsz: u32 = 0,
         /// 0.
         flags: u32 = 4,
-        /// The region ([`REGION_BAR0`]..=[`REGION_BAR5`], [`REGION_CONFIG`]).
+        /// The region ([`REGION_BAR0`]..=[`REGION_BAR5`], [`REGION_ROM`] (read only),
+        /// [`REGION_CONFIG`]).
         index: u32 = 8,
-        /// Bytes: 1, 2, 4 or 8 (8: BARs only); `offset` must be a multiple of it.
+        /// Bytes: 1, 2, 4 or 8 (8: memory BARs only); `offset` must be a multiple of it.
         size: u32 = 12,
         /// Offset inside the region.
         offset: u64 = 16,

@@ -57,10 +57,18 @@ pub enum Topology {
     /// `Vfio` plus an NVMe controller nv1 at 00:05.0 (QEMU's nvme advertises FLR in
     /// Device Capabilities: the device reset scenarios).
     VfioNvme,
+    /// q35: QEMU's pci-testdev t1 at 00:05.0 (BAR0 memory, BAR1 I/O) with an expansion
+    /// ROM loaded from `harness/testdata/vfio-rom.bin`: the I/O BAR and ROM region
+    /// scenarios. The image is 3072 bytes (QEMU rounds the ROM BAR up to 4096): 0x55
+    /// 0xAA, the length in 512-byte blocks (6), then byte `i` = `(31 i + 7) ^ (i >> 8)`
+    /// (mod 256) — the pattern the `vfio-testdev` guest compares the ROM region with
+    /// (checked by `vfio_rom_image_is_the_pattern_the_guest_expects`). `romfile=` is an
+    /// absolute path: QEMU opens it relative to its own working directory otherwise.
+    VfioTestdev,
 }
 
 impl Topology {
-    pub const ALL: [(&'static str, Topology, &'static str); 11] = [
+    pub const ALL: [(&'static str, Topology, &'static str); 12] = [
         (
             "flat",
             Topology::Flat,
@@ -115,6 +123,11 @@ impl Topology {
             "vfio-nvme",
             Topology::VfioNvme,
             "as vfio, plus an NVMe controller nv1 (FLR capable) at 00:05.0 (the vfio-reset scenarios)",
+        ),
+        (
+            "vfio-testdev",
+            Topology::VfioTestdev,
+            "q35: pci-testdev t1 at 00:05.0 (memory BAR0, I/O BAR1) with a 3 KiB expansion ROM from harness/testdata/vfio-rom.bin (the vfio-testdev scenarios)",
         ),
     ];
 
@@ -216,6 +229,13 @@ impl Topology {
                 "edu,id=e2,bus=pcie.0,addr=04.0",
                 "nvme,serial=deadbeef,id=nv1,bus=pcie.0,addr=05.0",
             ],
+            // Slot 5 is free with either IOMMU; the vfio-testdev scenarios name it in
+            // groups= (VFIO_T1 in scenarios.rs).
+            Topology::VfioTestdev => &[concat!(
+                "pci-testdev,id=t1,bus=pcie.0,addr=05.0,romfile=",
+                env!("CARGO_MANIFEST_DIR"),
+                "/testdata/vfio-rom.bin"
+            )],
         }
     }
 }
@@ -683,6 +703,35 @@ mod tests {
                 .unwrap_err()
                 .contains("rootports-noacs")
         );
+    }
+
+    /// The `vfio-testdev` topology's ROM image.
+    const VFIO_ROM_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/vfio-rom.bin");
+    const VFIO_ROM_LEN: usize = 3072;
+
+    /// Byte `i` of the image (guest/src/bin/vfio_testdev.rs computes the same).
+    fn vfio_rom_byte(i: usize) -> u8 {
+        match i {
+            0 => 0x55,
+            1 => 0xAA,
+            2 => (VFIO_ROM_LEN / 512) as u8,
+            _ => ((i * 31 + 7) ^ (i >> 8)) as u8,
+        }
+    }
+
+    #[test]
+    fn vfio_rom_image_is_the_pattern_the_guest_expects() {
+        let image = std::fs::read(VFIO_ROM_FILE).unwrap();
+        assert_eq!(image.len(), VFIO_ROM_LEN);
+        for (i, &b) in image.iter().enumerate() {
+            assert_eq!(b, vfio_rom_byte(i), "byte {i:#x}");
+        }
+        let devices = devices_of(&Machine::DEFAULT.with_topology(Topology::VfioTestdev));
+        assert!(
+            devices.contains(&format!("romfile={VFIO_ROM_FILE}")),
+            "{devices}"
+        );
+        assert!(!VFIO_ROM_FILE.contains(','), "QEMU would split the option");
     }
 
     #[test]

@@ -382,6 +382,17 @@ const DEMO_VTD_CHECKS: &[Check] = &[
     Check::DevicesBlocked(VFIO_DEVICES),
 ];
 
+// I/O BARs and the expansion ROM (topology `vfio-testdev`: QEMU's pci-testdev t1 at
+// 00:05.0, BAR1 256 ports of I/O, a 3 KiB ROM from harness/testdata/vfio-rom.bin):
+// vfio-testdev selects a test through the I/O BAR (DEVICE_REGION_WRITE), reads its header
+// back through the I/O BAR and BAR0 ("portio-no-eventfd": bytes only the device holds),
+// has its counter incremented by exact 1-byte writes, sees bad I/O accesses EINVAL and
+// COMMAND's I/O bit out of its reach, and reads the whole ROM region (4096 bytes: QEMU's
+// power-of-two rounding) equal to the image, also with its virtual ROM BAR moved and
+// memory decoding off; ROM writes are EINVAL.
+const VFIO_TESTDEV: GuestRun = GuestRun::exits("vfio-testdev", 0).with_groups("00:05.0");
+const VFIO_TESTDEV_DEVICES: &[&str] = &["t1"];
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "boot-vtd",
@@ -1234,6 +1245,38 @@ pub const SCENARIOS: &[Scenario] = &[
         checks: &[
             Check::Guests(&[VFIO_INTX]),
             Check::DevicesBlocked(VFIO_DEVICES),
+        ],
+    },
+    // I/O BARs and the ROM region through DEVICE_REGION_READ/WRITE (pci-testdev).
+    Scenario {
+        name: "vfio-testdev-vtd",
+        about: "guest vfio-testdev: pci-testdev's I/O BAR through DEVICE_REGION_READ/WRITE (test selected and header read through the ports, the same bytes through BAR0, the counter incremented by exact 1-byte writes, bad accesses EINVAL, COMMAND's I/O bit the hypervisor's) and its ROM region equal to harness/testdata/vfio-rom.bin (4096 bytes, read at the firmware's address with the virtual ROM BAR moved and memory decoding off; writes EINVAL); t1 blocked at the end (intel-iommu)",
+        machine: Machine::DEFAULT
+            .with_iommu(Iommu::Vtd)
+            .with_topology(Topology::VfioTestdev),
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_TESTDEV]),
+            Check::DevicesBlocked(VFIO_TESTDEV_DEVICES),
+        ],
+    },
+    Scenario {
+        name: "vfio-testdev-amdvi",
+        about: "guest vfio-testdev on amd-iommu (pt=off): pci-testdev's I/O BAR read and written through the hypervisor's port I/O, its ROM region equal to the image; t1 blocked in the device table at the end",
+        machine: Machine {
+            amd_pt: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::VfioTestdev)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_TESTDEV]),
+            Check::DevicesBlocked(VFIO_TESTDEV_DEVICES),
         ],
     },
 ];

@@ -2,10 +2,13 @@
 //!
 //! Opening turns on memory decoding and bus mastering (the IOMMU still confines the
 //! DMA to the container's mappings: the group is attached before a device can be
-//! opened). Regions follow vfio-pci's layout; memory BARs can be mapped into the guest
-//! (when page-sized and aligned) and read and written through `DEVICE_REGION_READ` /
-//! `WRITE`, config space is read and written through them, mediated (`region`). I/O
-//! BARs, the ROM and VGA report their size with no access flags.
+//! opened), and I/O decoding for a function with I/O BARs, all of them assigned (as
+//! vfio-pci's `pci_enable_device` does; the guest cannot turn it off or on: COMMAND's
+//! I/O bit is the hypervisor's). Regions follow vfio-pci's layout; memory BARs can be
+//! mapped into the guest (when page-sized and aligned) and read and written through
+//! `DEVICE_REGION_READ` / `WRITE`, I/O BARs read and written through them (port I/O
+//! by the hypervisor), the ROM read, config space read and written, mediated
+//! (`region`). VGA reports no size and no access flags.
 
 /// The most regions one open device may have mapped at once (`ENOSPC` beyond).
 pub const MAX_REGION_MAPPINGS: usize = 16;
@@ -16,7 +19,7 @@ use sluice_abi::Errno;
 use sluice_abi::vfio::{
     DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DEVICE_NAME_MAX, DeviceInfo, NUM_IRQS, NUM_REGIONS,
     REGION_BAR5, REGION_CONFIG, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
-    REGION_INFO_FLAG_WRITE, REGION_OFFSET_SHIFT, RegionInfo, RegionMap, min_size,
+    REGION_INFO_FLAG_WRITE, REGION_OFFSET_SHIFT, REGION_ROM, RegionInfo, RegionMap, min_size,
     parse_device_name,
 };
 use sluice_pci::{Bar, BarKind, reg};
@@ -51,27 +54,36 @@ fn mappable(bar: &Bar) -> bool {
         && bar.address.checked_add(bar.size).is_some()
 }
 
-/// `(size, flags)` of region `index` of `function`.
-fn region(function: &GroupDevice, index: u32) -> (u64, u32) {
+/// Whether opening `function` turns its I/O decoding on: it has I/O BARs and firmware
+/// assigned every one of them (an I/O BAR left at 0 would decode ports 0.., the legacy
+/// DMA controller's, the moment the bit is set; Linux refuses to enable such a device).
+fn decodes_io(function: &GroupDevice) -> bool {
+    let mut io = function.bars.iter().filter(|b| b.kind == BarKind::Io);
+    io.clone().next().is_some() && io.all(|b| b.address != 0)
+}
+
+/// `(size, flags)` of region `index` of `function`; `rom` is the hardware ROM window
+/// `(address, size)` if the function has an assigned ROM BAR.
+fn region(function: &GroupDevice, index: u32, rom: Option<(u64, u64)>) -> (u64, u32) {
     match index {
         0..=REGION_BAR5 => match bar(function, index) {
             Some(b) if mappable(b) => (
                 b.size,
                 REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP,
             ),
-            // Not mappable, still readable and writable through DEVICE_REGION_READ/WRITE
-            // when assigned; I/O BARs: size only (not offered yet).
-            Some(b) if b.kind != BarKind::Io && b.address != 0 => {
-                (b.size, REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE)
-            }
+            // Not mappable (small memory BARs, I/O BARs), still readable and writable
+            // through DEVICE_REGION_READ/WRITE when assigned.
+            Some(b) if b.address != 0 => (b.size, REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE),
             Some(b) => (b.size, 0),
             None => (0, 0),
         },
+        // As vfio-pci: the ROM BAR's size (not the image's), read only, when assigned.
+        REGION_ROM => rom.map_or((0, 0), |(_, size)| (size, REGION_INFO_FLAG_READ)),
         REGION_CONFIG => (
             CONFIG_REGION_SIZE,
             REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE,
         ),
-        // ROM and VGA: not offered yet.
+        // VGA: not offered.
         _ => (0, 0),
     }
 }
@@ -134,11 +146,11 @@ impl Vfio {
         if owner.open.contains_key(&member) {
             return Err(Errno::EBUSY);
         }
-        let address = group
+        let (address, io) = group
             .desc
             .devices
             .get(member)
-            .map(|f| f.address)
+            .map(|f| (f.address, decodes_io(f)))
             .ok_or(Errno::ENODEV)?;
         let vconfig = group
             .desc
@@ -168,14 +180,19 @@ impl Vfio {
             owner.open.insert(member, id);
             owner.refs += 1;
         }
+        let io_space = if io { reg::COMMAND_IO_SPACE } else { 0 };
         set_command(
             &*self.config,
             address,
             // INTx stays off until the guest routes it (see `intx`).
-            reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER | reg::COMMAND_INTX_DISABLE,
+            reg::COMMAND_MEMORY_SPACE
+                | reg::COMMAND_BUS_MASTER
+                | reg::COMMAND_INTX_DISABLE
+                | io_space,
             0,
         );
-        log::info!(target: "vfio", "guest {}: device {address} opened (memory decoding and bus mastering on, INTx disabled)", guest.0);
+        let decoding = if io { "memory and I/O" } else { "memory" };
+        log::info!(target: "vfio", "guest {}: device {address} opened ({decoding} decoding and bus mastering on, INTx disabled)", guest.0);
         Ok(handle)
     }
 
@@ -221,7 +238,11 @@ impl Vfio {
         if input.flags != 0 || input.index >= NUM_REGIONS {
             return Err(Errno::EINVAL);
         }
-        let (size, flags) = region(function, input.index);
+        let rom = self
+            .devices
+            .get(&d)
+            .and_then(|dev| dev.vconfig.rom_window(&*self.config, function.address));
+        let (size, flags) = region(function, input.index, rom);
         let info = RegionInfo {
             argsz,
             flags,

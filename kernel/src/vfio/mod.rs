@@ -116,6 +116,22 @@ pub trait DeviceHw {
     /// Write the low `size` bytes of `value` at `hpa` (as [`Self::mmio_read`]); `false`
     /// when refused.
     fn mmio_write(&mut self, hpa: u64, size: u32, value: u64) -> bool;
+
+    /// Whether the whole window `[hpa, hpa + len)` is device memory the platform lets a
+    /// device decode on a guest's behalf (what [`Self::mmio_read`] accepts, for every
+    /// address of it). Asked before the hypervisor makes a device decode a window it
+    /// does not normally decode (its expansion ROM): a ROM BAR overlapping RAM or the
+    /// hypervisor's own registers must never be switched on, not even for one read.
+    fn mmio_window_allowed(&self, hpa: u64, len: u64) -> bool;
+
+    /// Read `size` (1, 2 or 4) bytes from I/O port `port`, an aligned port inside an
+    /// assigned I/O BAR (the caller checked). `None` when the platform refuses the port
+    /// (one the hypervisor or the platform owns, e.g. the legacy ISA range).
+    fn io_read(&mut self, port: u16, size: u32) -> Option<u32>;
+
+    /// Write the low `size` bytes of `value` to `port` (as [`Self::io_read`]); `false`
+    /// when refused.
+    fn io_write(&mut self, port: u16, size: u32, value: u32) -> bool;
 }
 
 /// Where a function's INTx pin arrives at the host, from the firmware's routing table

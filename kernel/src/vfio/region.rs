@@ -1,5 +1,18 @@
-//! `DEVICE_REGION_READ` / `DEVICE_REGION_WRITE`: config space, mediated, and memory
-//! BARs through checked MMIO accesses.
+//! `DEVICE_REGION_READ` / `DEVICE_REGION_WRITE`: config space, mediated; memory BARs
+//! through checked MMIO accesses; I/O BARs through port I/O the hypervisor does; the
+//! expansion ROM, read with its decoding switched on for the one access.
+//!
+//! BARs and the ROM go through [`super::DeviceHw`]: this layer checks the access lies
+//! inside the BAR (or ROM) as the host enumerated it, the platform side refuses what
+//! the hypervisor or the platform owns (RAM, its registers, legacy ports). A refusal is
+//! `EINVAL`, like every other bad access (no partial transfers: one access per call).
+//!
+//! The ROM (region 6, read only) is what vfio-pci gives user space through
+//! `pci_map_rom`: the hypervisor sets the enable bit of the function's *real* ROM BAR
+//! (the address firmware assigned, never the guest's virtual register) and, if the
+//! guest turned it off, memory decoding, reads, and restores both at once. A device
+//! may share one address decoder between its ROM and its BARs, so the ROM never
+//! stays enabled behind the guest's back.
 //!
 //! Config space (region 7) is the device's real config space except where the host
 //! relies on it (see "Config space" in [`sluice_abi::vfio`]):
@@ -11,7 +24,8 @@
 //! - MSI address and data are virtual too (the hypervisor owns them);
 //! - a bridge header's bus numbers never reach the hardware;
 //! - COMMAND passes only memory space and bus master (INTx disable is the hypervisor's:
-//!   it masks the device's INTx, see `intx`);
+//!   it masks the device's INTx, see `intx`; I/O space is the hypervisor's too: it is
+//!   on while the device is open if the function has I/O BARs, see `device`);
 //! - Device Control's "Initiate FLR" becomes the hypervisor's own reset (with the
 //!   header saved and restored), and PMCSR's power state is kept (a D3hot round trip
 //!   would reset the function behind the host's back);
@@ -21,7 +35,7 @@
 use alloc::vec::Vec;
 
 use sluice_abi::Errno;
-use sluice_abi::vfio::{REGION_BAR5, REGION_CONFIG, RegionAccess, min_size};
+use sluice_abi::vfio::{REGION_BAR5, REGION_CONFIG, REGION_ROM, RegionAccess, min_size};
 use sluice_pci::{
     BRIDGE_EXPANSION_ROM, BarKind, ConfigSpace, EXPANSION_ROM, PciAddress, probe_rom,
     read_function_capabilities, reg,
@@ -29,6 +43,7 @@ use sluice_pci::{
 
 use super::args::read_args;
 use super::handles::DeviceId;
+use super::state::set_command;
 use super::{GroupDevice, GuestId, GuestRam, Vfio};
 
 /// The size of region 7 (config space): PCIe's 4096 bytes for every function (reads
@@ -37,6 +52,20 @@ pub const CONFIG_REGION_SIZE: u64 = 4096;
 
 /// Command bits a guest may change.
 const COMMAND_PASS: u16 = reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER;
+
+/// Expansion ROM BAR: bit 0 turns the ROM's decoding on.
+const ROM_ENABLE: u32 = 1;
+/// Expansion ROM BAR: the address bits (31:11; a ROM is at least 2 KiB).
+const ROM_ADDRESS_MASK: u32 = 0xFFFF_F800;
+
+/// The expansion ROM BAR of the hardware, as probed when the device was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostRom {
+    /// Its config offset: 0x30 (type 0 header) or 0x38 (type 1).
+    pub offset: u16,
+    /// Bytes it decodes (a power of two, from the size probe).
+    pub size: u64,
+}
 
 /// The virtual registers of an open device's config space.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +81,9 @@ pub struct VirtualConfig {
     pmcsr: Option<u16>,
     /// `(offset, mask)` of write-1-to-clear bits, by dword.
     rw1c: Vec<(u16, u32)>,
+    /// The real ROM BAR, if the function implements one (region 6 reads go there; the
+    /// guest's view of the register is the virtual one in `regs`).
+    host_rom: Option<HostRom>,
 }
 
 impl VirtualConfig {
@@ -92,6 +124,11 @@ impl VirtualConfig {
             cfg.read32(addr, rom)
         };
         regs.push((rom, rom_value, if rom_mask == 0 { 0 } else { rom_mask | 1 }));
+        // The lowest writable address bit is the size.
+        let host_rom = (rom_mask != 0).then(|| HostRom {
+            offset: rom,
+            size: u64::from(rom_mask & rom_mask.wrapping_neg()),
+        });
         let caps = read_function_capabilities(cfg, addr);
         if let Some(msi) = caps.msi {
             let at = u16::from(msi.offset);
@@ -126,7 +163,17 @@ impl VirtualConfig {
             device_control,
             pmcsr,
             rw1c,
+            host_rom,
         }
+    }
+
+    /// The hardware ROM window `(address, size)`: the address firmware assigned to the
+    /// real ROM BAR (read from the hardware now; the guest cannot change it, its writes
+    /// are virtual). `None` without a ROM BAR or when none was assigned (address 0).
+    pub fn rom_window(&self, cfg: &dyn ConfigSpace, addr: PciAddress) -> Option<(u64, u64)> {
+        let rom = self.host_rom?;
+        let base = cfg.read32(addr, rom.offset) & ROM_ADDRESS_MASK;
+        (base != 0).then_some((u64::from(base), rom.size))
     }
 
     fn virtual_reg(&self, dword: u16) -> Option<&(u16, u32, u32)> {
@@ -236,14 +283,26 @@ fn check_config_access(offset: u64, size: u32) -> Result<(), Errno> {
     }
 }
 
-/// The host-physical address of a memory-BAR access, after the checks: region a
-/// memory BAR that is assigned, `size` 1, 2, 4 or 8, aligned, inside the BAR.
+/// Where a BAR access goes, after [`bar_access`]'s checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BarTarget {
+    /// A host-physical address inside a memory BAR.
+    Memory(u64),
+    /// A port inside an I/O BAR.
+    Port(u16),
+}
+
+/// The target of a BAR access, after the checks: region a BAR that is assigned
+/// (address ≠ 0); `size` 1, 2, 4 or 8 for memory, 1, 2 or 4 for I/O (x86 has no 8-byte
+/// port access); `offset` a multiple of `size`; the access inside the BAR as
+/// enumerated; for I/O, every port of it below 0x10000 (a 32-bit I/O BAR placed
+/// higher is unreachable on x86). Anything else is `EINVAL`.
 pub(super) fn bar_access(
     function: &GroupDevice,
     index: u32,
     offset: u64,
     size: u32,
-) -> Result<u64, Errno> {
+) -> Result<BarTarget, Errno> {
     if index > REGION_BAR5 || !matches!(size, 1 | 2 | 4 | 8) || offset % u64::from(size) != 0 {
         return Err(Errno::EINVAL);
     }
@@ -252,15 +311,23 @@ pub(super) fn bar_access(
         .iter()
         .find(|b| u32::from(b.index) == index)
         .ok_or(Errno::EINVAL)?;
-    // I/O BARs: not offered yet (port I/O on the guest's behalf).
-    if bar.kind == BarKind::Io || bar.address == 0 {
+    if bar.address == 0 {
         return Err(Errno::EINVAL);
     }
     let end = offset.checked_add(u64::from(size)).ok_or(Errno::EINVAL)?;
     if end > bar.size {
         return Err(Errno::EINVAL);
     }
-    bar.address.checked_add(offset).ok_or(Errno::EINVAL)
+    let at = bar.address.checked_add(offset).ok_or(Errno::EINVAL)?;
+    if bar.kind != BarKind::Io {
+        return Ok(BarTarget::Memory(at));
+    }
+    if size == 8 || at.saturating_add(u64::from(size)) > 0x1_0000 {
+        return Err(Errno::EINVAL);
+    }
+    u16::try_from(at)
+        .map(BarTarget::Port)
+        .map_err(|_| Errno::EINVAL)
 }
 
 impl Vfio {
@@ -299,20 +366,80 @@ impl Vfio {
                 return Ok(0);
             }
             access.data = config_read(vc, &*self.config, function.address, offset, size)?;
-        } else {
-            let hpa = bar_access(&function, index, offset, size)?;
-            let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
+        } else if index == REGION_ROM {
             if write {
-                let value = access.data & size_mask(size);
-                if !hw.mmio_write(hpa, size, value) {
-                    return Err(Errno::EINVAL);
-                }
-                return Ok(0);
+                return Err(Errno::EINVAL);
             }
-            access.data = hw.mmio_read(hpa, size).ok_or(Errno::EINVAL)?;
+            access.data = self.rom_read(d, function.address, offset, size)?;
+        } else {
+            let target = bar_access(&function, index, offset, size)?;
+            let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
+            let value = access.data & size_mask(size);
+            access.data = match (target, write) {
+                (BarTarget::Memory(hpa), true) => {
+                    if !hw.mmio_write(hpa, size, value) {
+                        return Err(Errno::EINVAL);
+                    }
+                    return Ok(0);
+                }
+                (BarTarget::Memory(hpa), false) => hw.mmio_read(hpa, size).ok_or(Errno::EINVAL)?,
+                (BarTarget::Port(port), true) => {
+                    // `bar_access` refused size 8: the value fits in 32 bits.
+                    if !hw.io_write(port, size, value as u32) {
+                        return Err(Errno::EINVAL);
+                    }
+                    return Ok(0);
+                }
+                (BarTarget::Port(port), false) => {
+                    u64::from(hw.io_read(port, size).ok_or(Errno::EINVAL)?) & size_mask(size)
+                }
+            };
         }
         mem.write(gpa + 24, &access.data.to_le_bytes())?;
         Ok(0)
+    }
+
+    /// A read of region 6, the expansion ROM: 1, 2 or 4 bytes, aligned, inside the ROM
+    /// BAR's size, which firmware must have given an address. The whole window must be
+    /// device memory the platform accepts before its decoding is switched on; then the
+    /// real ROM BAR's enable bit (and memory decoding, if the guest turned it off) are
+    /// set for the one read and restored right after, whatever the read gave.
+    fn rom_read(
+        &mut self,
+        d: DeviceId,
+        addr: PciAddress,
+        offset: u64,
+        size: u32,
+    ) -> Result<u64, Errno> {
+        if !matches!(size, 1 | 2 | 4) || offset % u64::from(size) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let vc = &self.devices.get(&d).ok_or(Errno::EBADF)?.vconfig;
+        let rom = vc.host_rom.ok_or(Errno::EINVAL)?;
+        let (base, len) = vc.rom_window(&*self.config, addr).ok_or(Errno::EINVAL)?;
+        match offset.checked_add(u64::from(size)) {
+            Some(end) if end <= len => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
+        if !hw.mmio_window_allowed(base, len) {
+            log::warn!(target: "vfio", "device {addr}: ROM BAR {base:#x}+{len:#x} is not plain device memory; not enabled");
+            return Err(Errno::EINVAL);
+        }
+        let cfg = &*self.config;
+        let original = cfg.read32(addr, rom.offset);
+        let memory_off = cfg.read16(addr, reg::COMMAND) & reg::COMMAND_MEMORY_SPACE == 0;
+        if memory_off {
+            set_command(cfg, addr, reg::COMMAND_MEMORY_SPACE, 0);
+        }
+        cfg.write32(addr, rom.offset, original | ROM_ENABLE);
+        // No overflow: `base` is a 32-bit address and `offset` < `len`.
+        let value = hw.mmio_read(base + offset, size);
+        cfg.write32(addr, rom.offset, original);
+        if memory_off {
+            set_command(cfg, addr, 0, reg::COMMAND_MEMORY_SPACE);
+        }
+        value.ok_or(Errno::EINVAL)
     }
 
     /// The device's virtual config, re-read from the hardware (after a reset).

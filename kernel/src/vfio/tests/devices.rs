@@ -267,7 +267,7 @@ fn region_info_follows_vfio_pci() {
     let (_, _, d) = open_edu(&mut rig);
     let expected: [(u64, u32); 9] = [
         (0x10_0000, RWM), // BAR0 mem32 1 MiB
-        (0x40, 0),        // BAR1 I/O: no region access yet
+        (0x40, RW),       // BAR1 I/O: DEVICE_REGION_READ/WRITE (port I/O), never mmap
         (0x4000, RWM),    // BAR2 mem64
         (0, 0),           // BAR3: upper half of BAR2
         (0x1000, 0),      // BAR4: unassigned (address 0): never mappable
