@@ -195,10 +195,16 @@
 //!
 //! On INTx (`start` 0, `count` 1; level-triggered and *automasked*, as in Linux):
 //!
-//! - `DATA_EVENTFD | ACTION_TRIGGER`: one `i32` virtual vector; the first binding
-//!   enables INTx (-1 unbinds and leaves it enabled). Needs the VM binding (`EPERM`).
+//! - `DATA_EVENTFD | ACTION_TRIGGER`: one `i32` virtual vector; the first call enables
+//!   INTx (even with -1, which leaves it unbound: its interrupts are dropped, as
+//!   Linux); later calls rebind or unbind. Needs the VM binding (`EPERM`).
 //!   `DATA_NONE | ACTION_TRIGGER` with `count` 0 disables it; with `count` 1 (or
-//!   `DATA_BOOL` non-zero) it is a loopback.
+//!   `DATA_BOOL` non-zero) it is a loopback. Every other call needs `count` 1.
+//! - A GSI is shared only among one guest's devices: enabling INTx on a line another
+//!   guest's device has enabled is `EBUSY` (a guest could otherwise make the shared
+//!   line fire unclaimed). A line that fires 1000 times in a row with no device
+//!   asserting is left masked until one of its devices is unmasked or enabled again.
+//!   Only functions whose Interrupt Disable works (PCI 2.3 masking) are offered INTx.
 //! - Each interrupt masks the device (PCI 2.3 Interrupt Disable, COMMAND bit 10) before
 //!   the guest sees it: service the device (acknowledge its interrupt), then
 //!   `ACTION_UNMASK`; a device still asserting then interrupts again at once.
@@ -207,8 +213,9 @@
 //! Errors are checked in this order: the structure (flags, index, range, data length)
 //! and an index other than INTx and MSI (`EINVAL`); the VM binding (`EPERM`); the
 //! vectors' values and the interrupt state — enabling one type while the other is
-//! enabled, masking or disabling what is not enabled (`EINVAL`); host vectors or
-//! remapping entries (`ENOSPC`).
+//! enabled, masking or disabling what is not enabled (`EINVAL`); INTx on a line another
+//! guest uses (`EBUSY`); host vectors or remapping entries (`ENOSPC`); an I/O APIC pin
+//! the IOMMU or the I/O APIC would not route (`ENODEV`).
 //!
 //! How it works: each enabled MSI gets an aligned block of host vectors (from
 //! 0x40..=0xEF); the device's MSI capability is programmed with the host's local APIC,

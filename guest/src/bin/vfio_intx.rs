@@ -91,6 +91,18 @@ fn quiet(vector: u8, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Wait until `vector` has been delivered `n` times in all, and not more: an extra
+/// delivery would otherwise hide in a later wait.
+fn wait_exactly(vector: u8, n: u64) -> Result<(), String> {
+    wait_vector(vector, n)?;
+    match interrupts::count(vector) {
+        c if c == n => Ok(()),
+        c => Err(format!(
+            "vector {vector:#x} delivered {c} times, expected {n}"
+        )),
+    }
+}
+
 /// The edu's interrupt status, without acknowledging it.
 fn status(edu: &Edu) -> u32 {
     edu.read32(edu::regs::IRQ_STATUS)
@@ -166,7 +178,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
 
     step(c, "raise-automask", || {
         edu.raise_irq(1);
-        wait_vector(VECTOR, 1)?;
+        wait_exactly(VECTOR, 1)?;
         println!("edu raised INTx: delivered as {VECTOR:#x} (count 1)");
         // Not acknowledged: the edu still asserts its pin, but the device is masked.
         quiet(VECTOR, "unacknowledged, automasked")?;
@@ -190,7 +202,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             "DEVICE_SET_IRQS(INTX loopback)",
             device.trigger_irq(IRQ_INDEX_INTX, 0, 1),
         )?;
-        wait_vector(VECTOR, 2)?;
+        wait_exactly(VECTOR, 2)?;
         println!("loopback trigger: delivered (count 2)");
         Ok(())
     })?;
@@ -205,7 +217,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         buf.fill_range(DST_OFF as usize, XFER as usize, 0);
         edu.start_dma_to_ram_irq(0, IOVA + DST_OFF, XFER)
             .map_err(|e| format!("edu DMA edu -> RAM: {e}"))?;
-        wait_vector(VECTOR, 3)?;
+        wait_exactly(VECTOR, 3)?;
         let s = edu.ack_irq();
         call(
             "DEVICE_SET_IRQS(INTX unmask)",
@@ -236,7 +248,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             "DEVICE_SET_IRQS(INTX unmask)",
             device.unmask_irq(IRQ_INDEX_INTX, 0, 1),
         )?;
-        wait_vector(VECTOR, 4)?;
+        wait_exactly(VECTOR, 4)?;
         let s = edu.ack_irq();
         call(
             "DEVICE_SET_IRQS(INTX unmask)",
@@ -259,7 +271,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             device.set_irq_vectors(IRQ_INDEX_MSI, 0, &[i32::from(MSI_VECTOR)]),
         )?;
         edu.raise_irq(1);
-        wait_vector(MSI_VECTOR, 1)?;
+        wait_exactly(MSI_VECTOR, 1)?;
         edu.ack_irq();
         call(
             "DEVICE_SET_IRQS(MSI, count 0)",

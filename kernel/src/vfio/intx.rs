@@ -22,7 +22,11 @@
 //! That is VFIO's *automasked* INTx (`IRQ_INFO_AUTOMASKED`), with PCI 2.3 masking (Linux
 //! `vfio_pci_intx_mask`/`pci_check_and_mask_intx`); the I/O APIC pin is only masked for
 //! the moment between the interrupt and the check. A line nobody claims is counted; one
-//! that keeps firing unclaimed is left masked (logged), like Linux's "nobody cared".
+//! that keeps firing unclaimed is left masked (logged), like Linux's "nobody cared", until
+//! one of its devices is unmasked or enabled again. A line is shared only among one
+//! guest's devices (another guest's enable is `EBUSY`), so no guest can do that to
+//! another's interrupts. INTx is offered only to functions that implement PCI 2.3
+//! masking (Interrupt Disable sticks).
 //!
 //! Interrupt Disable belongs to the hypervisor: guests' config writes cannot change it
 //! (`region`), or a guest could unmask behind the host and storm the line.
@@ -114,6 +118,11 @@ impl Vfio {
         items: &[u8],
     ) -> Result<(), Errno> {
         let enabled = self.irq.intx.devices.contains_key(&d);
+        // INTx has one interrupt: every call names it (`start` 0 was checked against the
+        // count), except disabling with `count` 0 — as Linux.
+        if count != 1 && !(data == IRQ_SET_DATA_NONE && action == IRQ_SET_ACTION_TRIGGER) {
+            return Err(Errno::EINVAL);
+        }
         match (data, action) {
             (IRQ_SET_DATA_NONE, IRQ_SET_ACTION_TRIGGER) if count == 0 => {
                 if !enabled {
@@ -185,9 +194,26 @@ impl Vfio {
         if !self.intx_available(Some(line)) {
             return Err(Errno::EINVAL);
         }
+        // A line is shared only among one guest's devices: another guest could otherwise
+        // make it fire unclaimed (raise and acknowledge at once, or a DMA to the
+        // interrupt window without remapping) until it is left masked.
+        if let Some(l) = self.irq.intx.lines.get(&line.gsi) {
+            let foreign = l.users.iter().any(|u| {
+                self.irq
+                    .intx
+                    .devices
+                    .get(u)
+                    .is_some_and(|ix| ix.owner != owner)
+            });
+            if foreign {
+                return Err(Errno::EBUSY);
+            }
+        }
         set_command(&*self.config, address, reg::COMMAND_INTX_DISABLE, 0);
         if !self.irq.intx.lines.contains_key(&line.gsi) {
             self.route_line(line)?;
+        } else {
+            self.rearm_line(line.gsi);
         }
         if let Some(l) = self.irq.intx.lines.get_mut(&line.gsi) {
             l.users.insert(d);
@@ -264,7 +290,8 @@ impl Vfio {
         Ok(())
     }
 
-    /// Set or clear `d`'s Interrupt Disable (the guest's mask / unmask).
+    /// Set or clear `d`'s Interrupt Disable (the guest's mask / unmask). An unmask also
+    /// re-arms its line if it was left masked after unclaimed interrupts.
     fn intx_mask(&mut self, d: DeviceId, mask: bool) {
         let Some(ix) = self.irq.intx.devices.get_mut(&d) else {
             return;
@@ -275,7 +302,28 @@ impl Vfio {
         } else {
             (0, reg::COMMAND_INTX_DISABLE)
         };
+        let gsi = ix.gsi;
         set_command(&*self.config, ix.address, set, clear);
+        if !mask {
+            self.rearm_line(gsi);
+        }
+    }
+
+    /// Unmask a line left masked after [`UNCLAIMED_LIMIT`] unclaimed interrupts (its
+    /// guest acts on it again: try once more).
+    fn rearm_line(&mut self, gsi: u32) {
+        let Some(line) = self.irq.intx.lines.get_mut(&gsi) else {
+            return;
+        };
+        line.unclaimed = 0;
+        if !line.stuck {
+            return;
+        }
+        line.stuck = false;
+        log::warn!(target: "vfio", "GSI {gsi}: re-armed after being left masked");
+        if let Some(lines) = self.lines.as_deref() {
+            lines.set_masked(gsi, false);
+        }
     }
 
     /// Disable INTx on `d` (if enabled): Interrupt Disable set, the line released when
@@ -330,6 +378,9 @@ impl Vfio {
                 continue;
             }
             set_command(&*self.config, ix.address, reg::COMMAND_INTX_DISABLE, 0);
+            // Read back: the config write must have reached the device (it stops
+            // driving the pin) before the pin is unmasked, or it fires once more.
+            let _ = self.config.read16(ix.address, reg::COMMAND);
             ix.masked = true;
             claimed += 1;
             match ix.virt {

@@ -1,5 +1,6 @@
-//! Device interrupts: `DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS` (MSI), the host vector
-//! pool and the route table (host vector → device, subindex → guest, virtual vector).
+//! Device interrupts: `DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS` (MSI here, INTx in
+//! `intx`), the host vector pool and the route table (host vector → device, subindex →
+//! guest, virtual vector).
 //!
 //! # MSI, end to end
 //!
@@ -7,7 +8,7 @@
 //!   host vectors from [`HOST_VECTOR_FIRST`]`..=`[`HOST_VECTOR_LAST`] (MSI's Multiple
 //!   Message Enable makes the device put the subindex in the low data bits, so the block
 //!   is a power of two, aligned to its size) and programs the capability, MME and MSI
-//!   enable; INTx disabled (COMMAND bit 10) — it is never routed. The message depends on
+//!   enable; INTx disabled (COMMAND bit 10: one type at a time). The message depends on
 //!   the IOMMU (see *Interrupt remapping* below): with remapping, the address/data
 //!   [`Iommu::map_msi`] returns for the block; without, compatibility format: address
 //!   `0xFEE00000 | apic_id << 12` (physical destination, the host's local APIC), data =
@@ -354,9 +355,15 @@ impl Vfio {
             .get(device.group.0)
             .and_then(|g| g.desc.devices.get(device.member))
             .ok_or(Errno::EBADF)?;
+        // PCI 2.3 INTx masking is how the line is shared and automasked: the hypervisor
+        // keeps Interrupt Disable set whenever INTx is not enabled (open, MSI on, INTx
+        // off), so a function where it reads back clear does not implement it (Linux:
+        // `pci_intx_mask_supported`) and is not offered INTx.
+        let masking = self.irq.intx.devices.contains_key(&d)
+            || self.config.read16(function.address, reg::COMMAND) & reg::COMMAND_INTX_DISABLE != 0;
         let line = function
             .intx_line
-            .filter(|_| function.interrupt_pin != 0)
+            .filter(|_| function.interrupt_pin != 0 && masking)
             .filter(|&l| self.intx_available(Some(l)));
         Ok((device.owner, function.address, line))
     }
@@ -645,7 +652,8 @@ impl Vfio {
     }
 
     /// Disable MSI on `d` (if enabled): capability off and cleared, host vectors freed,
-    /// routes and queued injections dropped. INTx stays disabled (never routed).
+    /// routes and queued injections dropped. INTx stays disabled (COMMAND bit 10) until
+    /// the guest enables it.
     pub(super) fn msi_disable(&mut self, d: DeviceId) {
         let Some(msi) = self.irq.msi.remove(&d) else {
             return;

@@ -19,7 +19,7 @@ use sluice_abi::vfio::{
     VfioCall,
 };
 use sluice_iommu::IommuError;
-use sluice_pci::fake::FakeConfigSpace;
+use sluice_pci::fake::{FakeConfigSpace, FakeFunction};
 use sluice_pci::{ConfigSpace, PciAddress, reg};
 
 use super::fakes::{FakeIommu, FakeRam, FakeState};
@@ -82,6 +82,14 @@ struct IntxRig {
 }
 
 fn rig_with(lines: bool, remapping: bool) -> IntxRig {
+    rig_with_config(lines, remapping, |_| {})
+}
+
+fn rig_with_config(
+    lines: bool,
+    remapping: bool,
+    tweak: impl FnOnce(&mut FakeConfigSpace),
+) -> IntxRig {
     let line = |gsi| {
         Some(IntxLine {
             gsi,
@@ -99,7 +107,9 @@ fn rig_with(lines: bool, remapping: bool) -> IntxRig {
             };
         }
     }
-    let cfg = Rc::new(config());
+    let mut cfg = config();
+    tweak(&mut cfg);
+    let cfg = Rc::new(cfg);
     let state = Rc::new(RefCell::new(FakeState::new()));
     state.borrow_mut().remapping = remapping;
     let mut vfio = Vfio::new(
@@ -396,23 +406,57 @@ fn intx_end_to_end_automask_unmask() {
 fn shared_line_goes_to_the_device_that_asserts() {
     let mut r = rig();
     let edu = r.device(A, 1, "0000:00:02.0");
-    let other = r.device(B, 3, "0000:00:03.0");
+    let other = r.device(A, 3, "0000:00:03.0");
     r.bind_intx(A, edu, 0x70).unwrap();
-    r.bind_intx(B, other, 0x90).unwrap();
+    r.bind_intx(A, other, 0x90).unwrap();
     assert_eq!(r.lines.borrow().routed.len(), 1, "one route for the GSI");
     r.assert(DEV_UNIT1, true);
-    assert_eq!(r.fire(GSI_SHARED), [(B, 0x90)]);
+    assert_eq!(r.fire(GSI_SHARED), [(A, 0x90)]);
     assert!(r.intx_disabled(DEV_UNIT1));
     assert!(!r.intx_disabled(DEV_EDU), "the other device untouched");
     r.assert(DEV_EDU, true);
     assert_eq!(r.fire(GSI_SHARED), [(A, 0x70)]);
-    // Releasing A keeps the line for B; releasing B frees it.
+    // Disabling one keeps the line for the other; releasing the guest frees it.
+    r.disable(A, other).unwrap();
+    assert!(r.vector(GSI_SHARED).is_some());
     r.rig.release(A);
     assert!(r.intx_disabled(DEV_EDU));
-    assert!(r.vector(GSI_SHARED).is_some());
-    r.rig.release(B);
     assert!(r.lines.borrow().routed.is_empty());
     assert_eq!(r.rig.vfio.interrupt_routes(), (0, 0));
+}
+
+#[test]
+fn a_line_is_never_shared_between_guests() {
+    let mut r = rig();
+    let edu = r.device(A, 1, "0000:00:02.0");
+    let other = r.device(B, 3, "0000:00:03.0");
+    r.bind_intx(A, edu, 0x70).unwrap();
+    assert_eq!(r.bind_intx(B, other, 0x90), Err(Errno::EBUSY));
+    assert!(r.intx_disabled(DEV_UNIT1));
+    // Once A lets go, B may have it.
+    r.disable(A, edu).unwrap();
+    r.bind_intx(B, other, 0x90).unwrap();
+    assert_eq!(r.bind_intx(A, edu, 0x70), Err(Errno::EBUSY));
+}
+
+#[test]
+fn intx_needs_pci23_masking() {
+    // A function whose Interrupt Disable does not stick (only I/O, memory and bus
+    // master are writable): INTx not offered.
+    let mut r = rig_with_config(true, false, |cfg| {
+        cfg.insert(
+            DEV_B_ONLY,
+            FakeFunction::conventional_endpoint(0x1234, 0x1004)
+                .with_command(reg::COMMAND_IO_SPACE)
+                .with_writable_mask(reg::COMMAND, 0x7),
+        )
+    });
+    let (_, gs) = r.rig.active(B, &[5]);
+    r.rig.bind(B, gs[0]).unwrap();
+    let d = r.rig.get_device(B, gs[0], "0000:00:04.0").unwrap();
+    assert!(!r.intx_disabled(DEV_B_ONLY), "the bit does not stick");
+    assert_eq!(r.info(B, d, IRQ_INDEX_INTX).count, 0);
+    assert_eq!(r.bind_intx(B, d, 0x70), Err(Errno::EINVAL));
 }
 
 #[test]
@@ -475,6 +519,21 @@ fn bad_arguments() {
         "not enabled"
     );
     assert!(r.lines.borrow().routed.is_empty());
+    // Count 0 names no interrupt: only DATA_NONE | TRIGGER (disable) takes it.
+    r.bind_intx(A, d, 0x70).unwrap();
+    for flags in [
+        IRQ_SET_DATA_NONE | IRQ_SET_ACTION_MASK,
+        IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK,
+        IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER,
+        IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+    ] {
+        assert_eq!(
+            bad(&mut r, flags, (IRQ_INDEX_INTX, 0, 0), &[]),
+            Err(Errno::EINVAL),
+            "flags {flags:#x} count 0"
+        );
+    }
+    assert!(!r.intx_disabled(DEV_EDU), "count 0 mask did nothing");
 }
 
 #[test]
@@ -519,4 +578,9 @@ fn an_unclaimed_storm_leaves_the_line_masked() {
     }
     assert_eq!(r.fire(GSI_SHARED), []);
     assert!(r.pin_masked(GSI_SHARED), "nobody cared: left masked");
+    // The guest unmasks its device: the line is tried again.
+    r.action(A, d, IRQ_SET_ACTION_UNMASK).unwrap();
+    assert!(!r.pin_masked(GSI_SHARED), "re-armed");
+    r.assert(DEV_EDU, true);
+    assert_eq!(r.fire(GSI_SHARED), [(A, 0x70)]);
 }
