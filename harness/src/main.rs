@@ -10,6 +10,7 @@ mod compare;
 mod dmatest;
 mod groups;
 mod guests;
+mod ioapic;
 mod machine;
 mod model;
 mod nvme;

@@ -17,6 +17,7 @@ use crate::compare;
 use crate::dmatest;
 use crate::groups::{self, GroupReport, Rid};
 use crate::guests::{self, GuestRun, Termination};
+use crate::ioapic;
 use crate::machine::{self, Iommu, Machine, Qemu, Topology, Wiring};
 use crate::nvme;
 use crate::oracle::FollowUp;
@@ -145,6 +146,11 @@ pub enum Check {
     /// through BAR0 at the address `query-pci` reports (unmapped = memory decode off =
     /// fail), the version register a controller's. See `nvme.rs`.
     NvmeDisabled(&'static [&'static str]),
+    /// After every guest has ended (read while the kernel holds), I/O APIC pin `pin`
+    /// (`info pic`) holds the INTx route the kernel programmed and released: level,
+    /// a device vector, masked, remappable format with a handle exactly when
+    /// `remappable`. See `ioapic.rs`.
+    IoApicPin { pin: u32, remappable: bool },
 }
 
 impl Check {
@@ -160,6 +166,7 @@ impl Check {
                 | Check::DevicesBlocked(_)
                 | Check::VtdInterruptRemapping
                 | Check::NvmeDisabled(_)
+                | Check::IoApicPin { .. }
         )
     }
 }
@@ -226,7 +233,11 @@ impl Scenario {
     pub fn follow_up_plan(&self) -> Option<Box<FollowUp<'static>>> {
         let devices = self.devices_blocked();
         let controllers = self.nvme_disabled();
-        if devices.is_empty() && controllers.is_empty() {
+        let ioapic = self
+            .checks
+            .iter()
+            .any(|c| matches!(c, Check::IoApicPin { .. }));
+        if devices.is_empty() && controllers.is_empty() && !ioapic {
             return None;
         }
         let unit = dmatest::Unit::of(self.machine.effective_iommu());
@@ -237,6 +248,9 @@ impl Scenario {
                 blocked::reads(unit, &devices, view)
             };
             reads.extend(nvme::reads(&controllers, view));
+            if ioapic {
+                reads.extend(ioapic::reads());
+            }
             reads
         }))
     }
@@ -323,6 +337,9 @@ const VFIO_IRQ_LOG: Check = Check::LogLine {
 /// device is automasked, a loopback, the DMA-completion INTx (waiting in HLT), a hand
 /// mask that holds it, nothing once INTx is disabled, then MSI (see its source).
 const VFIO_INTX: GuestRun = GuestRun::exits("vfio-intx", 0).with_groups("00:03.0");
+/// e1's INTA (slot 3) in QEMU q35's DSDT `_PRT`, APIC mode: GSI 20 + (3 + 0) mod 4 = 23,
+/// pin 23 of the one I/O APIC (GSI base 0).
+const EDU_E1_GSI: u32 = 23;
 const VFIO_HOSTILE: GuestRun =
     GuestRun::exits("vfio-hostile", 0).with_groups("00:04.0,00:1f.0,00:03.0");
 /// The DMAs the guests expect the IOMMU to block (edu writes, see their sources):
@@ -1210,6 +1227,10 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::Guests(&[VFIO_INTX]),
             Check::DevicesBlocked(VFIO_DEVICES),
             Check::VtdInterruptRemapping,
+            Check::IoApicPin {
+                pin: EDU_E1_GSI,
+                remappable: true,
+            },
         ],
     },
     Scenario {
@@ -1227,6 +1248,10 @@ pub const SCENARIOS: &[Scenario] = &[
         checks: &[
             Check::Guests(&[VFIO_INTX]),
             Check::DevicesBlocked(VFIO_DEVICES),
+            Check::IoApicPin {
+                pin: EDU_E1_GSI,
+                remappable: false,
+            },
         ],
     },
     Scenario {
@@ -1245,6 +1270,10 @@ pub const SCENARIOS: &[Scenario] = &[
         checks: &[
             Check::Guests(&[VFIO_INTX]),
             Check::DevicesBlocked(VFIO_DEVICES),
+            Check::IoApicPin {
+                pin: EDU_E1_GSI,
+                remappable: false,
+            },
         ],
     },
     // I/O BARs and the ROM region through DEVICE_REGION_READ/WRITE (pci-testdev).
@@ -1372,6 +1401,9 @@ fn check_one(check: Check, s: &Scenario, log: &KernelLog, o: &Outcome, fails: &m
         }
         Check::NvmeDisabled(controllers) => {
             fails.extend(nvme::check(controllers, oracle_full(o)));
+        }
+        Check::IoApicPin { pin, remappable } => {
+            fails.extend(ioapic::check(pin, remappable, oracle_full(o)));
         }
         Check::DevicesBlocked(devices) => {
             if s.machine.effective_iommu() == Iommu::None {
