@@ -87,13 +87,13 @@
 //! | [`nr::DEVICE_MAP_REGION`]       | RDI = d, RSI = gpa   | 0: maps `[offset, offset + size)` of region `index` ([`RegionMap`]) at guest-physical `gpa`, uncached, until the device is closed. `EINVAL`: the region is not mappable ([`REGION_INFO_FLAG_MMAP`]), range not page aligned or outside the region, `gpa` overlaps the caller's RAM or wraps, flags ≠ 0. `EPERM`: the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]; as KVM needs the kvm-vfio registration; checked after those `EINVAL`s). Unbinding keeps the mappings made while bound (as Linux keeps a process's mmaps when the group leaves kvm-vfio) and refuses new ones. `EEXIST`: overlaps a region mapped before. `ENOSPC`: the device already has 16 regions mapped. `EINVAL` also when the BAR's host address is not plain device memory (RAM, firmware tables, the APIC window, IOMMU registers or ECAM are never handed out). `ENOMEM`: no memory for nested tables |
 //! | [`nr::CONTAINER_DEBUG`]         | RDI = c, RSI = iova  | number of lines printed: the hypervisor logs each domain of the container, the context / device-table entry of each attached device and the page-table walk for `iova` (a teaching aid). `EINVAL`: no model set |
 //! | [`nr::GROUP_BIND_VM`]           | RDI = g              | 0: the group is bound to the caller's VM (the VM becomes the group's *external user*, below). `EINVAL`: the group is in no container, or its container has no IOMMU model set. `EPERM`: the group is not viable. `EBUSY`: already bound |
-//! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it); the group's devices' MSIs are disabled; their BAR mappings stay until the device is closed, new ones are `EPERM`. `EINVAL`: not bound |
+//! | [`nr::GROUP_UNBIND_VM`]         | RDI = g              | 0: the binding is dropped (the group's reference with it); the group's devices' MSI, MSI-X and INTx are disabled; their BAR mappings stay until the device is closed, new ones are `EPERM`. `EINVAL`: not bound |
 //! | [`nr::GROUP_VM_INFO`]           | RDI = g, RSI = gpa   | 0, fills [`GroupVmInfo`]: the group id (Linux `vfio_external_user_iommu_id`), the remapping unit translating its DMA, and [`GROUP_VM_INFO_COHERENT`]. `EINVAL`: not bound (checked first: the group's state), `argsz` below [`min_size::GROUP_VM_INFO`], flags ≠ 0 |
 //! | [`nr::DEVICE_RESET`]            | RDI = d              | 0: the function was reset (FLR, else PM reset, else secondary bus reset; see *Reset*) and its config header restored. `EINVAL`: no reset method (as Linux). `ENODEV`: the function did not answer after the reset |
 //! | [`nr::DEVICE_REGION_READ`]      | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: reads `size` bytes at `offset` of region `index` and writes them back in `data`. `EINVAL`: flags ≠ 0; `index` not a readable region (config, an assigned BAR, an assigned ROM); `size` not 1, 2, 4 (config, I/O BARs, ROM) or 1, 2, 4, 8 (memory BARs); `offset` not a multiple of `size`; `offset + size` beyond the region; the platform refuses the address or port (see *BAR and ROM regions*) |
 //! | [`nr::DEVICE_REGION_WRITE`]     | RDI = d, RSI = gpa   | 0; [`RegionAccess`]: writes the low `size` bytes of `data` at `offset` of region `index` (config writes are mediated, see *Config space*). Errors as [`nr::DEVICE_REGION_READ`]; the ROM is read only (`EINVAL`) |
 //! | [`nr::DEVICE_GET_IRQ_INFO`]    | RDI = d, RSI = gpa   | 0, fills [`IrqInfo`] for `index` (see *Interrupts*). `EINVAL`: index ≥ [`NUM_IRQS`], `argsz` below [`min_size::IRQ_INFO`], flags ≠ 0 |
-//! | [`nr::DEVICE_SET_IRQS`]         | RDI = d, RSI = gpa   | 0; [`IrqSet`] + data: binds, fires, masks or disables interrupts of `index` (see *Interrupts*). `EINVAL`: flags not exactly one `DATA_*` and one `ACTION_*` bit (or unknown bits); index ≥ [`NUM_IRQS`]; `start + count` beyond the index's count; `argsz` shorter than `24 + count × (1 for BOOL, 4 for EVENTFD)`; an index other than MSI (not offered yet); a virtual vector outside 32..=255 (or -1); enabling MSI while another index is active; a `start + count` beyond the vectors MSI was enabled with; MASK/UNMASK/loopback while MSI is off; `DATA_EVENTFD` with MASK/UNMASK. `EPERM`: binding vectors or a loopback while the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]). `ENOSPC`: no free host vectors |
+//! | [`nr::DEVICE_SET_IRQS`]         | RDI = d, RSI = gpa   | 0; [`IrqSet`] + data: binds, fires, masks or disables interrupts of `index` (see *Interrupts*). `EINVAL`: flags not exactly one `DATA_*` and one `ACTION_*` bit (or unknown bits); index ≥ [`NUM_IRQS`]; `start + count` beyond the index's count; `argsz` shorter than `24 + count × (1 for BOOL, 4 for EVENTFD)`; a virtual vector outside 32..=255 (or -1); enabling INTx, MSI or MSI-X while another of them is enabled; more than 32 MSI-X vectors; an MSI-X table the platform refuses; a `start + count` beyond the vectors MSI/MSI-X was enabled with; MASK/UNMASK/loopback/disable while the index is off; `DATA_EVENTFD` with MASK/UNMASK. `EPERM`: binding vectors or a loopback while the device's group is not bound to the VM ([`nr::GROUP_BIND_VM`]). `ENOSPC`: no free host vectors or remapping entries |
 //!
 //! Devices: opening a device turns on its memory decoding and bus mastering (and its
 //! I/O decoding when it has I/O BARs, all assigned, as vfio-pci enables the device);
@@ -127,12 +127,18 @@
 //! - a bridge's bus numbers (0x18..0x1B) read the hardware; writes are dropped.
 //! - MSI address and data are virtual: writes are kept and read back, never reach the
 //!   hardware (the hypervisor owns them). MSI-X's address and data live in its table,
-//!   inside a BAR: not virtualised in this version (a mapped BAR exposes the table).
-//!   That gives a guest no interrupt it could not already send: with interrupt
-//!   remapping a table entry can only name remapping entries written for this device
-//!   (none while MSI-X is not offered), so its messages are blocked; without remapping
-//!   the device could write the same message to the interrupt window by DMA anyway
-//!   (Linux likewise lets the table be mmapped when the IOMMU isolates interrupts).
+//!   inside a BAR, which the hypervisor programs itself (see *Interrupts*):
+//!   [`nr::DEVICE_REGION_WRITE`]s that touch the table or the Pending Bit Array succeed
+//!   and write nothing (as Linux's vfio-pci drops them; reads pass). A guest that
+//!   *maps* the BAR ([`nr::DEVICE_MAP_REGION`]) can still write the table directly;
+//!   that gives it no interrupt it could not already send: with interrupt remapping an
+//!   entry can only name remapping entries written for this device (VT-d: source-id
+//!   validated; AMD-Vi: the device's own table), i.e. host vectors routed to this
+//!   guest's own vectors, and the hypervisor's mask still holds what it masked; without
+//!   remapping the device could write the same message to the interrupt window by DMA
+//!   anyway (Linux likewise lets the table be mmapped when the IOMMU isolates
+//!   interrupts). MSI and MSI-X Message Control reach the hardware: a guest clearing an
+//!   enable bit only silences its own device.
 //! - Device Control's Initiate FLR becomes the hypervisor's reset (as
 //!   [`nr::DEVICE_RESET`]); PMCSR's power state is kept (a D3hot round trip would reset
 //!   the function behind the host's back).
@@ -162,7 +168,7 @@
 //!
 //! # Interrupts
 //!
-//! A device's MSI or INTx reaches the hypervisor and is injected into the owning guest
+//! A device's MSI, MSI-X or INTx reaches the hypervisor and is injected into the owning guest
 //! as the vector the guest chose (Linux: VFIO signals an eventfd, KVM's irqfd injects
 //! it; here both are the hypervisor). Indexes ([`IRQ_INDEX_INTX`] ...) and flags are
 //! Linux's; where Linux passes an eventfd the guest passes a *virtual vector* (an `i32`,
@@ -173,10 +179,12 @@
 //! and an I/O APIC has it), flags [`IRQ_INFO_EVENTFD`] | [`IRQ_INFO_MASKABLE`] |
 //! [`IRQ_INFO_AUTOMASKED`]; MSI count = the vectors the MSI capability can request (0
 //! without one), flags [`IRQ_INFO_EVENTFD`] | [`IRQ_INFO_MASKABLE`] |
-//! [`IRQ_INFO_NORESIZE`]; MSI-X count = its table size, flags 0 (not offered yet); ERR
-//! and REQ count 0.
+//! [`IRQ_INFO_NORESIZE`]; MSI-X count = its table size (0 without the capability, or
+//! when the table does not lie inside an assigned memory BAR), the same flags as MSI;
+//! ERR and REQ count 0.
 //!
-//! [`nr::DEVICE_SET_IRQS`] (Linux `VFIO_DEVICE_SET_IRQS`), on MSI:
+//! [`nr::DEVICE_SET_IRQS`] (Linux `VFIO_DEVICE_SET_IRQS`), on MSI and MSI-X (the same
+//! rules; "MSI" below means either, each on its own index):
 //!
 //! - `DATA_EVENTFD | ACTION_TRIGGER`: `count` × `i32` virtual vectors for subindexes
 //!   `start..start + count`. The first binding enables MSI with `start + count` vectors
@@ -191,7 +199,18 @@
 //!   (the vectors whose byte is non-zero): masked vectors are held, not injected; an
 //!   interrupt that arrives while masked is pending and injected once on unmask (as the
 //!   MSI pending bit would). The capability's per-vector mask bits are set too when it
-//!   has them; otherwise the mask is the hypervisor's alone.
+//!   has them (MSI-X: the table entry's mask bit always, so the device holds the
+//!   message in its Pending Bit Array and sends it on unmask); otherwise the mask is the
+//!   hypervisor's alone.
+//!
+//! MSI-X specifics: at most 32 vectors can be enabled (`start + count` of the enabling
+//! call ≤ 32, `EINVAL` beyond, even when the table is larger: one interrupt-remapping
+//! block holds 32); the hypervisor writes entry `i`'s address, data and mask bit itself
+//! through its checked MMIO (memory decoding switched on for the accesses if the guest
+//! turned it off), in the PCI specification's order — Function Mask and MSI-X Enable
+//! set, the enabled entries written, every other entry masked with its message zeroed,
+//! Function Mask cleared — and disabling masks and zeroes every entry before MSI-X
+//! Enable goes off. A table the platform refuses to reach is `EINVAL`.
 //!
 //! On INTx (`start` 0, `count` 1; level-triggered and *automasked*, as in Linux):
 //!
@@ -210,16 +229,18 @@
 //!   `ACTION_UNMASK`; a device still asserting then interrupts again at once.
 //!   `ACTION_MASK` masks it by hand. (`DATA_NONE`, or `DATA_BOOL` non-zero.)
 //!
-//! Errors are checked in this order: the structure (flags, index, range, data length)
-//! and an index other than INTx and MSI (`EINVAL`); the VM binding (`EPERM`); the
-//! vectors' values and the interrupt state — enabling one type while the other is
-//! enabled, masking or disabling what is not enabled (`EINVAL`); INTx on a line another
+//! Errors are checked in this order: the structure (flags, index, range, data length;
+//! ERR and REQ have count 0, so any range is out) (`EINVAL`); the VM binding (`EPERM`);
+//! the vectors' values and the interrupt state — enabling one type (INTx, MSI, MSI-X)
+//! while another is enabled, masking or disabling what is not enabled, more than 32
+//! MSI-X vectors, an MSI-X table the platform refuses (`EINVAL`); INTx on a line another
 //! guest uses (`EBUSY`); host vectors or remapping entries (`ENOSPC`); an I/O APIC pin
 //! the IOMMU or the I/O APIC would not route (`ENODEV`).
 //!
-//! How it works: each enabled MSI gets an aligned block of host vectors (from
-//! 0x40..=0xEF); the device's MSI capability is programmed with the host's local APIC,
-//! MSI enabled with the Multiple Message Enable for the block, INTx disabled (COMMAND
+//! How it works: each enabled MSI or MSI-X gets an aligned block of host vectors (from
+//! 0x40..=0xEF, a power of two); the device's MSI capability is programmed with the
+//! host's local APIC, MSI enabled with the Multiple Message Enable for the block (MSI-X:
+//! entry `i` gets the block's message with data + `i`), INTx disabled (COMMAND
 //! bit 10). Where the IOMMU remaps interrupts (VT-d with ECAP.IR, AMD-Vi when the IVRS
 //! names the I/O APIC) the message names remapping entries only this device's
 //! requester id may use; without remapping it is a compatibility-format message
@@ -232,8 +253,10 @@
 //! handler records the vector; after each guest exit (and while every guest waits in
 //! HLT) the hypervisor maps it to (guest, virtual vector) and injects it (waking a guest
 //! halted in HLT). Closing the device, unbinding its group from the VM, or the guest's
-//! end disables MSI and INTx, frees the host vectors and remapping entries and drops the
-//! routes.
+//! end disables MSI, MSI-X and INTx (MSI-X: every table entry masked and zeroed), frees
+//! the host vectors and remapping entries and drops the routes. After a `DEVICE_RESET`
+//! (or Initiate FLR) the hypervisor writes the MSI-X table the reset cleared again
+//! (same messages and masks); MSI's capability is part of the saved header.
 //!
 //! # Binding a group to the VM (the external user)
 //!

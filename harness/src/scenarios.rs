@@ -1308,7 +1308,78 @@ pub const SCENARIOS: &[Scenario] = &[
             Check::DevicesBlocked(VFIO_TESTDEV_DEVICES),
         ],
     },
+    // MSI-X (QEMU's nvme: MSI-X only, the table in BAR0): programmed by the hypervisor
+    // through its checked MMIO, delivered as the guest's vector, masked through the
+    // entry's mask bit (held, delivered on unmask), disabled with the table cleared.
+    Scenario {
+        name: "vfio-msix-vtd",
+        about: "guest vfio-msix binds nv1's MSI-X vector 0 to 0x70 before enabling the controller: the IDENTIFY completion arrives exactly once while halted; masked (entry 0's mask bit) the next completion's interrupt is held and delivered once on unmask; loopback; MSI/INTx refused while MSI-X is on; disabled (entry 0 masked and zeroed): a completion without interrupt; e1/e2/nv1 blocked at the end (intel-iommu, intremap=on: the table entry names an IRTE)",
+        machine: Machine {
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::VfioNvme)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_MSIX]),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+            Check::VtdInterruptRemapping,
+            Check::LogLine {
+                needle: "MSI-X enabled: 1 of",
+                any: &["through interrupt remapping"],
+            },
+        ],
+    },
+    Scenario {
+        name: "vfio-msix-vtd-compat",
+        about: "vfio-msix-vtd with intremap=off: the table entry holds a compatibility-format message (0xFEE00000, data = the host vector); the same checks",
+        machine: Machine {
+            intremap: Some(false),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::Vtd)
+                .with_topology(Topology::VfioNvme)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_MSIX]),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+            Check::LogLine {
+                needle: "MSI-X enabled: 1 of",
+                any: &["compatibility format"],
+            },
+        ],
+    },
+    Scenario {
+        name: "vfio-msix-amdvi",
+        about: "guest vfio-msix on amd-iommu (pt=off, intremap=on: the table entry's data indexes nv1's own interrupt remapping table): delivered, held while masked, loopback, disabled; e1/e2/nv1 blocked in the device table at the end",
+        machine: Machine {
+            amd_pt: Some(false),
+            intremap: Some(true),
+            ..Machine::DEFAULT
+                .with_iommu(Iommu::AmdVi)
+                .with_topology(Topology::VfioNvme)
+        },
+        cmdline: "",
+        acpi: &[],
+        expect: KernelExit::BootCompleted,
+        checks: &[
+            Check::Guests(&[VFIO_MSIX]),
+            Check::DevicesBlocked(VFIO_NVME_DEVICES),
+            Check::LogLine {
+                needle: "MSI-X enabled: 1 of",
+                any: &["through interrupt remapping"],
+            },
+        ],
+    },
 ];
+
+/// MSI-X (topology `vfio-nvme`): vfio-msix owns nv1's group; see `guest/src/bin/vfio_msix.rs`.
+const VFIO_MSIX: GuestRun = GuestRun::exits("vfio-msix", 0).with_groups("00:05.0");
 
 /// Judges one run. Returns the failure reasons; empty means PASS.
 pub fn evaluate(s: &Scenario, o: &Outcome) -> Vec<String> {

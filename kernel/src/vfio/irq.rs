@@ -1,6 +1,13 @@
-//! Device interrupts: `DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS` (MSI here, INTx in
-//! `intx`), the host vector pool and the route table (host vector → device, subindex →
-//! guest, virtual vector).
+//! Device interrupts: `DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS` (MSI and MSI-X here, the
+//! MSI-X table's programming in `msix`, INTx in `intx`), the host vector pool and the
+//! route table (host vector → device, subindex → guest, virtual vector).
+//!
+//! MSI and MSI-X share one state machine ([`Msi`], its [`MsiKind`] saying which): the
+//! same host-vector blocks, remapping entries, routes, masks and pending bits; only the
+//! hardware side differs. MSI-X's first binding (at most [`MSIX_MAX_VECTORS`]) gets a
+//! block like MSI's and `msix` writes entry `i` with the block's message, data + `i`;
+//! masking sets the entry's mask bit; disabling masks and zeroes the whole table. One
+//! of INTx, MSI, MSI-X at a time, as Linux (`EINVAL`).
 //!
 //! # MSI, end to end
 //!
@@ -65,6 +72,7 @@ use super::args::read_args;
 use super::errors::iommu_errno;
 use super::handles::DeviceId;
 use super::intx::IntxState;
+use super::msix::{self, MSIX_MAX_VECTORS, MsixCap, msix_capability};
 use super::state::{Vfio, set_command};
 use super::{GuestId, GuestRam, IntxLine};
 
@@ -104,7 +112,11 @@ impl MsiCap {
 
 /// Walk the classic capability list of `address` for capability `id` (bounded: a loop
 /// in the list ends the walk). Returns its offset.
-fn find_capability(config: &dyn ConfigSpace, address: PciAddress, id: u8) -> Option<u16> {
+pub(super) fn find_capability(
+    config: &dyn ConfigSpace,
+    address: PciAddress,
+    id: u8,
+) -> Option<u16> {
     if config.read16(address, reg::STATUS) & reg::STATUS_CAPABILITY_LIST == 0 {
         return None;
     }
@@ -133,13 +145,6 @@ pub(super) fn msi_capability(config: &dyn ConfigSpace, address: PciAddress) -> O
     })
 }
 
-/// MSI-X table size of `address` (0 without the capability).
-fn msix_count(config: &dyn ConfigSpace, address: PciAddress) -> u32 {
-    find_capability(config, address, cap_id::MSIX).map_or(0, |offset| {
-        u32::from(config.read16(address, offset + 2) & 0x7FF) + 1
-    })
-}
-
 /// Write the 16-bit MSI control register (the dword's low half is the read-only header).
 fn write_msi_control(config: &dyn ConfigSpace, address: PciAddress, cap: &MsiCap, control: u16) {
     let header = config.read32(address, cap.offset) & 0xFFFF;
@@ -156,12 +161,31 @@ pub(super) struct Vector {
     pub pending: bool,
 }
 
-/// A device with MSI enabled.
+/// Which message-signalled type a device has enabled (one at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MsiKind {
+    /// MSI: the capability holds the message; the device adds the subindex to the data.
+    Msi(MsiCap),
+    /// MSI-X: the table holds one message per subindex (see `msix`).
+    Msix(MsixCap),
+}
+
+impl MsiKind {
+    fn is_msix(&self) -> bool {
+        matches!(self, Self::Msix(_))
+    }
+
+    fn name(&self) -> &'static str {
+        if self.is_msix() { "MSI-X" } else { "MSI" }
+    }
+}
+
+/// A device with MSI or MSI-X enabled.
 #[derive(Debug)]
 pub(super) struct Msi {
     pub owner: GuestId,
     pub address: PciAddress,
-    pub cap: MsiCap,
+    pub kind: MsiKind,
     /// First host vector of the block.
     pub base: u8,
     /// Host vectors reserved (a power of two ≥ `vectors.len()`).
@@ -181,7 +205,7 @@ pub(super) struct IrqState {
     pub(super) used: [u64; 4],
     /// Host vector → (device, subindex).
     routes: BTreeMap<u8, (DeviceId, u32)>,
-    /// Devices with MSI enabled.
+    /// Devices with MSI or MSI-X enabled.
     pub(super) msi: BTreeMap<DeviceId, Msi>,
     /// Injections waiting for the next [`Vfio::take_interrupts`]: loopbacks and
     /// interrupts released by an unmask.
@@ -369,12 +393,18 @@ impl Vfio {
     }
 
     /// How many interrupts index `index` of the function has (INTx: 1 when its pin is
-    /// set and the host can route the line).
-    fn irq_count(&self, address: PciAddress, intx: Option<IntxLine>, index: u32) -> u32 {
+    /// set and the host can route the line; MSI-X: the table size when the table lies in
+    /// an assigned memory BAR, where the hypervisor can program it).
+    fn irq_count(&self, d: DeviceId, intx: Option<IntxLine>, index: u32) -> u32 {
+        let Ok(function) = self.function(d) else {
+            return 0;
+        };
         match index {
             IRQ_INDEX_INTX => u32::from(intx.is_some()),
-            IRQ_INDEX_MSI => msi_capability(&*self.config, address).map_or(0, |c| c.vectors),
-            IRQ_INDEX_MSIX => msix_count(&*self.config, address),
+            IRQ_INDEX_MSI => {
+                msi_capability(&*self.config, function.address).map_or(0, |c| c.vectors)
+            }
+            IRQ_INDEX_MSIX => msix_capability(&*self.config, function).map_or(0, |c| c.size),
             _ => 0,
         }
     }
@@ -388,18 +418,20 @@ impl Vfio {
         gpa: u64,
     ) -> Result<u64, Errno> {
         let d = self.device_handle(guest, handle)?;
-        let (_, address, intx) = self.irq_device(d)?;
+        let (_, _, intx) = self.irq_device(d)?;
         let (argsz, bytes) = read_args::<{ IrqInfo::SIZE }>(&*mem, gpa, min_size::IRQ_INFO)?;
         let input = IrqInfo::from_bytes(&bytes);
         if input.flags != 0 || input.index >= NUM_IRQS {
             return Err(Errno::EINVAL);
         }
-        let count = self.irq_count(address, intx, input.index);
+        let count = self.irq_count(d, intx, input.index);
         let flags = match input.index {
             IRQ_INDEX_INTX if count > 0 => {
                 IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_AUTOMASKED
             }
-            IRQ_INDEX_MSI if count > 0 => IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_NORESIZE,
+            IRQ_INDEX_MSI | IRQ_INDEX_MSIX if count > 0 => {
+                IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_NORESIZE
+            }
             _ => 0,
         };
         let info = IrqInfo {
@@ -433,17 +465,13 @@ impl Vfio {
         {
             return Err(Errno::EINVAL);
         }
-        let max = self.irq_count(address, intx, set.index);
+        let max = self.irq_count(d, intx, set.index);
         let end = set.start.checked_add(set.count).ok_or(Errno::EINVAL)?;
         if set.start >= max || end > max {
             return Err(Errno::EINVAL);
         }
         let len = set.count as usize * data_size(data);
         if (argsz as usize - IrqSet::SIZE) < len {
-            return Err(Errno::EINVAL);
-        }
-        if set.index != IRQ_INDEX_MSI && set.index != IRQ_INDEX_INTX {
-            // MSI-X: not offered yet.
             return Err(Errno::EINVAL);
         }
         let binds =
@@ -461,14 +489,22 @@ impl Vfio {
             self.intx_set_irqs(d, owner, address, intx, (data, action, set.count), &items)?;
             return Ok(0);
         }
-        let enabled = self.irq.msi.get(&d).map(|m| m.vectors.len() as u32);
+        // MSI or MSI-X (`max` > 0 above: INTx, ERR and REQ went elsewhere or failed).
+        let msix = set.index == IRQ_INDEX_MSIX;
+        let name = if msix { "MSI-X" } else { "MSI" };
+        let enabled = self
+            .irq
+            .msi
+            .get(&d)
+            .filter(|m| m.kind.is_msix() == msix)
+            .map(|m| m.vectors.len() as u32);
         match (data, action) {
             (IRQ_SET_DATA_NONE, IRQ_SET_ACTION_TRIGGER) if set.count == 0 => {
                 if enabled.is_none() {
                     return Err(Errno::EINVAL);
                 }
                 self.msi_disable(d);
-                log::info!(target: "vfio", "guest {}: device {address} MSI disabled", owner.0);
+                log::info!(target: "vfio", "guest {}: device {address} {name} disabled", owner.0);
             }
             (IRQ_SET_DATA_EVENTFD, IRQ_SET_ACTION_TRIGGER) => {
                 let mut vectors = Vec::with_capacity(set.count as usize);
@@ -483,6 +519,7 @@ impl Vfio {
                 match enabled {
                     Some(n) if end > n => return Err(Errno::EINVAL),
                     Some(_) => {}
+                    None if msix => self.msix_enable(d, owner, address, end)?,
                     None => self.msi_enable(d, owner, address, end)?,
                 }
                 let msi = self.irq.msi.get_mut(&d).ok_or(Errno::EINVAL)?;
@@ -494,7 +531,7 @@ impl Vfio {
                         }
                     }
                 }
-                log::info!(target: "vfio", "guest {}: device {address} MSI {}..{end} bound to {:?}", owner.0, set.start, msi.vectors.iter().map(|v| v.virt).collect::<Vec<_>>());
+                log::info!(target: "vfio", "guest {}: device {address} {name} {}..{end} bound to {:?}", owner.0, set.start, msi.vectors.iter().map(|v| v.virt).collect::<Vec<_>>());
             }
             (IRQ_SET_DATA_EVENTFD, _) => return Err(Errno::EINVAL),
             (_, action) => {
@@ -535,7 +572,7 @@ impl Vfio {
         address: PciAddress,
         count: u32,
     ) -> Result<(), Errno> {
-        if self.irq.intx.devices.contains_key(&d) {
+        if self.irq.intx.devices.contains_key(&d) || self.irq.msi.contains_key(&d) {
             // One interrupt type at a time.
             return Err(Errno::EINVAL);
         }
@@ -545,34 +582,12 @@ impl Vfio {
             return Err(Errno::EINVAL);
         }
         let dma = self.irq_device_dma(d)?;
-        let base = self.irq.alloc(block).ok_or(Errno::ENOSPC)?;
-        let apic_id = self.irq.apic_id;
-        let remap = if self.iommu.interrupt_remapping() {
-            match self.iommu.map_msi(&dma, base, block, u32::from(apic_id)) {
-                Ok(remap) => Some(remap),
-                Err(e) => {
-                    self.irq.free(base, block);
-                    log::warn!(target: "vfio", "device {address}: no interrupt remapping entries: {e}");
-                    return Err(match e {
-                        IommuError::NoMemory => Errno::ENOSPC,
-                        e => iommu_errno(e),
-                    });
-                }
-            }
-        } else {
-            None
-        };
+        let (base, remap) = self.alloc_block(address, &dma, block)?;
         for sub in 0..count {
             self.irq.routes.insert(base + sub as u8, (d, sub));
         }
-        let (address_lo, address_hi, data) = match &remap {
-            Some(r) => (r.address as u32, (r.address >> 32) as u32, r.data),
-            None => (
-                MSI_ADDRESS_BASE | u32::from(apic_id) << 12,
-                0,
-                u32::from(base),
-            ),
-        };
+        let (message, data) = self.block_message(base, remap.as_ref());
+        let (address_lo, address_hi) = (message as u32, (message >> 32) as u32);
         let config = &*self.config;
         set_command(config, address, reg::COMMAND_INTX_DISABLE, 0);
         config.write32(address, cap.offset + 4, address_lo);
@@ -592,7 +607,7 @@ impl Vfio {
             Msi {
                 owner,
                 address,
-                cap,
+                kind: MsiKind::Msi(cap),
                 base,
                 block,
                 vectors: vec![Vector::default(); count as usize],
@@ -609,6 +624,153 @@ impl Vfio {
                 log::info!(target: "vfio", "guest {}: device {address} MSI enabled: {count} vectors on host vectors {base:#x}..{last:#x} (address {address_lo:#x}, compatibility format: no interrupt remapping)", owner.0)
             }
         }
+        Ok(())
+    }
+
+    /// An aligned block of `block` host vectors and, when the IOMMU remaps interrupts,
+    /// its remapping entries for `dma` (nothing is kept on failure): `ENOSPC` without
+    /// host vectors or remapping entries, the IOMMU's error (see `iommu_errno`) when it
+    /// cannot write them.
+    fn alloc_block(
+        &mut self,
+        address: PciAddress,
+        dma: &DeviceDma,
+        block: u32,
+    ) -> Result<(u8, Option<RemappedMsi>), Errno> {
+        let base = self.irq.alloc(block).ok_or(Errno::ENOSPC)?;
+        if !self.iommu.interrupt_remapping() {
+            return Ok((base, None));
+        }
+        match self
+            .iommu
+            .map_msi(dma, base, block, u32::from(self.irq.apic_id))
+        {
+            Ok(remap) => Ok((base, Some(remap))),
+            Err(e) => {
+                self.irq.free(base, block);
+                log::warn!(target: "vfio", "device {address}: no interrupt remapping entries: {e}");
+                Err(match e {
+                    IommuError::NoMemory => Errno::ENOSPC,
+                    e => iommu_errno(e),
+                })
+            }
+        }
+    }
+
+    /// The message of subindex 0 of a block at `base`: `(address, data)`, remapped or
+    /// in compatibility format (address `0xFEE00000 | apic_id << 12`, data the vector).
+    /// Subindex `i` is the same address with data + `i` (MSI: the device adds it; MSI-X:
+    /// the hypervisor writes it in entry `i`).
+    fn block_message(&self, base: u8, remap: Option<&RemappedMsi>) -> (u64, u32) {
+        match remap {
+            Some(r) => (r.address, r.data),
+            None => (
+                u64::from(MSI_ADDRESS_BASE | u32::from(self.irq.apic_id) << 12),
+                u32::from(base),
+            ),
+        }
+    }
+
+    /// After a reset of `d`: its MSI-X table lives in BAR memory, which the reset
+    /// cleared (the saved config header brought back only the capability's Enable), so
+    /// write every enabled entry again — same messages, same masks.
+    pub(super) fn msix_after_reset(&mut self, d: DeviceId) {
+        let Some(msi) = self.irq.msi.get(&d) else {
+            return;
+        };
+        let MsiKind::Msix(cap) = msi.kind else {
+            return;
+        };
+        let (message, data) = self.block_message(msi.base, msi.remap.as_ref());
+        let messages: Vec<((u64, u32), bool)> = msi
+            .vectors
+            .iter()
+            .zip(0u32..)
+            .map(|(v, i)| ((message, data + i), v.masked))
+            .collect();
+        let address = msi.address;
+        let config = &*self.config;
+        let ok = self
+            .device_hw
+            .as_deref_mut()
+            .is_some_and(|hw| msix::enable(config, hw, address, &cap, &messages));
+        if !ok {
+            log::error!(target: "vfio", "device {address}: MSI-X table not rewritten after the reset (platform refused it): its interrupts stay off");
+        }
+    }
+
+    /// Enable MSI-X on `d` with `count` subindexes (none bound yet, all unmasked):
+    /// host vectors (a block of the next power of two, as MSI, so one remapping block
+    /// covers it), routes, remapping entries, the table programmed (see `msix`), INTx
+    /// disabled. `EINVAL` with another type enabled, without a reachable table or
+    /// platform MMIO, beyond [`MSIX_MAX_VECTORS`], or when the platform refuses a table
+    /// access (everything undone); `ENOSPC` and the IOMMU's errors as [`Self::alloc_block`].
+    fn msix_enable(
+        &mut self,
+        d: DeviceId,
+        owner: GuestId,
+        address: PciAddress,
+        count: u32,
+    ) -> Result<(), Errno> {
+        if self.irq.intx.devices.contains_key(&d) || self.irq.msi.contains_key(&d) {
+            // One interrupt type at a time.
+            return Err(Errno::EINVAL);
+        }
+        let function = self.function(d)?;
+        let cap = msix_capability(&*self.config, function).ok_or(Errno::EINVAL)?;
+        if count == 0 || count > MSIX_MAX_VECTORS || count > cap.size || self.device_hw.is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let block = count.next_power_of_two();
+        let dma = self.irq_device_dma(d)?;
+        let (base, remap) = self.alloc_block(address, &dma, block)?;
+        let (message, data) = self.block_message(base, remap.as_ref());
+        let messages: Vec<((u64, u32), bool)> =
+            (0..count).map(|i| ((message, data + i), false)).collect();
+        let config = &*self.config;
+        set_command(config, address, reg::COMMAND_INTX_DISABLE, 0);
+        let programmed = self
+            .device_hw
+            .as_deref_mut()
+            .is_some_and(|hw| msix::enable(config, hw, address, &cap, &messages));
+        if !programmed {
+            log::warn!(target: "vfio", "device {address}: MSI-X table at {:#x} refused by the platform", cap.table);
+            msix::disable(config, self.device_hw.as_deref_mut(), address, &cap);
+            if let Some(remap) = &remap {
+                if let Err(e) = self.iommu.unmap_msi(&dma, remap) {
+                    log::error!(target: "vfio", "device {address}: interrupt remapping entries not released: {e}");
+                }
+            }
+            self.irq.free(base, block);
+            return Err(Errno::EINVAL);
+        }
+        for sub in 0..count {
+            self.irq.routes.insert(base + sub as u8, (d, sub));
+        }
+        self.irq.msi.insert(
+            d,
+            Msi {
+                owner,
+                address,
+                kind: MsiKind::Msix(cap),
+                base,
+                block,
+                vectors: vec![Vector::default(); count as usize],
+                dma,
+                remap,
+            },
+        );
+        let last = u32::from(base) + block - 1;
+        let how = match remap {
+            Some(r) => alloc::format!(
+                "through interrupt remapping (unit {} entries {}..{})",
+                r.unit.0,
+                r.first,
+                r.first + r.count - 1
+            ),
+            None => "compatibility format: no interrupt remapping".into(),
+        };
+        log::info!(target: "vfio", "guest {}: device {address} MSI-X enabled: {count} of {} table entries (table at {:#x}) on host vectors {base:#x}..{last:#x}, entry 0 address {message:#x} data {data:#x}, {how}", owner.0, cap.size, cap.table);
         Ok(())
     }
 
@@ -630,15 +792,33 @@ impl Vfio {
                 }
             }
         }
-        if msi.cap.per_vector_masking {
-            let bits = msi
-                .vectors
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.masked)
-                .fold(0u32, |acc, (i, _)| acc | 1 << i);
-            self.config
-                .write32(msi.address, msi.cap.mask_offset(), bits);
+        match msi.kind {
+            MsiKind::Msi(cap) if cap.per_vector_masking => {
+                let bits = msi
+                    .vectors
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.masked)
+                    .fold(0u32, |acc, (i, _)| acc | 1 << i);
+                self.config.write32(msi.address, cap.mask_offset(), bits);
+            }
+            MsiKind::Msi(_) => {}
+            MsiKind::Msix(cap) => {
+                // The entry's own mask bit: the device holds the message (its PBA bit)
+                // and sends it once unmasked.
+                let entries: Vec<(u32, bool)> = subs
+                    .iter()
+                    .filter(|&&sub| (sub as usize) < msi.vectors.len())
+                    .map(|&sub| (sub, mask))
+                    .collect();
+                let ok = self
+                    .device_hw
+                    .as_deref_mut()
+                    .is_some_and(|hw| msix::mask(&*self.config, hw, msi.address, &cap, &entries));
+                if !ok {
+                    log::warn!(target: "vfio", "device {}: MSI-X mask bits refused by the platform (the hypervisor's mask holds)", msi.address);
+                }
+            }
         }
         self.irq
             .queued
@@ -651,26 +831,36 @@ impl Vfio {
         self.intx_disable(d);
     }
 
-    /// Disable MSI on `d` (if enabled): capability off and cleared, host vectors freed,
-    /// routes and queued injections dropped. INTx stays disabled (COMMAND bit 10) until
-    /// the guest enables it.
+    /// Disable MSI or MSI-X on `d` (if enabled): capability off and cleared (MSI-X:
+    /// every table entry masked and zeroed), remapping entries released, host vectors
+    /// freed, routes and queued injections dropped. INTx stays disabled (COMMAND bit 10)
+    /// until the guest enables it.
     pub(super) fn msi_disable(&mut self, d: DeviceId) {
         let Some(msi) = self.irq.msi.remove(&d) else {
             return;
         };
         let config = &*self.config;
-        let control = config.read16(msi.address, msi.cap.offset + 2);
-        write_msi_control(
-            config,
-            msi.address,
-            &msi.cap,
-            control & !(MSI_ENABLE | MSI_MME_MASK),
-        );
-        config.write32(msi.address, msi.cap.offset + 4, 0);
-        if msi.cap.is_64bit {
-            config.write32(msi.address, msi.cap.offset + 8, 0);
+        match msi.kind {
+            MsiKind::Msi(cap) => {
+                let control = config.read16(msi.address, cap.offset + 2);
+                write_msi_control(
+                    config,
+                    msi.address,
+                    &cap,
+                    control & !(MSI_ENABLE | MSI_MME_MASK),
+                );
+                config.write32(msi.address, cap.offset + 4, 0);
+                if cap.is_64bit {
+                    config.write32(msi.address, cap.offset + 8, 0);
+                }
+                config.write32(msi.address, cap.data_offset(), 0);
+            }
+            MsiKind::Msix(cap) => {
+                if !msix::disable(config, self.device_hw.as_deref_mut(), msi.address, &cap) {
+                    log::warn!(target: "vfio", "device {}: MSI-X table at {:#x} refused by the platform while disabling (MSI-X Enable is off)", msi.address, cap.table);
+                }
+            }
         }
-        config.write32(msi.address, msi.cap.data_offset(), 0);
         // The device no longer sends the message: its entries can go (a failure is the
         // unit's; the driver keeps those entries out of use).
         if let Some(remap) = &msi.remap {
@@ -681,7 +871,7 @@ impl Vfio {
         self.irq.routes.retain(|_, &mut (dev, _)| dev != d);
         self.irq.free(msi.base, msi.block);
         self.irq.queued.retain(|&(dev, _, _)| dev != d);
-        log::debug!(target: "vfio", "device {} MSI off, host vectors {:#x}+{} freed", msi.address, msi.base, msi.block);
+        log::debug!(target: "vfio", "device {} {} off, host vectors {:#x}+{} freed", msi.address, msi.kind.name(), msi.base, msi.block);
     }
 
     /// MSI state of every open device, for [`Vfio::check_invariants`].
@@ -695,6 +885,23 @@ impl Vfio {
                 .ok_or(format!("MSI state for closed {d:?}"))?;
             if device.owner != msi.owner {
                 return Err(format!("{d:?}: MSI owner disagrees"));
+            }
+            let limit = match msi.kind {
+                MsiKind::Msi(cap) => cap.vectors,
+                MsiKind::Msix(cap) => cap.size.min(MSIX_MAX_VECTORS),
+            };
+            if msi.vectors.len() as u32 > limit
+                || msi.block != (msi.vectors.len() as u32).next_power_of_two()
+            {
+                return Err(format!(
+                    "{d:?}: {} {} vectors beyond the device's {limit} or in a block of {}",
+                    msi.vectors.len(),
+                    msi.kind.name(),
+                    msi.block
+                ));
+            }
+            if self.irq.intx.devices.contains_key(&d) {
+                return Err(format!("{d:?}: {} and INTx both enabled", msi.kind.name()));
             }
             if msi.vectors.is_empty() || msi.vectors.len() as u32 > msi.block {
                 return Err(format!(

@@ -31,9 +31,10 @@
 //! - `handles`: the per-guest handle tables (generations, `EBADF`);
 //! - `container`, `group`, `device`: the calls on each kind of object;
 //! - `external`: external users ([`Vfio::external_user_get`] and the VM binding calls);
-//! - `irq`: device interrupts (`DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS`): MSI
-//!   programming, the host vector pool, routes to guests' virtual vectors
-//!   ([`Vfio::take_interrupts`]); `intx`: legacy INTx lines through the I/O APIC
+//! - `irq`: device interrupts (`DEVICE_GET_IRQ_INFO`, `DEVICE_SET_IRQS`): MSI and
+//!   MSI-X state, MSI programming, the host vector pool, routes to guests' virtual vectors
+//!   ([`Vfio::take_interrupts`]); `msix`: the MSI-X table, programmed by the
+//!   hypervisor; `intx`: legacy INTx lines through the I/O APIC
 //!   (level-triggered, masked while the guest services them);
 //! - `region`, `reset`: `DEVICE_REGION_READ`/`WRITE` (mediated config space, memory
 //!   BARs) and `DEVICE_RESET` (also run on every function of a released group);
@@ -50,6 +51,7 @@ mod group;
 mod handles;
 mod intx;
 mod irq;
+mod msix;
 mod region;
 mod reset;
 mod state;

@@ -6,6 +6,8 @@
 //! inside the BAR (or ROM) as the host enumerated it, the platform side refuses what
 //! the hypervisor or the platform owns (RAM, its registers, legacy ports). A refusal is
 //! `EINVAL`, like every other bad access (no partial transfers: one access per call).
+//! A write that touches the MSI-X table or PBA succeeds and writes nothing (the table
+//! is the hypervisor's, see `msix`; Linux's vfio-pci drops such writes too).
 //!
 //! The ROM (region 6, read only) is what vfio-pci gives user space through
 //! `pci_map_rom`: the hypervisor sets the enable bit of the function's *real* ROM BAR
@@ -373,6 +375,20 @@ impl Vfio {
             access.data = self.rom_read(d, function.address, offset, size)?;
         } else {
             let target = bar_access(&function, index, offset, size)?;
+            if write
+                && super::msix::msix_write_hidden(
+                    &*self.config,
+                    &function,
+                    index,
+                    offset,
+                    u64::from(size),
+                )
+            {
+                // The MSI-X table and PBA are the hypervisor's: dropped, as Linux's
+                // vfio-pci drops them (see `msix`).
+                log::debug!(target: "vfio", "guest {}: device {}: write to the MSI-X table/PBA (BAR{index} {offset:#x}) dropped", guest.0, function.address);
+                return Ok(0);
+            }
             let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
             let value = access.data & size_mask(size);
             access.data = match (target, write) {

@@ -38,6 +38,7 @@ impl Vfio {
         let (g, member) = (device.group, device.member);
         let result = self.reset_function(g, member).ok_or(Errno::EINVAL)?;
         self.refresh_vconfig(d);
+        self.msix_after_reset(d);
         result.map_err(|e| {
             log::warn!(target: "vfio", "{d:?}: reset failed: {e:?}");
             Errno::ENODEV

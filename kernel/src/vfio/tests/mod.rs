@@ -10,6 +10,7 @@ mod groups;
 mod intx;
 mod irq;
 mod lifecycle;
+mod msix;
 mod prop;
 mod resets;
 
