@@ -401,6 +401,12 @@ fn report_madt(phys: &IdentityMapped, tables: &AcpiTables) {
             for io in &m.io_apics {
                 info!(target: "cpus", "  I/O APIC id {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
             }
+            for refused in &m.refused_io_apics {
+                warn!(target: "acpi", "MADT: {refused}");
+            }
+            if m.refused_io_apic_count > m.refused_io_apics.len() {
+                warn!(target: "acpi", "MADT: {} more I/O APIC entries refused", m.refused_io_apic_count - m.refused_io_apics.len());
+            }
             info!(target: "cpus", "  {} interrupt source overrides", m.overrides.len());
         }
         Err(e) => {

@@ -19,7 +19,10 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::aml::{AmlError, AmlPath, Interpreter, NameSeg, NameString, Namespace, NodeKind, Value};
+use super::aml::{
+    AmlError, AmlPath, ErrorKind, Interpreter, NameSeg, NameString, Namespace, Node, NodeKind,
+    Value,
+};
 
 /// An INTx pin. Config register 0x3D (Interrupt Pin) holds 1–4 for INTA–INTD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -259,13 +262,21 @@ impl PciIntxRouting {
 
     /// Read the routing from the DSDT followed by any SSDTs (whole tables, in the order
     /// the root table lists them; all are loaded into one namespace before evaluating).
+    /// All the evaluations this takes share one budget of [`super::aml::MAX_STEPS`], so
+    /// its cost is bounded whatever the tables hold.
     pub fn from_tables(tables: &[&[u8]]) -> Result<Self, PrtError> {
         let mut ns = Namespace::new();
         for t in tables {
             ns.load_table(t).map_err(PrtError::Table)?;
         }
-        let mut interp = Interpreter::new(&ns);
+        Self::from_namespace(&ns, &mut Interpreter::new(&ns))
+    }
 
+    /// The routing from a loaded namespace, every evaluation run by `interp`.
+    fn from_namespace(
+        ns: &Namespace<'_>,
+        interp: &mut Interpreter<'_, '_>,
+    ) -> Result<Self, PrtError> {
         // Tell the firmware we use the IOAPIC, as Linux does before reading any _PRT.
         let pic = AmlPath::root().child(seg(b"_PIC"));
         let pic_called = ns.get(&pic).is_some();
@@ -275,7 +286,7 @@ impl PciIntxRouting {
                 .map_err(PrtError::Pic)?;
         }
 
-        let bridge = find_host_bridge(&ns, &mut interp)?;
+        let bridge = find_host_bridge(ns, interp)?;
         let prt = bridge.child(seg(b"_PRT"));
         let table = match interp.evaluate(&prt, &[]).map_err(PrtError::Eval)? {
             Some(Value::Package(entries)) => entries,
@@ -294,7 +305,7 @@ impl PciIntxRouting {
         };
         let mut links = BTreeMap::new();
         for (i, raw) in table.iter().enumerate() {
-            match decode_entry(raw, &ns, &mut interp, &mut links) {
+            match decode_entry(raw, ns, interp, &mut links) {
                 Ok(e)
                     if routing
                         .entries
@@ -406,27 +417,53 @@ impl fmt::Display for PciIntxRouting {
 }
 
 /// The first device whose `_HID` or `_CID` says PCI host bridge and that has a `_PRT`.
+///
+/// Only devices with a `_PRT` can be that bridge, so only their ids are evaluated at first
+/// (a DSDT may define thousands of devices, whose ids may be methods). Only when none of
+/// them is a host bridge are the other devices' ids evaluated, to tell "no host bridge"
+/// from "a host bridge without `_PRT`". All of it runs on the interpreter's one step
+/// budget; once that is spent, the error is returned, naming the id that spent it.
 fn find_host_bridge(
     ns: &Namespace<'_>,
     interp: &mut Interpreter<'_, '_>,
 ) -> Result<AmlPath, PrtError> {
-    let mut without_prt = None;
-    for node in ns.nodes().iter().filter(|n| n.kind == NodeKind::Device) {
-        let is_root = [seg(b"_HID"), seg(b"_CID")].iter().any(|&id| {
-            let path = node.path.child(id);
-            // A device whose id cannot be evaluated is simply not taken for a bridge.
-            ns.get(&path).is_some()
-                && matches!(interp.evaluate(&path, &[]), Ok(Some(v)) if is_pci_root_id(&v))
-        });
-        if !is_root {
-            continue;
-        }
-        if ns.get(&node.path.child(seg(b"_PRT"))).is_some() {
+    let devices = || ns.nodes().iter().filter(|n| n.kind == NodeKind::Device);
+    let has_prt = |node: &Node| ns.get(&node.path.child(seg(b"_PRT"))).is_some();
+    for node in devices().filter(|n| has_prt(n)) {
+        if is_host_bridge(ns, interp, node)? {
             return Ok(node.path.clone());
         }
-        without_prt.get_or_insert_with(|| node.path.clone());
     }
-    Err(without_prt.map_or(PrtError::NoHostBridge, |bridge| PrtError::NoPrt { bridge }))
+    for node in devices().filter(|n| !has_prt(n)) {
+        if is_host_bridge(ns, interp, node)? {
+            return Err(PrtError::NoPrt {
+                bridge: node.path.clone(),
+            });
+        }
+    }
+    Err(PrtError::NoHostBridge)
+}
+
+/// Whether `device`'s `_HID` or `_CID` says PCI host bridge. An id that cannot be
+/// evaluated simply does not make it one, unless the step budget is spent: that error
+/// ends the search.
+fn is_host_bridge(
+    ns: &Namespace<'_>,
+    interp: &mut Interpreter<'_, '_>,
+    device: &Node,
+) -> Result<bool, PrtError> {
+    for id in [seg(b"_HID"), seg(b"_CID")] {
+        let path = device.path.child(id);
+        if ns.get(&path).is_none() {
+            continue;
+        }
+        match interp.evaluate(&path, &[]) {
+            Ok(Some(v)) if is_pci_root_id(&v) => return Ok(true),
+            Err(e) if e.kind == ErrorKind::TooManySteps => return Err(PrtError::Eval(e)),
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 /// An id value (`_HID`: EISA id integer or string; `_CID`: also a package of them).
@@ -599,7 +636,7 @@ fn interrupt_resource(bytes: &[u8]) -> Result<GsiRoute, LinkProblem> {
 mod tests {
     use super::*;
     use crate::acpi::aml::encode::*;
-    use crate::acpi::aml::{ErrorKind, op};
+    use crate::acpi::aml::op;
     use alloc::string::ToString;
     use proptest::prelude::*;
 
@@ -941,6 +978,82 @@ mod tests {
             e.to_string(),
             "\\_PIC(1) failed: \\_PIC: unsupported opcode 0x5b22 (Sleep) at offset 0x2b"
         );
+    }
+
+    /// Read the routing from `tables` with one interpreter; also the steps it ran.
+    fn read_counting(tables: &[&[u8]]) -> (Result<PciIntxRouting, PrtError>, u32) {
+        let mut ns = Namespace::new();
+        for t in tables {
+            ns.load_table(t).unwrap();
+        }
+        let mut interp = Interpreter::new(&ns);
+        let r = PciIntxRouting::from_namespace(&ns, &mut interp);
+        (r, interp.steps())
+    }
+
+    /// `count` devices whose `_HID` method never returns, each with a `_PRT` or not.
+    fn spinning_devices(count: usize, with_prt: bool) -> Aml {
+        let devices: Vec<Aml> = (0..count)
+            .map(|i| {
+                let mut body = vec![method("_HID", 0, &[while_(int(1), &[])])];
+                if with_prt {
+                    body.push(method("_PRT", 0, &[ret(package(&[]))]));
+                }
+                device(&format!("D{i:03}"), &body)
+            })
+            .collect();
+        cat(&devices)
+    }
+
+    #[test]
+    fn one_step_budget_covers_the_whole_reading() {
+        use crate::acpi::aml::MAX_STEPS;
+        // QEMU's whole reading (\_PIC, the ids, _PRT, eight _CRS) is far inside it.
+        for dsdt in [QEMU72, QEMU10, QEMU10_AMDVI] {
+            let (r, steps) = read_counting(&[dsdt]);
+            assert_qemu_q35_routing(&r.unwrap());
+            assert!(steps < MAX_STEPS / 10, "{steps}");
+        }
+        let bridge = device(
+            "PCI0",
+            &[
+                name("_HID", string("PNP0A08")),
+                method("_PRT", 0, &[ret(package(&[prt_entry(1, 0, int(0), 40)]))]),
+            ],
+        );
+        // 50 devices whose _HID spins, defined before the host bridge: without a _PRT
+        // they cannot be the bridge wanted, so their ids are not even evaluated.
+        let t = dsdt(&[scope(
+            "\\_SB",
+            &[spinning_devices(50, false), bridge.clone()],
+        )]);
+        let (r, steps) = read_counting(&[&t]);
+        assert_eq!(
+            r.unwrap().root_route(1, IntxPin::A).map(|g| g.gsi),
+            Some(40)
+        );
+        assert!(steps < 100, "{steps}");
+        // With a _PRT each, their ids must be evaluated: all share one budget, so the
+        // first one ends the reading, at MAX_STEPS steps and not 50 times that.
+        let t = dsdt(&[scope("\\_SB", &[spinning_devices(50, true), bridge])]);
+        let (r, steps) = read_counting(&[&t]);
+        match r {
+            Err(PrtError::Eval(e)) => {
+                assert_eq!(e.kind, ErrorKind::TooManySteps);
+                assert_eq!(e.context.unwrap().to_string(), "\\_SB.D000._HID");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(steps <= MAX_STEPS, "{steps}");
+        // No host bridge at all: telling "no bridge" from "a bridge without _PRT" may
+        // evaluate every id, and still within the one budget.
+        let t = dsdt(&[scope("\\_SB", &[spinning_devices(50, false)])]);
+        let (r, steps) = read_counting(&[&t]);
+        assert!(
+            matches!(&r, Err(PrtError::Eval(e)) if e.kind == ErrorKind::TooManySteps),
+            "{r:?}"
+        );
+        assert!(steps <= MAX_STEPS, "{steps}");
     }
 
     #[test]

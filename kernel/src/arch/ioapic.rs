@@ -49,6 +49,7 @@ use sluice_boot::start_info::MemoryRegion;
 /// entry's bit layout) lives in `sluice_iommu`, which the IOMMU drivers share.
 pub use sluice_iommu::ioapic::{RedirectionEntry, compat_rte, rte};
 
+pub use crate::acpi::madt::MAX_IO_APICS;
 use crate::mmio::{MmioError, MmioRegion};
 
 /// Register offsets and indices.
@@ -195,6 +196,23 @@ pub enum IoApicError {
         id: u8,
         address: u64,
     },
+    /// More I/O APICs than [`MAX_IO_APICS`] (the MADT parser keeps no more).
+    TooMany {
+        count: usize,
+    },
+    /// Two I/O APICs (ids `first`, `second`) at one address: one I/O APIC listed twice,
+    /// whose pins would each have two GSIs.
+    DuplicateAddress {
+        first: u8,
+        second: u8,
+        address: u64,
+    },
+    /// Two I/O APICs (at addresses `first`, `second`) with one id.
+    DuplicateId {
+        id: u8,
+        first: u64,
+        second: u64,
+    },
     /// Two I/O APICs claim the same GSI.
     OverlappingGsis {
         first: u8,
@@ -226,6 +244,24 @@ impl core::fmt::Display for IoApicError {
                     "I/O APIC {id} at {address:#x} does not answer (VERSION reads all ones)"
                 )
             }
+            Self::TooMany { count } => {
+                write!(
+                    f,
+                    "{count} I/O APICs, more than the {MAX_IO_APICS} supported"
+                )
+            }
+            Self::DuplicateAddress {
+                first,
+                second,
+                address,
+            } => write!(
+                f,
+                "I/O APICs {first} and {second} have the same MADT I/O APIC Address {address:#x}"
+            ),
+            Self::DuplicateId { id, first, second } => write!(
+                f,
+                "I/O APICs at {first:#x} and {second:#x} have the same MADT I/O APIC ID {id}"
+            ),
             Self::OverlappingGsis { first, second, gsi } => {
                 write!(f, "I/O APICs {first} and {second} both claim GSI {gsi}")
             }
@@ -377,11 +413,15 @@ pub struct IoApics<R = MmioIoApicRegisters> {
 }
 
 impl<R: IoApicRegisters> IoApics<R> {
-    /// The set; `NoIoApics` when empty, `OverlappingGsis` when two claim one GSI.
+    /// The set; `NoIoApics` when empty, `TooMany` beyond [`MAX_IO_APICS`],
+    /// `DuplicateAddress`/`DuplicateId` when two share an address or an id,
+    /// `OverlappingGsis` when two claim one GSI.
     pub fn new(units: Vec<IoApic<R>>) -> Result<Self, IoApicError> {
         if units.is_empty() {
             return Err(IoApicError::NoIoApics);
         }
+        check_distinct(units.iter().map(|u| (u.id, u.address)), units.len())?;
+        // At most MAX_IO_APICS, so comparing every pair is bounded.
         for (i, a) in units.iter().enumerate() {
             for b in &units[i + 1..] {
                 let first = a.gsi_base.max(b.gsi_base);
@@ -498,6 +538,44 @@ impl<R: IoApicRegisters> IoApics<R> {
     }
 }
 
+/// `TooMany` when `count` exceeds [`MAX_IO_APICS`]; else the first pair of `(id, address)`
+/// that shares an address (`DuplicateAddress`) or an id (`DuplicateId`), if any. The cap
+/// is checked first, so comparing every pair costs at most `MAX_IO_APICS²/2`.
+fn check_distinct(
+    units: impl Iterator<Item = (u8, u64)> + Clone,
+    count: usize,
+) -> Result<(), IoApicError> {
+    if count > MAX_IO_APICS {
+        return Err(IoApicError::TooMany { count });
+    }
+    for (i, (id, address)) in units.clone().enumerate() {
+        for (first_id, first_address) in units.clone().take(i) {
+            if first_address == address {
+                return Err(IoApicError::DuplicateAddress {
+                    first: first_id,
+                    second: id,
+                    address,
+                });
+            }
+            if first_id == id {
+                return Err(IoApicError::DuplicateId {
+                    id,
+                    first: first_address,
+                    second: address,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks of [`IoApics::new`] that need no registers (count, distinct addresses and
+/// ids), on the MADT's entries: [`init`] runs them before mapping anything.
+pub fn check_madt_entries(io_apics: &[crate::acpi::madt::IoApic]) -> Result<(), IoApicError> {
+    let units = io_apics.iter().map(|e| (e.id, u64::from(e.address)));
+    check_distinct(units, io_apics.len())
+}
+
 /// Which host vectors are level-triggered I/O APIC lines, and of which GSI: read by the
 /// interrupt handler, so lock-free (one atomic per vector: 0, or `REGISTERED | gsi`).
 pub struct LevelVectors {
@@ -568,6 +646,7 @@ pub fn init(
     if IO_APICS.is_completed() {
         return Err(IoApicError::AlreadyInitialised);
     }
+    check_madt_entries(io_apics)?;
     let mut units = Vec::with_capacity(io_apics.len());
     for entry in io_apics {
         let (id, address) = (entry.id, u64::from(entry.address));
@@ -634,6 +713,7 @@ pub fn missed_level_masks() -> u64 {
 mod tests {
     use super::*;
     use alloc::rc::Rc;
+    use alloc::string::ToString;
     use alloc::vec;
     use core::cell::RefCell;
 
@@ -847,6 +927,68 @@ mod tests {
         assert_eq!(
             IoApics::<Fake>::new(Vec::new()).err(),
             Some(IoApicError::NoIoApics)
+        );
+    }
+
+    #[test]
+    fn duplicate_or_too_many_io_apics_are_refused() {
+        let unit = |id: u8, address: u64, gsi_base: u32| {
+            IoApic::new(id, address, gsi_base, Fake::new(id, 0x20, 24)).unwrap()
+        };
+        // One I/O APIC listed twice with distinct GSI ranges: two GSIs per pin.
+        assert_eq!(
+            IoApics::new(vec![unit(0, 0xfec0_0000, 0), unit(1, 0xfec0_0000, 24)]).err(),
+            Some(IoApicError::DuplicateAddress {
+                first: 0,
+                second: 1,
+                address: 0xfec0_0000
+            })
+        );
+        // Two I/O APICs with one id (the id the DMAR and IVRS name them by).
+        assert_eq!(
+            IoApics::new(vec![unit(3, 0xfec0_0000, 0), unit(3, 0xfec0_1000, 24)]).err(),
+            Some(IoApicError::DuplicateId {
+                id: 3,
+                first: 0xfec0_0000,
+                second: 0xfec0_1000
+            })
+        );
+        let many = |n: u32| {
+            (0..n)
+                .map(|i| unit(i as u8, 0xfec0_0000 + u64::from(i) * 0x1000, 24 * i))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            IoApics::new(many(MAX_IO_APICS as u32 + 1)).err(),
+            Some(IoApicError::TooMany {
+                count: MAX_IO_APICS + 1
+            })
+        );
+        let apics = IoApics::new(many(MAX_IO_APICS as u32)).unwrap();
+        assert_eq!(apics.locate(24 * 31 + 5), Some((31, 5)));
+        // The same checks on the MADT's entries, before anything is mapped.
+        let entry = |id, address, gsi_base| crate::acpi::madt::IoApic {
+            id,
+            address,
+            gsi_base,
+        };
+        assert_eq!(
+            check_madt_entries(&[entry(0, 0xfec0_0000, 0), entry(1, 0xfec0_0000, 24)]),
+            Err(IoApicError::DuplicateAddress {
+                first: 0,
+                second: 1,
+                address: 0xfec0_0000
+            })
+        );
+        assert_eq!(check_madt_entries(&[entry(0, 0xfec0_0000, 0)]), Ok(()));
+        assert_eq!(
+            IoApicError::DuplicateId {
+                id: 3,
+                first: 0xfec0_0000,
+                second: 0xfec0_1000
+            }
+            .to_string(),
+            "I/O APICs at 0xfec00000 and 0xfec01000 have the same MADT I/O APIC ID 3"
         );
     }
 

@@ -1,5 +1,6 @@
 //! Evaluating: the values of Names, and small control methods.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
@@ -7,7 +8,7 @@ use core::cmp::Ordering;
 use super::namespace::{Namespace, NodeKind};
 use super::{
     AmlError, AmlPath, Cursor, ErrorKind, MAX_BUFFER_LEN, MAX_DEPTH, MAX_PACKAGE_ELEMENTS,
-    MAX_STEPS, NameString, Value, op, starts_name,
+    MAX_STEPS, MAX_VALUE_DEPTH, NameString, Value, op, starts_name,
 };
 
 /// Runs methods against a [`Namespace`].
@@ -16,9 +17,16 @@ use super::{
 /// table of values, so later evaluations see them while the loaded AML stays untouched.
 /// Store replaces the value outright (ACPI would convert it to the target's type; the
 /// methods this reader is for store like into like).
+///
+/// Every value it holds or returns nests at most [`MAX_VALUE_DEPTH`] packages deep, so
+/// cloning, dropping and weighing one (each recursive, one call per level) stays shallow.
+/// A value gains a level in exactly one place, a Package being built, which checks it;
+/// the only values from outside, `evaluate`'s arguments, are checked on the way in. Store,
+/// Return, ArgN/LocalN and Name reads only move values that passed those checks.
 pub struct Interpreter<'n, 'a> {
     ns: &'n Namespace<'a>,
     named: BTreeMap<AmlPath, Value>,
+    /// Steps executed so far, by all evaluations together: one budget of [`MAX_STEPS`].
     steps: u32,
 }
 
@@ -32,12 +40,14 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(scope: AmlPath) -> Self {
-        Self {
+    /// On the heap: its 15 value slots (~900 bytes) would otherwise make `object` the
+    /// largest stack frame of the recursion (see [`super::MAX_DEPTH`]).
+    fn new(scope: AmlPath) -> Box<Self> {
+        Box::new(Self {
             scope,
             args: Default::default(),
             locals: Default::default(),
-        }
+        })
     }
 }
 
@@ -58,19 +68,30 @@ impl<'n, 'a> Interpreter<'n, 'a> {
     }
 
     /// Evaluate the object at `path`: a Name gives its current value, a Method is run
-    /// with `args`. `Ok(None)` is a method that returned nothing. Each call may execute
-    /// at most [`MAX_STEPS`] opcodes.
+    /// with `args`. `Ok(None)` is a method that returned nothing. All the evaluations of
+    /// one interpreter share one budget of [`MAX_STEPS`] opcodes: once it is spent, every
+    /// evaluation fails with [`ErrorKind::TooManySteps`].
     pub fn evaluate(&mut self, path: &AmlPath, args: &[Value]) -> Result<Option<Value>, AmlError> {
-        self.steps = 0;
+        if args.iter().any(|a| a.nesting() > MAX_VALUE_DEPTH) {
+            return Err(AmlError::at(0, ErrorKind::ValueTooDeep).within(path));
+        }
         self.object(path, args.to_vec(), 0, 0)
     }
 
+    /// Steps executed so far, by all evaluations together (never more than [`MAX_STEPS`]).
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// Charge `cost` steps; an error, and nothing charged, when the budget cannot pay.
     fn step(&mut self, at: usize, cost: u32) -> Result<(), AmlError> {
-        self.steps = self.steps.saturating_add(cost);
-        if self.steps > MAX_STEPS {
-            return Err(AmlError::at(at, ErrorKind::TooManySteps));
+        match self.steps.checked_add(cost) {
+            Some(steps) if steps <= MAX_STEPS => {
+                self.steps = steps;
+                Ok(())
+            }
+            _ => Err(AmlError::at(at, ErrorKind::TooManySteps)),
         }
-        Ok(())
     }
 
     /// The value of the object at `path` (a Name's, or a Method's result); `at` is where
@@ -232,6 +253,10 @@ impl<'n, 'a> Interpreter<'n, 'a> {
     }
 
     /// Evaluate one term; `None` only for a call of a method that returned nothing.
+    ///
+    /// Only dispatch happens here: each kind of term is evaluated by a function of its
+    /// own, so that this frame, which every level of the recursion holds, stays small
+    /// and a level holds only the temporaries of the one kind of term it is in.
     fn term(
         &mut self,
         c: &mut Cursor<'_>,
@@ -244,74 +269,103 @@ impl<'n, 'a> Interpreter<'n, 'a> {
         }
         self.step(at, 1)?;
         let opcode = c.byte()?;
-        let ones = self.ns.ones();
-        let truth = |b: bool| Value::Integer(if b { ones } else { 0 });
         let v = match opcode {
-            op::ZERO => Value::Integer(0),
-            op::ONE => Value::Integer(1),
-            op::ONES => Value::Integer(ones),
-            op::BYTE_PREFIX => Value::Integer(c.uint(1)?),
-            op::WORD_PREFIX => Value::Integer(c.uint(2)?),
-            op::DWORD_PREFIX => Value::Integer(c.uint(4)?),
-            op::QWORD_PREFIX => Value::Integer(c.uint(8)? & ones),
+            op::ZERO | op::ONE | op::ONES => self.constant(c, opcode)?,
+            op::BYTE_PREFIX | op::WORD_PREFIX | op::DWORD_PREFIX | op::QWORD_PREFIX => {
+                self.constant(c, opcode)?
+            }
             op::STRING_PREFIX => string(c)?,
             op::BUFFER => self.buffer(c, f, depth)?,
             op::PACKAGE | op::VAR_PACKAGE => self.package(c, f, depth, opcode)?,
-            op::LOCAL0..=op::LOCAL7 => {
-                let index = opcode - op::LOCAL0;
-                let v = f.locals[index as usize].clone();
-                let what = "Local";
-                let v =
-                    v.ok_or_else(|| AmlError::at(at, ErrorKind::Uninitialized { what, index }))?;
-                self.step(at, weight(&v))?;
-                v
+            op::LOCAL0..=op::ARG6 => self.slot(f, opcode, at)?,
+            op::STORE => self.store_term(c, f, depth)?,
+            op::LNOT => {
+                let zero = self.integer(c, f, depth + 1)? == 0;
+                self.truth(zero)
             }
-            op::ARG0..=op::ARG6 => {
-                let index = opcode - op::ARG0;
-                let v = f.args[index as usize].clone();
-                let what = "Arg";
-                let v =
-                    v.ok_or_else(|| AmlError::at(at, ErrorKind::Uninitialized { what, index }))?;
-                self.step(at, weight(&v))?;
-                v
-            }
-            op::STORE => {
-                let v = self.eval(c, f, depth + 1)?;
-                self.store(c, f, v.clone())?;
-                v
-            }
-            op::LNOT => truth(self.integer(c, f, depth + 1)? == 0),
-            op::LEQUAL | op::LGREATER | op::LLESS => {
-                let a = self.eval(c, f, depth + 1)?;
-                let b = self.eval(c, f, depth + 1)?;
-                let order = compare(&a, &b).ok_or_else(|| {
-                    let kind = ErrorKind::WrongType {
-                        expected: a.type_name(),
-                        found: b.type_name(),
-                    };
-                    AmlError::at(at, kind)
-                })?;
-                truth(match opcode {
-                    op::LEQUAL => order == Ordering::Equal,
-                    op::LGREATER => order == Ordering::Greater,
-                    _ => order == Ordering::Less,
-                })
-            }
+            op::LEQUAL | op::LGREATER | op::LLESS => self.comparison(c, f, depth, opcode, at)?,
             b if starts_name(b) => {
                 c.pos = at;
-                let name = c.name_string()?;
-                return self.named(c, f, &name, at, depth);
+                return self.named(c, f, at, depth);
             }
-            op::EXT_PREFIX => {
-                let opcode = 0x5B00 | c.peek().unwrap_or(0) as u16;
-                return Err(AmlError::at(at, ErrorKind::Unsupported { opcode }));
-            }
-            _ => {
-                let opcode = opcode as u16;
-                return Err(AmlError::at(at, ErrorKind::Unsupported { opcode }));
-            }
+            _ => return Err(unsupported(c, opcode, at)),
         };
         Ok(Some(v))
+    }
+
+    fn truth(&self, b: bool) -> Value {
+        Value::Integer(if b { self.ns.ones() } else { 0 })
+    }
+
+    /// Zero, One, Ones and the ByteConst … QWordConst prefixes.
+    #[inline(never)]
+    fn constant(&self, c: &mut Cursor<'_>, opcode: u8) -> Result<Value, AmlError> {
+        let v = match opcode {
+            op::ZERO => 0,
+            op::ONE => 1,
+            op::ONES => self.ns.ones(),
+            op::BYTE_PREFIX => c.uint(1)?,
+            op::WORD_PREFIX => c.uint(2)?,
+            op::DWORD_PREFIX => c.uint(4)?,
+            _ => c.uint(8)? & self.ns.ones(),
+        };
+        Ok(Value::Integer(v))
+    }
+
+    /// LocalN or ArgN: a copy of its value, charged by its size.
+    #[inline(never)]
+    fn slot(&mut self, f: &Frame, opcode: u8, at: usize) -> Result<Value, AmlError> {
+        let (what, index, v) = if opcode >= op::ARG0 {
+            let index = opcode - op::ARG0;
+            ("Arg", index, &f.args[index as usize])
+        } else {
+            let index = opcode - op::LOCAL0;
+            ("Local", index, &f.locals[index as usize])
+        };
+        let v = v
+            .as_ref()
+            .ok_or_else(|| AmlError::at(at, ErrorKind::Uninitialized { what, index }))?;
+        self.step(at, weight(v))?;
+        Ok(v.clone())
+    }
+
+    /// Store (source, target): the value stored is also the term's value.
+    #[inline(never)]
+    fn store_term(
+        &mut self,
+        c: &mut Cursor<'_>,
+        f: &mut Frame,
+        depth: usize,
+    ) -> Result<Value, AmlError> {
+        let v = self.eval(c, f, depth + 1)?;
+        self.store(c, f, v.clone())?;
+        Ok(v)
+    }
+
+    /// LEqual, LGreater, LLess.
+    #[inline(never)]
+    fn comparison(
+        &mut self,
+        c: &mut Cursor<'_>,
+        f: &mut Frame,
+        depth: usize,
+        opcode: u8,
+        at: usize,
+    ) -> Result<Value, AmlError> {
+        let a = self.eval(c, f, depth + 1)?;
+        let b = self.eval(c, f, depth + 1)?;
+        let order = compare(&a, &b).ok_or_else(|| {
+            let kind = ErrorKind::WrongType {
+                expected: a.type_name(),
+                found: b.type_name(),
+            };
+            AmlError::at(at, kind)
+        })?;
+        Ok(self.truth(match opcode {
+            op::LEQUAL => order == Ordering::Equal,
+            op::LGREATER => order == Ordering::Greater,
+            _ => order == Ordering::Less,
+        }))
     }
 
     /// A name used as a value: a Name object's value, or a method call (its arguments
@@ -320,14 +374,10 @@ impl<'n, 'a> Interpreter<'n, 'a> {
         &mut self,
         c: &mut Cursor<'_>,
         f: &mut Frame,
-        name: &NameString,
         at: usize,
         depth: usize,
     ) -> Result<Option<Value>, AmlError> {
-        let path = self.ns.resolve(name, &f.scope).ok_or_else(|| {
-            let name = name.clone();
-            AmlError::at(at, ErrorKind::NotFound { name })
-        })?;
+        let path = self.resolve(c, f)?;
         let mut args = Vec::new();
         if let Some(NodeKind::Method { args: n, .. }) = self.ns.get(&path).map(|n| n.kind) {
             for _ in 0..n {
@@ -337,7 +387,18 @@ impl<'n, 'a> Interpreter<'n, 'a> {
         self.object(&path, args, depth + 1, at)
     }
 
+    /// Read the NameString at `c` and find the object it names from `f`'s scope.
+    #[inline(never)]
+    fn resolve(&self, c: &mut Cursor<'_>, f: &Frame) -> Result<AmlPath, AmlError> {
+        let at = c.pos;
+        let name = c.name_string()?;
+        self.ns
+            .resolve(&name, &f.scope)
+            .ok_or_else(|| AmlError::at(at, ErrorKind::NotFound { name }))
+    }
+
     /// Store `v` into the SuperName at `c`.
+    #[inline(never)]
     fn store(&mut self, c: &mut Cursor<'_>, f: &mut Frame, v: Value) -> Result<(), AmlError> {
         let at = c.pos;
         match c.byte()? {
@@ -347,11 +408,7 @@ impl<'n, 'a> Interpreter<'n, 'a> {
             op::EXT_PREFIX if c.peek() == Some(op::DEBUG) => c.pos += 1,
             b if starts_name(b) => {
                 c.pos = at;
-                let name = c.name_string()?;
-                let path = self
-                    .ns
-                    .resolve(&name, &f.scope)
-                    .ok_or_else(|| AmlError::at(at, ErrorKind::NotFound { name: name.clone() }))?;
+                let path = self.resolve(c, f)?;
                 match self.ns.get(&path).map(|n| n.kind) {
                     Some(NodeKind::Name { .. }) => _ = self.named.insert(path, v),
                     _ => {
@@ -360,14 +417,7 @@ impl<'n, 'a> Interpreter<'n, 'a> {
                     }
                 }
             }
-            b => {
-                let opcode = if b == op::EXT_PREFIX {
-                    0x5B00 | c.peek().unwrap_or(0) as u16
-                } else {
-                    b as u16
-                };
-                return Err(AmlError::at(at, ErrorKind::Unsupported { opcode }));
-            }
+            b => return Err(unsupported(c, b, at)),
         }
         Ok(())
     }
@@ -418,38 +468,57 @@ impl<'n, 'a> Interpreter<'n, 'a> {
         } else {
             self.integer(&mut body, f, depth + 1)?
         };
-        let too_large = |size| {
-            AmlError::at(
-                at,
-                ErrorKind::TooLarge {
-                    what: "package",
-                    size,
-                },
-            )
-        };
         if declared > MAX_PACKAGE_ELEMENTS as u64 {
-            return Err(too_large(declared));
+            return Err(too_large_package(at, declared));
         }
         let mut elements = Vec::new();
         while !body.at_end() {
             if elements.len() as u64 >= declared {
                 // More elements than the package declares: the AML is inconsistent.
-                return Err(too_large(elements.len() as u64 + 1));
+                return Err(too_large_package(at, elements.len() as u64 + 1));
             }
             let v = match body.peek() {
-                Some(b) if starts_name(b) => {
-                    self.step(body.pos, 1)?;
-                    let name = body.name_string()?;
-                    let scope = f.scope.clone();
-                    Value::Reference { name, scope }
-                }
+                Some(b) if starts_name(b) => self.reference(&mut body, f)?,
                 _ => self.eval(&mut body, f, depth + 1)?,
             };
+            // The one place a value gets deeper: refuse a level too many here, and no
+            // value anywhere is deeper than MAX_VALUE_DEPTH.
+            if v.nesting() >= MAX_VALUE_DEPTH {
+                return Err(AmlError::at(at, ErrorKind::ValueTooDeep));
+            }
             elements.push(v);
         }
         c.pos = end;
         Ok(Value::Package(elements))
     }
+
+    /// A name written as a package element: kept as written, with the scope it is in.
+    #[inline(never)]
+    fn reference(&mut self, c: &mut Cursor<'_>, f: &Frame) -> Result<Value, AmlError> {
+        self.step(c.pos, 1)?;
+        let name = c.name_string()?;
+        let scope = f.scope.clone();
+        Ok(Value::Reference { name, scope })
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn too_large_package(at: usize, size: u64) -> AmlError {
+    let what = "package";
+    AmlError::at(at, ErrorKind::TooLarge { what, size })
+}
+
+/// An opcode a term cannot start with (here).
+#[cold]
+#[inline(never)]
+fn unsupported(c: &Cursor<'_>, opcode: u8, at: usize) -> AmlError {
+    let opcode = if opcode == op::EXT_PREFIX {
+        0x5B00 | c.peek().unwrap_or(0) as u16
+    } else {
+        opcode as u16
+    };
+    AmlError::at(at, ErrorKind::Unsupported { opcode })
 }
 
 /// String (ACPI §20.2.3): ASCII 0x01–0x7F up to a NUL (bounded by the enclosing object).

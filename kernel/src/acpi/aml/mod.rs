@@ -21,7 +21,11 @@
 //! Firmware is input, not truth: every read is bounds checked, every length is checked
 //! against its parent, and nesting, evaluation steps, package and buffer sizes, name
 //! lengths and the number of objects all have limits, so hostile AML ends in an error,
-//! never in a panic, an endless loop or a blown stack.
+//! never in a panic or an endless loop. The machine stack it needs is bounded too: the
+//! namespace walk keeps the bodies it is in on the heap, and the interpreter, which
+//! recurses, stops at [`MAX_DEPTH`] levels of terms and [`MAX_VALUE_DEPTH`] levels of
+//! values, which together fit in well under a quarter of the kernel's 128 KiB boot stack
+//! (measured: see [`MAX_DEPTH`]).
 
 #[cfg(test)]
 pub(crate) mod encode;
@@ -38,8 +42,25 @@ pub use interp::Interpreter;
 pub use namespace::{Namespace, Node, NodeKind, Span};
 
 /// Deepest nesting of definitions, expressions and method calls (real tables stay < 10).
+///
+/// The interpreter recurses at each level (a method call takes three: the call, its body,
+/// the term in it). Worst case, measured in a release build (x86-64, rustc 1.95) by
+/// painting the stack: ~650 bytes a level, for the costliest chain (term → package → eval,
+/// a VarPackage whose count is a VarPackage …), so the `MAX_DEPTH + 1` levels an
+/// evaluation can reach take 33 × 650 ≈ 21 KiB; with a value nested [`MAX_VALUE_DEPTH`]
+/// deep cloned at the bottom (≤ 3.3 KiB), under 25 KiB, of the 128 KiB boot stack. (An
+/// unoptimized build takes ~11 times as much.) The namespace walk keeps its open bodies
+/// on the heap: its depth costs no stack.
 pub const MAX_DEPTH: usize = 32;
-/// Opcodes one [`Interpreter::evaluate`] may execute (QEMU's `_PRT` needs ~1000).
+/// Deepest nesting of values: packages inside packages (a `_PRT` nests 2 deep). Cloning,
+/// dropping and weighing a value recurse once per level (cloning ~210 bytes a level in a
+/// release build), so no value may be deeper: the Package that would be is an error.
+pub const MAX_VALUE_DEPTH: usize = 16;
+/// Opcodes one [`Interpreter`] may execute, over all its evaluations together: one
+/// reading of the routing (`_PIC`, the ids of the devices with a `_PRT`, `_PRT`, every
+/// link's `_CRS`) gets this many, however many devices the firmware defines. QEMU's whole
+/// reading takes 669; at ~35 ns a step natively the whole budget costs ~3.5 ms (several
+/// times that under TCG), once.
 pub const MAX_STEPS: u32 = 100_000;
 /// Longest path, in 4-character segments.
 pub const MAX_PATH_SEGS: usize = 32;
@@ -381,6 +402,21 @@ impl Value {
         }
     }
 
+    /// How deeply packages nest in this value: 0 for anything but a package, 1 for a
+    /// package of non-packages, … counted no further than `MAX_VALUE_DEPTH + 1`, so this
+    /// recursion is bounded whatever the value.
+    pub fn nesting(&self) -> usize {
+        fn upto(v: &Value, limit: usize) -> usize {
+            match v {
+                Value::Package(p) if limit > 0 => {
+                    1 + p.iter().map(|e| upto(e, limit - 1)).max().unwrap_or(0)
+                }
+                _ => 0,
+            }
+        }
+        upto(self, MAX_VALUE_DEPTH + 1)
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Integer(_) => "Integer",
@@ -428,7 +464,10 @@ pub enum ErrorKind {
     NoValue,
     /// Nesting deeper than [`MAX_DEPTH`].
     TooDeep,
-    /// More than [`MAX_STEPS`] opcodes executed: a loop that does not end, or close to it.
+    /// Packages nested deeper than [`MAX_VALUE_DEPTH`].
+    ValueTooDeep,
+    /// The interpreter's budget of [`MAX_STEPS`] opcodes is spent: a loop that does not
+    /// end, or close to it.
     TooManySteps,
     /// A package, buffer or namespace larger than its limit.
     TooLarge { what: &'static str, size: u64 },
@@ -476,7 +515,12 @@ impl fmt::Display for ErrorKind {
             }
             Self::NoValue => write!(f, "returned no value"),
             Self::TooDeep => write!(f, "nested deeper than {MAX_DEPTH}"),
-            Self::TooManySteps => write!(f, "did not finish within {MAX_STEPS} steps"),
+            Self::ValueTooDeep => {
+                write!(f, "packages nested deeper than {MAX_VALUE_DEPTH} levels")
+            }
+            Self::TooManySteps => {
+                write!(f, "did not finish within the budget of {MAX_STEPS} steps")
+            }
             Self::TooLarge { what, size } => write!(f, "{what} of size {size} is over the limit"),
             Self::BadTable { what } => write!(f, "{what}"),
         }

@@ -45,6 +45,9 @@ pub struct Node {
     pub kind: NodeKind,
 }
 
+/// A definition body still to be walked: where it is, and the scope it defines into.
+type Body<'a> = (Cursor<'a>, AmlPath);
+
 /// Every object the loaded tables define, by full path, in definition order.
 ///
 /// A definition the walker cannot read ends the walk of the body it is in (the Device,
@@ -108,7 +111,7 @@ impl<'a> Namespace<'a> {
         }
         self.tables.push(table);
         let index = self.tables.len() - 1;
-        self.walk(index, SDT_HEADER_LEN, table.len(), &AmlPath::root(), 0);
+        self.walk(index);
         Ok(())
     }
 
@@ -159,17 +162,32 @@ impl<'a> Namespace<'a> {
         }
     }
 
-    /// Walk the definitions in `start..end` of a table; a problem ends this body only.
-    fn walk(&mut self, table: usize, start: usize, end: usize, scope: &AmlPath, depth: usize) {
-        if depth > MAX_DEPTH {
-            self.problem(AmlError::at(start, ErrorKind::TooDeep));
-            return;
-        }
-        let mut c = Cursor::new(self.tables[table], start, end);
-        while !c.at_end() {
-            if let Err(e) = self.definition(&mut c, table, scope, depth) {
-                self.problem(e);
-                return;
+    /// Walk the definitions of a whole table. A Scope or Device body is walked when it
+    /// is met, before the definitions after it, as if by recursion; but the bodies being
+    /// walked are kept on a heap stack (at most [`MAX_DEPTH`] of them), so how deeply a
+    /// table nests costs no machine stack. A problem ends the body it is in only.
+    fn walk(&mut self, table: usize) {
+        let bytes = self.tables[table];
+        let mut open = Vec::new();
+        open.push((
+            Cursor::new(bytes, SDT_HEADER_LEN, bytes.len()),
+            AmlPath::root(),
+        ));
+        while let Some((c, scope)) = open.last_mut() {
+            if c.at_end() {
+                open.pop();
+                continue;
+            }
+            match self.definition(c, table, scope) {
+                Ok(None) => {}
+                Ok(Some(body)) if open.len() > MAX_DEPTH => {
+                    self.problem(AmlError::at(body.0.pos, ErrorKind::TooDeep));
+                }
+                Ok(Some(body)) => open.push(body),
+                Err(e) => {
+                    self.problem(e);
+                    open.pop();
+                }
             }
         }
     }
@@ -207,14 +225,14 @@ impl<'a> Namespace<'a> {
         Ok(path)
     }
 
-    /// Read one definition term and record what it names.
+    /// Read one definition term and record what it names. A Scope or Device returns its
+    /// body, for the caller to walk next, with `c` already past it.
     fn definition(
         &mut self,
-        c: &mut Cursor<'_>,
+        c: &mut Cursor<'a>,
         table: usize,
         scope: &AmlPath,
-        depth: usize,
-    ) -> Result<(), AmlError> {
+    ) -> Result<Option<Body<'a>>, AmlError> {
         let at = c.pos;
         let opcode = c.byte()?;
         match opcode {
@@ -227,8 +245,9 @@ impl<'a> Namespace<'a> {
                     Some(existing) => existing,
                     None => name.in_scope(scope).map_err(|k| AmlError::at(at, k))?,
                 };
-                self.walk(table, c.pos, end, &target, depth + 1);
+                let body = c.sub(c.pos, end);
                 c.pos = end;
+                return Ok(Some((body, target)));
             }
             op::NAME => {
                 let name = c.name_string()?;
@@ -284,7 +303,7 @@ impl<'a> Namespace<'a> {
                     },
                 )?;
             }
-            op::EXT_PREFIX => self.ext_definition(c, at, table, scope, depth)?,
+            op::EXT_PREFIX => return self.ext_definition(c, at, scope),
             _ => {
                 return Err(AmlError::at(
                     at,
@@ -294,18 +313,16 @@ impl<'a> Namespace<'a> {
                 ));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// The definitions whose opcode starts with 0x5B.
+    /// The definitions whose opcode starts with 0x5B (a Device returns its body).
     fn ext_definition(
         &mut self,
-        c: &mut Cursor<'_>,
+        c: &mut Cursor<'a>,
         at: usize,
-        table: usize,
         scope: &AmlPath,
-        depth: usize,
-    ) -> Result<(), AmlError> {
+    ) -> Result<Option<Body<'a>>, AmlError> {
         let second = c.byte()?;
         let opcode = 0x5B00 | second as u16;
         let other = NodeKind::Other { opcode };
@@ -314,8 +331,9 @@ impl<'a> Namespace<'a> {
                 let end = c.pkg_length()?;
                 let name = c.name_string()?;
                 let path = self.define(at, &name, scope, NodeKind::Device)?;
-                self.walk(table, c.pos, end, &path, depth + 1);
+                let body = c.sub(c.pos, end);
                 c.pos = end;
+                return Ok(Some((body, path)));
             }
             op::OP_REGION => {
                 let name = c.name_string()?;
@@ -368,7 +386,7 @@ impl<'a> Namespace<'a> {
             }
             _ => return Err(AmlError::at(at, ErrorKind::Unsupported { opcode })),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A FieldList (ACPI §20.2.5.2): define each named field unit. The bit widths are

@@ -532,47 +532,93 @@ fn loops_and_recursion_are_bounded() {
     assert_eq!(kind("\\COPY", &[]), ErrorKind::TooManySteps);
 }
 
+/// The stack hostile AML is run on: 64 KiB — half the kernel's 128 KiB boot stack, on
+/// which the DSDT is read — when optimized as the kernel is (`cargo test --release`). An
+/// unoptimized build's frames are ~11 times larger (`term`: over 4 KiB against 176 bytes;
+/// the deepest chain of terms takes ~240 KiB), so it gets 512 KiB.
+const SMALL_STACK: usize = if cfg!(debug_assertions) {
+    512 << 10
+} else {
+    64 << 10
+};
+
+/// Runs `f` on a thread with [`SMALL_STACK`], so a recursion that is not bounded tightly
+/// enough overflows here first.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(SMALL_STACK)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
 #[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
-    // 5000 nested LNot in a method body, 5000 nested packages in a Name, 3000 nested
-    // `Scope (\)` (which stay at the root): each stops at MAX_DEPTH. 3000 nested
+    // Each kind of nesting the interpreter recurses on, 5000 deep in one method (the
+    // VarPackage count chain is the costliest a level), and methods calling themselves
+    // while holding a value nested MAX_VALUE_DEPTH deep: each stops at MAX_DEPTH, on a
+    // small stack. For the namespace walk, 3000 nested `Scope (\)` (which stay at the
+    // root) and Devices: the former stop at MAX_DEPTH, the latter and 3000 nested
     // `Scope (S)` make a path too long first.
-    let mut expr = int(0);
-    for _ in 0..5000 {
-        expr = lnot(expr);
+    let nest = |wrap: &dyn Fn(Aml) -> Aml, inner: Aml, levels: usize| {
+        (0..levels).fold(inner, |e, _| wrap(e))
+    };
+    let chains = [
+        ("LNOT", nest(&lnot, int(0), 5000)),
+        ("PKG", nest(&|e| package(&[e]), int(0), 5000)),
+        ("VPKG", nest(&|e| var_package(e, &[]), int(0), 5000)),
+        ("BUF", nest(&|e| with_pkg(&[op::BUFFER], &e), int(0), 5000)),
+        ("STOR", nest(&|e| store(e, local(0)), int(0), 5000)),
+        ("LEQ", nest(&|e| lequal(int(0), e), int(0), 5000)),
+        ("ARGS", nest(&|e| cat(&[path("ID"), e]), int(0), 5000)),
+    ];
+    let mut defs: Vec<Aml> = chains
+        .iter()
+        .map(|(m, body)| method(m, 0, &[ret(body.clone())]))
+        .collect();
+    defs.push(method("ID", 1, &[ret(arg(0))]));
+    defs.push(method(
+        "IFS",
+        0,
+        &[nest(&|e| if_(int(1), &[e]), ret(int(0)), 5000)],
+    ));
+    let deep = nest(&|e| package(&[e]), int(0), MAX_VALUE_DEPTH);
+    defs.push(method(
+        "REC",
+        0,
+        &[
+            store(deep, local(0)),
+            store(local(0), local(1)),
+            ret(path("REC")),
+        ],
+    ));
+    defs.push(name("NPKG", nest(&|e| package(&[e]), package(&[]), 5000)));
+    defs.push(nest(&|e| scope("\\", &[e]), name("DEEP", int(1)), 3000));
+    defs.push(nest(&|e| scope("S", &[e]), name("DEEP", int(1)), 3000));
+    defs.push(nest(&|e| device("D", &[e]), name("DEEP", int(1)), 3000));
+    let t = dsdt(&defs);
+    let (kinds, problems) = on_small_stack(move || {
+        let ns = load(&t);
+        let kinds = [
+            "\\LNOT", "\\PKG", "\\VPKG", "\\BUF", "\\STOR", "\\LEQ", "\\ARGS", "\\IFS", "\\REC",
+            "\\NPKG",
+        ]
+        .map(|m| {
+            let e = Interpreter::new(&ns).evaluate(&p(m), &[]).unwrap_err();
+            (m, e.kind)
+        });
+        let problems: Vec<ErrorKind> = ns.problems.iter().map(|e| e.kind.clone()).collect();
+        (kinds, problems)
+    });
+    for (m, kind) in kinds {
+        assert_eq!(kind, ErrorKind::TooDeep, "{m}");
     }
-    let mut pkg = package(&[]);
-    for _ in 0..5000 {
-        pkg = package(&[pkg]);
-    }
-    let mut roots = name("DEEP", int(1));
-    let mut scopes = name("DEEP", int(1));
-    for _ in 0..3000 {
-        roots = scope("\\", &[roots]);
-        scopes = scope("S", &[scopes]);
-    }
-    let t = dsdt(&[
-        method("NOT", 0, &[ret(expr)]),
-        name("PKG", pkg),
-        roots,
-        scopes,
-    ]);
-    let ns = load(&t);
-    let mut i = Interpreter::new(&ns);
-    assert_eq!(
-        i.evaluate(&p("\\NOT"), &[]).unwrap_err().kind,
-        ErrorKind::TooDeep
-    );
-    assert_eq!(
-        i.evaluate(&p("\\PKG"), &[]).unwrap_err().kind,
-        ErrorKind::TooDeep
-    );
-    let kinds: Vec<ErrorKind> = ns.problems.iter().map(|e| e.kind.clone()).collect();
     let too_long = ErrorKind::TooLarge {
         what: "path",
         size: MAX_PATH_SEGS as u64 + 1,
     };
-    assert_eq!(kinds, [ErrorKind::TooDeep, too_long]);
+    assert_eq!(problems, [ErrorKind::TooDeep, too_long.clone(), too_long]);
 }
 
 #[test]
@@ -592,4 +638,94 @@ fn field_units_are_not_read() {
         e.to_string().contains("storing into it is not emulated"),
         "{e}"
     );
+}
+
+#[test]
+fn values_nested_by_a_loop_are_refused_before_they_can_blow_the_stack() {
+    // Local0 = Zero; While (One) { Local0 = Package () { Local0 } }: every turn wraps the
+    // last value in one more package. Cloning, dropping and weighing such a value
+    // recurse once per level, so it must stop at MAX_VALUE_DEPTH, not at the step
+    // budget (~450 levels), and also when reached through a chain of 8 method calls.
+    let nest = [
+        store(int(0), local(0)),
+        while_(int(1), &[store(package(&[local(0)]), local(0))]),
+    ];
+    let mut defs = vec![method("NEST", 0, &nest)];
+    let mut callee = "NEST".to_string();
+    for i in 1..=8 {
+        let caller = format!("CH{i}");
+        defs.push(method(&caller, 0, &[ret(path(&callee))]));
+        callee = caller;
+    }
+    // The same into a Name (\DEEP), and a method that returns the value each turn.
+    defs.push(name("DEEP", int(0)));
+    // (A name written in a package is a reference, not its value: go through Local0.)
+    defs.push(method(
+        "NAMD",
+        0,
+        &[while_(
+            int(1),
+            &[
+                store(path("DEEP"), local(0)),
+                store(package(&[local(0)]), path("DEEP")),
+            ],
+        )],
+    ));
+    defs.push(method("WRAP", 1, &[ret(package(&[arg(0)]))]));
+    defs.push(method(
+        "RETD",
+        0,
+        &[
+            store(int(0), local(0)),
+            while_(int(1), &[store(cat(&[path("WRAP"), local(0)]), local(0))]),
+        ],
+    ));
+    let t = dsdt(&defs);
+    let kinds = on_small_stack(move || {
+        let ns = load(&t);
+        ["\\NEST", "\\NAMD", "\\RETD", "\\CH8"].map(|m| {
+            let e = Interpreter::new(&ns).evaluate(&p(m), &[]).unwrap_err();
+            (e.kind.clone(), e.to_string())
+        })
+    });
+    for (kind, text) in kinds {
+        assert_eq!(kind, ErrorKind::ValueTooDeep, "{text}");
+        assert!(text.contains("packages nested deeper than 16"), "{text}");
+    }
+}
+
+#[test]
+fn package_nesting_is_limited_where_values_are_made() {
+    // Literal packages: MAX_VALUE_DEPTH levels are fine, one more is not.
+    let nested = |levels: usize| {
+        let mut pkg = int(7);
+        for _ in 0..levels {
+            pkg = package(&[pkg]);
+        }
+        pkg
+    };
+    let t = dsdt(&[
+        name("OK", nested(MAX_VALUE_DEPTH)),
+        name("OVER", nested(MAX_VALUE_DEPTH + 1)),
+        method("ARG", 1, &[ret(package(&[arg(0)]))]),
+    ]);
+    let ns = load(&t);
+    let mut i = Interpreter::new(&ns);
+    let ok = i.evaluate(&p("\\OK"), &[]).unwrap().unwrap();
+    assert_eq!(ok.nesting(), MAX_VALUE_DEPTH);
+    let e = i.evaluate(&p("\\OVER"), &[]).unwrap_err();
+    assert_eq!(
+        (e.kind, e.context),
+        (ErrorKind::ValueTooDeep, Some(p("\\OVER")))
+    );
+    // One more level around a value already at the limit, inside a method.
+    let e = i
+        .evaluate(&p("\\ARG"), core::slice::from_ref(&ok))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ValueTooDeep);
+    // Arguments from the caller are held to the same limit.
+    let over = Value::Package(vec![ok]);
+    assert_eq!(over.nesting(), MAX_VALUE_DEPTH + 1);
+    let e = i.evaluate(&p("\\ARG"), &[over]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ValueTooDeep);
 }
