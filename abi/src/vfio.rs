@@ -129,16 +129,20 @@
 //!   hardware (the hypervisor owns them). MSI-X's address and data live in its table,
 //!   inside a BAR, which the hypervisor programs itself (see *Interrupts*):
 //!   [`nr::DEVICE_REGION_WRITE`]s that touch the table or the Pending Bit Array succeed
-//!   and write nothing (as Linux's vfio-pci drops them; reads pass). A guest that
+//!   and write nothing, and reads of the table return all-ones (as Linux's vfio-pci). A guest that
 //!   *maps* the BAR ([`nr::DEVICE_MAP_REGION`]) can still write the table directly;
 //!   that gives it no interrupt it could not already send: with interrupt remapping an
 //!   entry can only name remapping entries written for this device (VT-d: source-id
 //!   validated; AMD-Vi: the device's own table), i.e. host vectors routed to this
 //!   guest's own vectors, and the hypervisor's mask still holds what it masked; without
 //!   remapping the device could write the same message to the interrupt window by DMA
-//!   anyway (Linux likewise lets the table be mmapped when the IOMMU isolates
-//!   interrupts). MSI and MSI-X Message Control reach the hardware: a guest clearing an
-//!   enable bit only silences its own device.
+//!   anyway (Linux lets the table be mmapped when the IOMMU isolates interrupts, and
+//!   without remapping refuses assignment unless `allow_unsafe_interrupts`: Sluice
+//!   allows it, and then a guest can also aim its device at a vector the hypervisor
+//!   treats as fatal). MSI's Enable and Multiple Message Enable and MSI-X's Enable and
+//!   Function Mask are the hypervisor's: a guest's writes keep the hardware's bits
+//!   (else a guest could leave messages live for the next owner). Device Control's Max
+//!   Payload Size and Phantom Functions Enable are kept too.
 //! - Device Control's Initiate FLR becomes the hypervisor's reset (as
 //!   [`nr::DEVICE_RESET`]); PMCSR's power state is kept (a D3hot round trip would reset
 //!   the function behind the host's back).

@@ -55,11 +55,18 @@ fn mappable(bar: &Bar) -> bool {
 }
 
 /// Whether opening `function` turns its I/O decoding on: it has I/O BARs and firmware
-/// assigned every one of them (an I/O BAR left at 0 would decode ports 0.., the legacy
-/// DMA controller's, the moment the bit is set; Linux refuses to enable such a device).
-fn decodes_io(function: &GroupDevice) -> bool {
+/// placed every one of them wholly in the ports the platform gives devices
+/// (`FIRST_DEVICE_PORT..0x10000`). An I/O BAR left at 0 would decode ports 0.. (the
+/// legacy DMA controller's) the moment the bit is set, Linux refuses to enable such a
+/// device; one placed below 0x1000 would claim legacy ports (COM1, the ACPI PM block)
+/// from the platform. Otherwise I/O decoding stays off and no I/O BAR is offered.
+pub(super) fn decodes_io(function: &GroupDevice) -> bool {
+    let first = u64::from(crate::devhw::FIRST_DEVICE_PORT);
     let mut io = function.bars.iter().filter(|b| b.kind == BarKind::Io);
-    io.clone().next().is_some() && io.all(|b| b.address != 0)
+    io.clone().next().is_some()
+        && io.all(|b| {
+            b.address >= first && b.address.checked_add(b.size).is_some_and(|e| e <= 0x1_0000)
+        })
 }
 
 /// `(size, flags)` of region `index` of `function`; `rom` is the hardware ROM window
@@ -71,8 +78,13 @@ fn region(function: &GroupDevice, index: u32, rom: Option<(u64, u64)>) -> (u64, 
                 b.size,
                 REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE | REGION_INFO_FLAG_MMAP,
             ),
-            // Not mappable (small memory BARs, I/O BARs), still readable and writable
-            // through DEVICE_REGION_READ/WRITE when assigned.
+            // I/O BARs: through DEVICE_REGION_READ/WRITE while the function decodes I/O.
+            Some(b) if b.kind == BarKind::Io => match decodes_io(function) {
+                true => (b.size, REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE),
+                false => (b.size, 0),
+            },
+            // Not mappable (small memory BARs), still readable and writable through
+            // DEVICE_REGION_READ/WRITE when assigned.
             Some(b) if b.address != 0 => (b.size, REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE),
             Some(b) => (b.size, 0),
             None => (0, 0),

@@ -35,10 +35,11 @@
 //! # Interrupt remapping
 //!
 //! Where the IOMMU offers it ([`Iommu::interrupt_remapping`]: VT-d with ECAP.IR on every
-//! unit, enabled at boot with compatibility format blocked), the device's MSI is a
-//! remappable-format request naming entries the hypervisor wrote: the vector and the
-//! destination come from the entry, and the entry admits only the device's own requester
-//! id. A device (or a guest driving it) can then raise only the host vectors it was
+//! unit, enabled at boot with compatibility format blocked; AMD-Vi when the IVRS names
+//! the I/O APIC, each attached device with its own interrupt table), the device's MSI
+//! names entries the hypervisor wrote: the vector and the destination come from the
+//! entry, and the entry admits only the device's own requester id (VT-d: source-id
+//! validation; AMD-Vi: the table is the device's). A device (or a guest driving it) can then raise only the host vectors it was
 //! given — not another device's, not the hypervisor's — and cannot aim at another CPU.
 //! (QEMU 7.2's intel-iommu model still passes compatibility-format requests with
 //! remapping on, whatever GSTS.CFIS says; real hardware and the specification block them.)
@@ -47,11 +48,13 @@
 //! [`Iommu::unmap_msi`]: sluice_iommu::Iommu::unmap_msi
 //! [`Iommu::interrupt_remapping`]: sluice_iommu::Iommu::interrupt_remapping
 //!
-//! Without it (AMD-Vi today, VT-d machines without IR), the device's MSI is a
+//! Without it (`intremap=off`, or units that lack it), the device's MSI is a
 //! compatibility-format write to the interrupt window that the IOMMU passes as is; the
-//! hypervisor programs it, but a device that can DMA could also write the window with any
-//! vector. See the ABI docs for what that means for isolation. The log says which of the
-//! two a device got.
+//! hypervisor programs it, but a device that can DMA (or whose MSI-X table the guest
+//! reaches through a mapped BAR) could also write the window with any vector — one the
+//! hypervisor treats as fatal included, which stops it. Linux refuses such assignments
+//! unless `allow_unsafe_interrupts` is set; here it is allowed, for teaching and for
+//! QEMU configurations without remapping, and the log and the ABI docs say so.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;

@@ -117,15 +117,17 @@ pub(super) fn msix_capability(config: &dyn ConfigSpace, function: &GroupDevice) 
 }
 
 /// Whether a `len`-byte access at `offset` of BAR `index` touches `function`'s MSI-X
-/// table or PBA: such `DEVICE_REGION_WRITE`s are dropped (the table is the
-/// hypervisor's; a PBA write is undefined by the specification).
-pub(super) fn msix_write_hidden(
+/// `(table, PBA)`. `DEVICE_REGION_WRITE`s touching either are dropped (the table is
+/// the hypervisor's; a PBA write is undefined by the specification);
+/// `DEVICE_REGION_READ`s of the table read all-ones (its messages name host vectors or
+/// remapping handles, the hypervisor's business), as Linux's vfio-pci does.
+pub(super) fn msix_overlap(
     config: &dyn ConfigSpace,
     function: &GroupDevice,
     index: u32,
     offset: u64,
     len: u64,
-) -> bool {
+) -> (bool, bool) {
     let Some(RawMsix {
         size,
         table: (table_bir, table),
@@ -133,14 +135,16 @@ pub(super) fn msix_write_hidden(
         ..
     }) = raw_capability(config, function.address)
     else {
-        return false;
+        return (false, false);
     };
     let end = offset.saturating_add(len);
     let overlaps = |bir: u8, start: u64, bytes: u64| {
         u32::from(bir) == index && offset < start.saturating_add(bytes) && start < end
     };
-    overlaps(table_bir, table, u64::from(size) * ENTRY_BYTES)
-        || overlaps(pba_bir, pba, u64::from(size.div_ceil(64)) * 8)
+    (
+        overlaps(table_bir, table, u64::from(size) * ENTRY_BYTES),
+        overlaps(pba_bir, pba, u64::from(size.div_ceil(64)) * 8),
+    )
 }
 
 /// Write the 16-bit Message Control (the dword's low half is the read-only header).

@@ -6,8 +6,9 @@
 //! inside the BAR (or ROM) as the host enumerated it, the platform side refuses what
 //! the hypervisor or the platform owns (RAM, its registers, legacy ports). A refusal is
 //! `EINVAL`, like every other bad access (no partial transfers: one access per call).
-//! A write that touches the MSI-X table or PBA succeeds and writes nothing (the table
-//! is the hypervisor's, see `msix`; Linux's vfio-pci drops such writes too).
+//! A write that touches the MSI-X table or PBA succeeds and writes nothing, a read of
+//! the table reads all-ones (the table is the hypervisor's, see `msix`; Linux's
+//! vfio-pci does the same).
 //!
 //! The ROM (region 6, read only) is what vfio-pci gives user space through
 //! `pci_map_rom`: the hypervisor sets the enable bit of the function's *real* ROM BAR
@@ -23,7 +24,9 @@
 //!   ([`VirtualConfig`]): sizing works (all-ones reads back the size mask with the
 //!   read-only flag bits), other values are kept and read back, nothing reaches the
 //!   hardware;
-//! - MSI address and data are virtual too (the hypervisor owns them);
+//! - MSI address and data are virtual too (the hypervisor owns them), and so are MSI's
+//!   Enable / Multiple Message Enable and MSI-X's Enable / Function Mask (writes keep
+//!   the hardware's bits), and Device Control's Max Payload Size and Phantom Functions;
 //! - a bridge header's bus numbers never reach the hardware;
 //! - COMMAND passes only memory space and bus master (INTx disable is the hypervisor's:
 //!   it masks the device's INTx, see `intx`; I/O space is the hypervisor's too: it is
@@ -57,6 +60,15 @@ const COMMAND_PASS: u16 = reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER;
 
 /// Expansion ROM BAR: bit 0 turns the ROM's decoding on.
 const ROM_ENABLE: u32 = 1;
+/// MSI capability dword 0: Message Control's Enable (bit 0) and Multiple Message Enable
+/// (6:4), in the upper half.
+const HOST_MSI_CONTROL: u32 = (0x1 | 0x70) << 16;
+/// MSI-X capability dword 0: Message Control's Enable (15) and Function Mask (14).
+const HOST_MSIX_CONTROL: u32 = 0xC000_0000;
+/// PCIe Device Control (low half of its dword): Max Payload Size (7:5) and Phantom
+/// Functions Enable (9).
+const HOST_DEVICE_CONTROL: u32 = 0x0000_02E0;
+
 /// Expansion ROM BAR: the address bits (31:11; a ROM is at least 2 KiB).
 const ROM_ADDRESS_MASK: u32 = 0xFFFF_F800;
 
@@ -83,6 +95,12 @@ pub struct VirtualConfig {
     pmcsr: Option<u16>,
     /// `(offset, mask)` of write-1-to-clear bits, by dword.
     rw1c: Vec<(u16, u32)>,
+    /// `(offset, mask)` of bits that stay as the hardware has them, by dword: the
+    /// hypervisor's (MSI Enable and Multiple Message Enable, MSI-X Enable and Function
+    /// Mask: a guest that set them behind the host would leave its messages live for the
+    /// next owner; Device Control's Max Payload Size and Phantom Functions Enable: the
+    /// fabric's, not the function's).
+    host_bits: Vec<(u16, u32)>,
     /// The real ROM BAR, if the function implements one (region 6 reads go there; the
     /// guest's view of the register is the virtual one in `regs`).
     host_rom: Option<HostRom>,
@@ -141,6 +159,16 @@ impl VirtualConfig {
             }
             regs.push((data, cfg.read32(addr, data) & 0xFFFF, 0xFFFF));
         }
+        let mut host_bits = Vec::new();
+        if let Some(msi) = caps.msi {
+            host_bits.push((u16::from(msi.offset), HOST_MSI_CONTROL));
+        }
+        if let Some(msix) = caps.msix {
+            host_bits.push((u16::from(msix.offset), HOST_MSIX_CONTROL));
+        }
+        if let Some(p) = caps.pcie {
+            host_bits.push((u16::from(p.offset) + 8, HOST_DEVICE_CONTROL));
+        }
         let mut rw1c = alloc::vec![(reg::COMMAND, 0xF900_0000 | (1 << 24))];
         if bridge {
             rw1c.push((0x1C, 0xF900_0000 | (1 << 24)));
@@ -165,6 +193,7 @@ impl VirtualConfig {
             device_control,
             pmcsr,
             rw1c,
+            host_bits,
             host_rom,
         }
     }
@@ -264,6 +293,12 @@ pub(crate) fn config_write(
     if Some(dword) == vc.pmcsr {
         value = (value & !0x3) | (hw & 0x3);
     }
+    let keep = vc
+        .host_bits
+        .iter()
+        .filter(|r| r.0 == dword)
+        .fold(0u32, |m, r| m | r.1);
+    value = (value & !keep) | (hw & keep);
     cfg.write32(addr, dword, value);
     Ok(effect)
 }
@@ -324,7 +359,10 @@ pub(super) fn bar_access(
     if bar.kind != BarKind::Io {
         return Ok(BarTarget::Memory(at));
     }
-    if size == 8 || at.saturating_add(u64::from(size)) > 0x1_0000 {
+    if size == 8
+        || at.saturating_add(u64::from(size)) > 0x1_0000
+        || !super::device::decodes_io(function)
+    {
         return Err(Errno::EINVAL);
     }
     u16::try_from(at)
@@ -375,15 +413,14 @@ impl Vfio {
             access.data = self.rom_read(d, function.address, offset, size)?;
         } else {
             let target = bar_access(&function, index, offset, size)?;
-            if write
-                && super::msix::msix_write_hidden(
-                    &*self.config,
-                    &function,
-                    index,
-                    offset,
-                    u64::from(size),
-                )
-            {
+            let (table, pba) =
+                super::msix::msix_overlap(&*self.config, &function, index, offset, u64::from(size));
+            if !write && table {
+                // The table's messages are the hypervisor's: all-ones, as vfio-pci.
+                mem.write(gpa + 24, &size_mask(size).to_le_bytes())?;
+                return Ok(0);
+            }
+            if write && (table || pba) {
                 // The MSI-X table and PBA are the hypervisor's: dropped, as Linux's
                 // vfio-pci drops them (see `msix`).
                 log::debug!(target: "vfio", "guest {}: device {}: write to the MSI-X table/PBA (BAR{index} {offset:#x}) dropped", guest.0, function.address);

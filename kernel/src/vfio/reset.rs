@@ -37,8 +37,23 @@ impl Vfio {
         let device = self.devices.get(&d).ok_or(Errno::EBADF)?;
         let (g, member) = (device.group, device.member);
         let result = self.reset_function(g, member).ok_or(Errno::EINVAL)?;
-        self.refresh_vconfig(d);
-        self.msix_after_reset(d);
+        // A bus reset reset every function on the bus, all of them in this group: each
+        // open one gets its virtual registers and MSI-X table back, not only `d`.
+        let reset: alloc::vec::Vec<DeviceId> = match result {
+            Ok(ResetMethod::BusReset { .. }) => self
+                .devices
+                .iter()
+                .filter(|(_, dev)| dev.group == g)
+                .map(|(&other, _)| other)
+                .collect(),
+            _ => alloc::vec![d],
+        };
+        for other in reset {
+            self.refresh_vconfig(other);
+            if result.is_ok() {
+                self.msix_after_reset(other);
+            }
+        }
         result.map_err(|e| {
             log::warn!(target: "vfio", "{d:?}: reset failed: {e:?}");
             Errno::ENODEV

@@ -45,6 +45,8 @@ const FUNCTION_MASK: u16 = 1 << 14;
 struct HwState {
     memory: BTreeMap<u64, u8>,
     writes: Vec<(u64, u32, u64, u16)>,
+    /// The NIC's COMMAND register at each table write.
+    commands: Vec<u16>,
     refuse: bool,
 }
 
@@ -74,6 +76,7 @@ impl DeviceHw for FakeHw {
             s.memory.insert(hpa + i, (value >> (8 * i)) as u8);
         }
         s.writes.push((hpa, size, value, control));
+        s.commands.push(self.cfg.read16(DEV_NIC, reg::COMMAND));
         true
     }
     fn mmio_window_allowed(&self, _: u64, _: u64) -> bool {
@@ -737,8 +740,15 @@ fn memory_decoding_is_on_while_the_table_is_written() {
         reg::COMMAND,
         u32::from(command & !reg::COMMAND_MEMORY_SPACE),
     );
+    r.hw.borrow_mut().commands.clear();
     r.bind(0, &[0x50]).unwrap();
     assert_eq!(r.entry(0).0, u64::from(MSI_ADDRESS_BASE));
+    let commands = r.hw.borrow().commands.clone();
+    assert!(!commands.is_empty());
+    assert!(
+        commands.iter().all(|c| c & reg::COMMAND_MEMORY_SPACE != 0),
+        "every table write with memory decoding on"
+    );
     assert_eq!(
         r.rig.command(DEV_NIC) & reg::COMMAND_MEMORY_SPACE,
         0,
@@ -785,8 +795,51 @@ fn region_writes_to_the_table_and_pba_are_dropped() {
         access(&mut r, offset, true).unwrap();
         assert_eq!(r.read(NIC_BAR0 + offset), 0x1234_5678, "{offset:#x}");
     }
-    // Reads pass.
+    // Table reads are all-ones (the messages are the hypervisor's); PBA and the rest
+    // of the BAR read the device.
+    let data = |r: &MsixRig| u64::from_le_bytes(r.rig.a.get(ARGS + 24, 8).try_into().unwrap());
     assert_eq!(access(&mut r, 0x1008, false), Ok(0));
+    assert_eq!(data(&r), 0xFFFF_FFFF, "table entry 0's data hidden");
+    assert_eq!(access(&mut r, 0x1800, false), Ok(0));
+    assert_eq!(data(&r), 0, "PBA read from the device");
+    assert_eq!(access(&mut r, 0x1400, false), Ok(0));
+    assert_eq!(data(&r), 0x1234_5678);
+}
+
+#[test]
+fn guests_cannot_enable_msix_behind_the_hypervisor() {
+    let mut r = rig();
+    let at = u64::from(msix_offset(&*r.cfg));
+    let write_config = |r: &mut MsixRig, offset: u64, size: u32, data: u64| {
+        let a = RegionAccess {
+            argsz: RegionAccess::SIZE as u32,
+            flags: 0,
+            index: sluice_abi::vfio::REGION_CONFIG,
+            size,
+            offset,
+            data,
+        };
+        r.rig.a.put(ARGS, &a.to_bytes());
+        let d = r.d;
+        r.rig.call(
+            A,
+            VfioCall::DeviceRegionWrite {
+                device: d,
+                access: ARGS,
+            },
+        )
+    };
+    // Enable + Function Mask written by the guest: the hardware keeps them clear.
+    write_config(&mut r, at + 2, 2, u64::from(ENABLE | FUNCTION_MASK)).unwrap();
+    assert_eq!(r.control() & (ENABLE | FUNCTION_MASK), 0);
+    // Once the hypervisor enabled it, the guest cannot turn it off (or mask) either.
+    r.bind(0, &[0x50]).unwrap();
+    write_config(&mut r, at, 4, 0).unwrap();
+    assert_eq!(r.control() & (ENABLE | FUNCTION_MASK), ENABLE);
+    // Closing the device leaves MSI-X off in the hardware.
+    let d = r.d;
+    r.rig.close(A, d).unwrap();
+    assert_eq!(r.control() & (ENABLE | FUNCTION_MASK), 0);
 }
 
 #[test]

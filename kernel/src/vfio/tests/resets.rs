@@ -799,6 +799,15 @@ fn io_decoding_at_open_only_with_every_io_bar_assigned() {
     r.write(d, REGION_CONFIG, 4, 2, u64::from(reg::COMMAND_IO_SPACE))
         .unwrap();
     assert_eq!(r.cfg.read16(NO_IO, reg::COMMAND) & reg::COMMAND_IO_SPACE, 0);
+    // I/O BARs outside the devices' ports (0x600: q35's ACPI PM block; past 0xFFFF):
+    // decoding stays off, so the function never claims the platform's ports, and the
+    // regions are not offered.
+    let (_, low) = r.open_device(A, 4, "0000:00:07.0");
+    assert_eq!(
+        r.cfg.read16(LOW_IO, reg::COMMAND) & reg::COMMAND_IO_SPACE,
+        0
+    );
+    assert_eq!(r.region_flags(low, 0), 0);
     // No I/O BAR: no I/O decoding.
     r.open_device(A, 2, "0000:00:06.0");
     assert_eq!(r.cfg.read16(PLAIN, reg::COMMAND) & reg::COMMAND_IO_SPACE, 0);
