@@ -156,17 +156,20 @@
 //!
 //! Memory BARs are readable and writable through [`nr::DEVICE_REGION_READ`] /
 //! [`nr::DEVICE_REGION_WRITE`] (1, 2, 4, 8 bytes, aligned, in bounds) whether or not
-//! they are mappable. I/O BARs (never mappable: x86 port I/O cannot be given to a
-//! guest page by page) are read and written by the hypervisor's own `in`/`out` (1, 2, 4
-//! bytes, aligned, in bounds); the function's I/O decoding is on while it is open. The
+//! they are mappable, while the function's memory decoding is on (off, the access would
+//! be an Unsupported Request: `EINVAL`; Linux answers `EIO`). I/O BARs (never mappable:
+//! x86 port I/O cannot be given to a guest page by page) are read and written by the
+//! hypervisor's own `in`/`out` (1, 2, 4 bytes, aligned, in bounds); the function's I/O
+//! decoding is on while it is open when every I/O BAR lies in 0x1000..=0xFFFF (else
+//! no I/O BAR is offered: region flags 0). The
 //! platform's ports are refused whatever a BAR claims: everything below 0x1000 (legacy
 //! ISA devices, PCI configuration at 0xCF8/0xCFC, the ACPI PM block) and anything
 //! past 0xFFFF. The ROM (region [`REGION_ROM`], read only, 1, 2, 4 bytes, aligned, in
 //! bounds) is read from the address firmware assigned to the function's ROM BAR —
 //! never the value the guest wrote to its virtual ROM BAR — with the ROM's decoding
 //! (and memory decoding, if the guest turned it off) switched on for that one read and
-//! restored after; a ROM with no address, or whose window is not plain device memory,
-//! is `EINVAL`. Every refused access is `EINVAL`, like a bad offset or size, and moves
+//! restored after; a ROM with no address, or whose window is not plain device memory
+//! or overlaps a BAR, is `EINVAL`. Every refused access is `EINVAL`, like a bad offset or size, and moves
 //! no data; device memory that is RAM, firmware tables, the APIC window, IOMMU
 //! registers or ECAM is refused as for [`nr::DEVICE_MAP_REGION`].
 //!

@@ -407,7 +407,14 @@ impl Vfio {
             IRQ_INDEX_MSI => {
                 msi_capability(&*self.config, function.address).map_or(0, |c| c.vectors)
             }
-            IRQ_INDEX_MSIX => msix_capability(&*self.config, function).map_or(0, |c| c.size),
+            // Offered only where the platform lets the hypervisor write the table.
+            IRQ_INDEX_MSIX => msix_capability(&*self.config, function)
+                .filter(|c| {
+                    self.device_hw
+                        .as_ref()
+                        .is_some_and(|hw| hw.mmio_window_allowed(c.table, u64::from(c.size) * 16))
+                })
+                .map_or(0, |c| c.size),
             _ => 0,
         }
     }

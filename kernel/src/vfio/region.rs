@@ -426,6 +426,15 @@ impl Vfio {
                 log::debug!(target: "vfio", "guest {}: device {}: write to the MSI-X table/PBA (BAR{index} {offset:#x}) dropped", guest.0, function.address);
                 return Ok(0);
             }
+            // A memory access while the guest has memory decoding off would be an
+            // Unsupported Request on real hardware (fatal on some platforms; Linux's
+            // vfio-pci answers EIO): refused.
+            if matches!(target, BarTarget::Memory(_))
+                && self.config.read16(function.address, reg::COMMAND) & reg::COMMAND_MEMORY_SPACE
+                    == 0
+            {
+                return Err(Errno::EINVAL);
+            }
             let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
             let value = access.data & size_mask(size);
             access.data = match (target, write) {
@@ -474,9 +483,24 @@ impl Vfio {
             Some(end) if end <= len => {}
             _ => return Err(Errno::EINVAL),
         }
+        // A stale firmware address could lie over a BAR (another function's, or its
+        // own): enabling the ROM there, even for one read, would make two decoders claim
+        // one window.
+        let end = base.saturating_add(len);
+        let clash = self
+            .groups
+            .iter()
+            .flat_map(|g| g.desc.devices.iter())
+            .flat_map(|f| f.bars.iter())
+            .any(|b| {
+                b.kind != BarKind::Io
+                    && b.address != 0
+                    && b.address < end
+                    && base < b.address.saturating_add(b.size)
+            });
         let hw = self.device_hw.as_mut().ok_or(Errno::EINVAL)?;
-        if !hw.mmio_window_allowed(base, len) {
-            log::warn!(target: "vfio", "device {addr}: ROM BAR {base:#x}+{len:#x} is not plain device memory; not enabled");
+        if clash || !hw.mmio_window_allowed(base, len) {
+            log::warn!(target: "vfio", "device {addr}: ROM BAR {base:#x}+{len:#x} is not plain device memory of its own; not enabled");
             return Err(Errno::EINVAL);
         }
         let cfg = &*self.config;

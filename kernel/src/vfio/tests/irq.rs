@@ -172,12 +172,11 @@ fn msix_count_from_its_capability() {
     let info = irq_info(&mut rig, A, d, IRQ_INDEX_MSIX).unwrap();
     assert_eq!(
         (info.count, info.flags),
-        (8, IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_NORESIZE),
-        "the table (BAR0 + 0x1000) lies in an assigned memory BAR"
+        (0, 0),
+        "the table (BAR0 + 0x1000) lies in an assigned memory BAR, but this rig has no platform MMIO to write it with: not offered (tests/msix.rs: offered)"
     );
     assert_eq!(irq_info(&mut rig, A, d, IRQ_INDEX_MSI).unwrap().count, 0);
-    // This rig has no platform MMIO to program the table with: EINVAL even when bound
-    // (tests/msix.rs has one).
+    // Not offered: EINVAL even when bound.
     rig.bind(A, gs[0]).unwrap();
     assert_eq!(
         set_irqs(

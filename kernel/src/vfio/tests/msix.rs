@@ -48,6 +48,8 @@ struct HwState {
     /// The NIC's COMMAND register at each table write.
     commands: Vec<u16>,
     refuse: bool,
+    /// `mmio_window_allowed` says no (a table the platform would not let us write).
+    refuse_windows: bool,
 }
 
 struct FakeHw {
@@ -80,7 +82,7 @@ impl DeviceHw for FakeHw {
         true
     }
     fn mmio_window_allowed(&self, _: u64, _: u64) -> bool {
-        true
+        !self.state.borrow().refuse_windows
     }
     fn io_read(&mut self, _: u16, _: u32) -> Option<u32> {
         None
@@ -309,6 +311,14 @@ impl MsixRig {
 
 fn data_bool(v: &[u8]) -> Vec<u8> {
     v.to_vec()
+}
+
+#[test]
+fn a_table_the_platform_refuses_is_not_offered() {
+    let mut r = rig();
+    r.hw.borrow_mut().refuse_windows = true;
+    let info = r.info(IRQ_INDEX_MSIX);
+    assert_eq!((info.count, info.flags), (0, 0));
 }
 
 #[test]

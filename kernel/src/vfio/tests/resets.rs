@@ -699,6 +699,22 @@ fn memory_bars_through_the_call() {
     assert_eq!(r.read(d, 2, 0x12, 2), Ok(0xcafe));
     r.write(d, 0, 0x3ff8, 8, u64::MAX).unwrap();
     assert_eq!(r.read(d, 0, 0x3ff8, 8), Ok(u64::MAX));
+    // Memory decoding turned off by the guest: no BAR access reaches the device (an
+    // Unsupported Request on hardware); back on, it works again.
+    r.write(d, REGION_CONFIG, 4, 2, u64::from(reg::COMMAND_BUS_MASTER))
+        .unwrap();
+    assert_eq!(r.read(d, 2, 0x10, 4), Err(Errno::EINVAL));
+    assert_eq!(r.write(d, 2, 0x10, 4, 0), Err(Errno::EINVAL));
+    assert_eq!(r.hw.borrow().memory.get(&0xfe10_0010), Some(&0x0d));
+    r.write(
+        d,
+        REGION_CONFIG,
+        4,
+        2,
+        u64::from(reg::COMMAND_MEMORY_SPACE | reg::COMMAND_BUS_MASTER),
+    )
+    .unwrap();
+    assert_eq!(r.read(d, 2, 0x10, 4), Ok(0xcafe_f00d));
     for (index, offset, size) in [
         (2, 0x100, 1),
         (2, 0xfc, 8),
@@ -956,4 +972,13 @@ fn rom_without_an_address_or_outside_device_memory_is_einval() {
     assert_eq!(r.read(d, REGION_ROM, 0, 2), Err(Errno::EINVAL));
     assert!(r.writes.borrow().is_empty(), "ROM BAR never enabled");
     assert!(r.hw.borrow().rom_reads.is_empty());
+
+    // A (stale) firmware address over a BAR — here its own BAR0 — is never switched on
+    // either: two decoders would claim one window.
+    let mut r = rig();
+    r.cfg.write32(NVME, EXPANSION_ROM, NVME_BAR0 as u32);
+    let (_, d) = r.open_device(A, 1, "0000:00:05.0");
+    r.writes.borrow_mut().clear();
+    assert_eq!(r.read(d, REGION_ROM, 0, 2), Err(Errno::EINVAL));
+    assert!(r.writes.borrow().is_empty(), "ROM BAR never enabled");
 }
