@@ -68,6 +68,7 @@ pub mod dma;
 pub mod edu;
 pub mod heap;
 pub mod interrupts;
+pub mod nvme;
 pub mod paging;
 pub mod passthrough;
 pub mod rt;

@@ -11,11 +11,13 @@ use alloc::vec::Vec;
 
 use sluice_abi::client::vfio::{self as client_vfio, Container, Device, Group};
 use sluice_abi::vfio::{
-    self, DEVICE_LIST_BRIDGE, DEVICE_LIST_HOST, GROUP_LIST_BUSY, GROUP_LIST_OPEN,
-    GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GroupListEntry, REGION_INFO_FLAG_MMAP,
+    self, DEVICE_LIST_BRIDGE, DEVICE_LIST_HOST, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
+    GROUP_LIST_BUSY, GROUP_LIST_OPEN, GROUP_LIST_OWNABLE, GROUP_LIST_VIABLE, GroupListEntry,
+    REGION_INFO_FLAG_MMAP,
 };
 
 use crate::console::Console;
+use crate::dma::DmaBuffer;
 use crate::edu::{self, Edu};
 use crate::{Checks, Errno, interrupts, paging, println};
 
@@ -166,6 +168,20 @@ pub fn find_capability(d: &Device, id: u8) -> Result<u64, String> {
     Err("the capability list loops".into())
 }
 
+/// A zeroed `size`-byte buffer from the heap, aligned to `size` (2 MiB: one superpage
+/// entry where the unit has them), mapped read/write for the device at `iova`
+/// (`MAP_DMA`).
+pub fn map_dma_buffer(container: &Container, iova: u64, size: u64) -> Result<DmaBuffer, String> {
+    let b = crate::dma::alloc(size as usize, size as usize)
+        .ok_or_else(|| format!("no {size:#x}-aligned {size:#x}-byte buffer in the heap"))?;
+    b.fill(0);
+    call(
+        "MAP_DMA",
+        container.map_dma(b.addr(), iova, size, DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE),
+    )?;
+    Ok(b)
+}
+
 /// Waits (spinning, then halting with interrupts on: `sti; hlt`) until `vector` has
 /// been delivered `n` times in all.
 pub fn wait_vector(vector: u8, n: u64) -> Result<(), String> {
@@ -176,6 +192,42 @@ pub fn wait_vector(vector: u8, n: u64) -> Result<(), String> {
             "vector {vector:#x} delivered {} times, expected {n}",
             interrupts::count(vector)
         ))
+    }
+}
+
+/// Waits as [`wait_vector`], then checks `vector` was delivered exactly `n` times in
+/// all: an extra delivery would otherwise hide in a later wait.
+pub fn wait_exactly(vector: u8, n: u64) -> Result<(), String> {
+    wait_vector(vector, n)?;
+    match interrupts::count(vector) {
+        c if c == n => Ok(()),
+        c => Err(format!(
+            "vector {vector:#x} delivered {c} times, expected {n}"
+        )),
+    }
+}
+
+/// Spins while interrupts that must not come are given a chance to: small enough for a
+/// guest's quantum budget under TCG (a host interrupt makes the guest exit at once, and
+/// the hypervisor delivers at every exit).
+pub const QUIET_SPINS: u64 = 200_000;
+
+/// Give interrupts that must not come a chance to — [`QUIET_SPINS`] spins with
+/// interrupts on, then hypercalls (every exit lets the hypervisor deliver) — and fail,
+/// naming `what`, if `vector` arrived meanwhile.
+pub fn quiet(vector: u8, what: &str) -> Result<(), String> {
+    let before = interrupts::count(vector);
+    interrupts::enable();
+    for _ in 0..QUIET_SPINS {
+        core::hint::spin_loop();
+    }
+    for _ in 0..100 {
+        let _ = crate::client::null();
+    }
+    interrupts::disable();
+    match interrupts::count(vector) - before {
+        0 => Ok(()),
+        n => Err(format!("{what}: {n} interrupts arrived")),
     }
 }
 

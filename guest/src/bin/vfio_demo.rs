@@ -35,15 +35,14 @@ use alloc::vec;
 use core::sync::atomic::{Ordering, fence};
 
 use sluice_guest::abi::vfio::{
-    self, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, GROUP_FLAGS_VIABLE, GROUP_VM_INFO_COHERENT,
-    IRQ_INDEX_MSI, IRQ_INFO_EVENTFD, extension,
+    self, GROUP_FLAGS_VIABLE, GROUP_VM_INFO_COHERENT, IRQ_INDEX_MSI, IRQ_INFO_EVENTFD, extension,
 };
 use sluice_guest::client::vfio::{Container, Group};
 use sluice_guest::console::Console;
 use sluice_guest::edu::{self, Edu};
 use sluice_guest::passthrough::{
-    call, device_name, find_ownable_edu, group_list, map_edu_bar0, print_group_list, step,
-    wait_vector,
+    call, device_name, find_ownable_edu, group_list, map_dma_buffer, map_edu_bar0,
+    print_group_list, step, wait_vector,
 };
 use sluice_guest::{Checks, Errno, GuestStartInfo, dma, interrupts, println, x86};
 
@@ -151,17 +150,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     // ---- 4. Map memory for DMA ----
     println!("\n[4] MAP_DMA: let the edu reach one buffer of ours, at an IOVA we choose");
     let buf = step(c, "map-dma", || {
-        let b = dma::alloc(BUFFER_SIZE as usize, BUFFER_SIZE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB buffer in the heap")?;
-        call(
-            "MAP_DMA",
-            container.map_dma(
-                b.addr(),
-                IOVA,
-                BUFFER_SIZE,
-                DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            ),
-        )?;
+        let b = map_dma_buffer(&container, IOVA, BUFFER_SIZE)?;
         println!(
             "  IOVA {IOVA:#x}..{:#x} -> guest-physical {:#x}, read+write: both 2 MiB aligned, so one 2 MiB superpage entry where the unit has them",
             IOVA + BUFFER_SIZE,

@@ -26,20 +26,18 @@
 extern crate alloc;
 
 use alloc::format;
-use alloc::string::String;
 use alloc::vec;
 use core::sync::atomic::{Ordering, fence};
 
 use sluice_guest::abi::vfio::{
-    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INFO_AUTOMASKED,
-    IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE,
+    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE,
 };
 use sluice_guest::client::vfio::Group;
 use sluice_guest::console::Console;
 use sluice_guest::edu::{self, Edu};
 use sluice_guest::passthrough::{
-    call, device_name, find_ownable_edu, group_list, map_edu_bar0, step, type1v2_container,
-    wait_vector,
+    call, device_name, find_ownable_edu, group_list, map_dma_buffer, map_edu_bar0, quiet, step,
+    type1v2_container, wait_exactly,
 };
 use sluice_guest::{Checks, Errno, GuestStartInfo, dma, interrupts, println, x86};
 
@@ -54,8 +52,6 @@ const BUFFER_SIZE: u64 = 2 << 20;
 const BAR0_GPA: u64 = 0xD000_0000;
 const XFER: u64 = 256;
 const DST_OFF: u64 = 0x1000;
-/// Spins while interrupts that must not arrive are given a chance to.
-const QUIET_SPINS: u64 = 200_000;
 
 fn on_vector() {}
 
@@ -70,37 +66,6 @@ fn guest_main(_info: &GuestStartInfo) -> i32 {
     }
     interrupts::disable();
     c.finish()
-}
-
-/// Give interrupts that must not come a chance to (spins with interrupts on, and
-/// hypercalls: every exit lets the hypervisor deliver); fail if `vector`'s count moved.
-fn quiet(vector: u8, what: &str) -> Result<(), String> {
-    let before = interrupts::count(vector);
-    interrupts::enable();
-    for _ in 0..QUIET_SPINS {
-        core::hint::spin_loop();
-    }
-    for _ in 0..100 {
-        let _ = sluice_guest::client::null();
-    }
-    interrupts::disable();
-    let after = interrupts::count(vector);
-    if after != before {
-        return Err(format!("{what}: {} interrupts arrived", after - before));
-    }
-    Ok(())
-}
-
-/// Wait until `vector` has been delivered `n` times in all, and not more: an extra
-/// delivery would otherwise hide in a later wait.
-fn wait_exactly(vector: u8, n: u64) -> Result<(), String> {
-    wait_vector(vector, n)?;
-    match interrupts::count(vector) {
-        c if c == n => Ok(()),
-        c => Err(format!(
-            "vector {vector:#x} delivered {c} times, expected {n}"
-        )),
-    }
 }
 
 /// The edu's interrupt status, without acknowledging it.
@@ -119,17 +84,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
     let container = step(c, "container", || type1v2_container(&group))?;
     let buf = step(c, "map-dma", || {
-        let b = dma::alloc(BUFFER_SIZE as usize, BUFFER_SIZE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB buffer in the heap")?;
-        call(
-            "MAP_DMA",
-            container.map_dma(
-                b.addr(),
-                IOVA,
-                BUFFER_SIZE,
-                DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            ),
-        )?;
+        let b = map_dma_buffer(&container, IOVA, BUFFER_SIZE)?;
         Ok(b)
     })?;
     let name = device_name(&entry);

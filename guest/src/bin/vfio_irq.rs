@@ -24,15 +24,13 @@ use alloc::format;
 use alloc::vec;
 use core::sync::atomic::{Ordering, fence};
 
-use sluice_guest::abi::vfio::{
-    DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, IRQ_INDEX_MSI, IRQ_INFO_EVENTFD,
-};
+use sluice_guest::abi::vfio::{IRQ_INDEX_MSI, IRQ_INFO_EVENTFD};
 use sluice_guest::client::vfio::Group;
 use sluice_guest::console::Console;
 use sluice_guest::edu;
 use sluice_guest::passthrough::{
-    call, device_name, find_ownable_edu, group_list, map_edu_bar0, step, type1v2_container,
-    wait_vector,
+    call, device_name, find_ownable_edu, group_list, map_dma_buffer, map_edu_bar0, step,
+    type1v2_container, wait_vector,
 };
 use sluice_guest::{Checks, Errno, GuestStartInfo, dma, interrupts, println, x86};
 
@@ -73,17 +71,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
     let container = step(c, "container", || type1v2_container(&group))?;
     let buf = step(c, "map-dma", || {
-        let b = dma::alloc(BUFFER_SIZE as usize, BUFFER_SIZE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB buffer in the heap")?;
-        call(
-            "MAP_DMA",
-            container.map_dma(
-                b.addr(),
-                IOVA,
-                BUFFER_SIZE,
-                DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            ),
-        )?;
+        let b = map_dma_buffer(&container, IOVA, BUFFER_SIZE)?;
         Ok(b)
     })?;
     let name = device_name(&entry);

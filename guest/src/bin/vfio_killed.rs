@@ -25,12 +25,12 @@ extern crate alloc;
 use alloc::format;
 use alloc::vec;
 
-use sluice_guest::abi::vfio::{DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
 use sluice_guest::client::vfio::Group;
 use sluice_guest::console::Console;
 use sluice_guest::dma;
 use sluice_guest::passthrough::{
-    call, device_name, find_ownable_edu, group_list, map_edu_bar0, step, type1v2_container,
+    call, device_name, find_ownable_edu, group_list, map_dma_buffer, map_edu_bar0, step,
+    type1v2_container,
 };
 use sluice_guest::{Checks, GuestStartInfo, println, x86};
 
@@ -103,17 +103,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     let buf = step(c, "map-dma", || {
-        let b = dma::alloc(BUFFER_SIZE as usize, BUFFER_SIZE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB buffer in the heap")?;
-        call(
-            "MAP_DMA",
-            container.map_dma(
-                b.addr(),
-                IOVA,
-                BUFFER_SIZE,
-                DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            ),
-        )?;
+        let b = map_dma_buffer(&container, IOVA, BUFFER_SIZE)?;
         println!(
             "MAP_DMA: IOVA {IOVA:#x}..{:#x} -> guest-physical {:#x}, read+write",
             IOVA + BUFFER_SIZE,

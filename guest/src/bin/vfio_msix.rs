@@ -29,15 +29,16 @@ use alloc::format;
 use alloc::string::String;
 
 use sluice_guest::abi::vfio::{
-    self as abi_vfio, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, GROUP_LIST_OWNABLE, IRQ_INDEX_INTX,
-    IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE,
-    REGION_INFO_FLAG_MMAP,
+    self as abi_vfio, GROUP_LIST_OWNABLE, IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX,
+    IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, REGION_INFO_FLAG_MMAP,
 };
 use sluice_guest::client::vfio::{Device, Group};
 use sluice_guest::console::Console;
-use sluice_guest::dma::{self, DmaBuffer};
+use sluice_guest::dma::DmaBuffer;
+use sluice_guest::nvme;
 use sluice_guest::passthrough::{
-    call, cfg_read, device_name, find_capability, group_list, step, type1v2_container, wait_vector,
+    call, cfg_read, device_name, find_capability, group_list, map_dma_buffer, quiet, step,
+    type1v2_container, wait_exactly,
 };
 use sluice_guest::{Checks, Errno, GuestStartInfo, interrupts, paging, println};
 
@@ -45,31 +46,12 @@ sluice_guest::entry!(guest_main);
 
 /// The guest's vector for MSI-X subindex 0.
 const VECTOR: u8 = 0x70;
-const NVME_VENDOR: u16 = 0x1b36;
-const NVME_DEVICE: u16 = 0x0010;
 const IOVA: u64 = 0x20_0000;
 const BUFFER_SIZE: u64 = 2 << 20;
 /// Offsets in the buffer: admin submission and completion queues, identify data.
 const ASQ_OFF: u64 = 0;
 const ACQ_OFF: u64 = 0x1000;
 const IDENTIFY_OFF: u64 = 0x2000;
-const BAR0_GPA: u64 = 0xD000_0000;
-const NVME_CAP: u64 = 0x00;
-const NVME_CC: u64 = 0x14;
-const NVME_CSTS: u64 = 0x1C;
-const NVME_AQA: u64 = 0x24;
-const NVME_ASQ: u64 = 0x28;
-const NVME_ACQ: u64 = 0x30;
-const NVME_DOORBELLS: u64 = 0x1000;
-/// Admin queue entries (each queue): slots 0 and 1, the phase flips on the wrap.
-const QUEUE_ENTRIES: u32 = 2;
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
-const RDY_POLLS: u32 = 100_000;
-const OPC_IDENTIFY: u8 = 0x06;
-const CNS_CONTROLLER: u32 = 1;
-/// Spins while an interrupt that must not arrive is given a chance to (as vfio-intx:
-/// small enough for the guest's quantum budget).
-const QUIET_SPINS: u64 = 200_000;
 /// The MSI-X capability's id.
 const CAP_MSIX: u8 = 0x11;
 
@@ -87,55 +69,13 @@ fn guest_main(_info: &GuestStartInfo) -> i32 {
     c.finish()
 }
 
-fn reg_read(offset: u64) -> u32 {
-    // SAFETY: BAR0 is mapped uncached at BAR0_GPA (hypervisor and our tables) while the
-    // device is open; offsets are inside it (controller registers, the MSI-X table).
-    unsafe { core::ptr::read_volatile((BAR0_GPA + offset) as *const u32) }
-}
-
-fn reg_write(offset: u64, value: u32) {
-    // SAFETY: as in `reg_read`.
-    unsafe { core::ptr::write_volatile((BAR0_GPA + offset) as *mut u32, value) }
-}
-
-/// Give an interrupt that must not come a chance to (spins with interrupts on, and
-/// hypercalls: every exit lets the hypervisor deliver); fail if `VECTOR` arrived.
-fn quiet(what: &str) -> Result<(), String> {
-    let before = interrupts::count(VECTOR);
-    interrupts::enable();
-    for _ in 0..QUIET_SPINS {
-        core::hint::spin_loop();
-    }
-    for _ in 0..100 {
-        let _ = sluice_guest::client::null();
-    }
-    interrupts::disable();
-    match interrupts::count(VECTOR) - before {
-        0 => Ok(()),
-        n => Err(format!("{what}: {n} interrupts arrived")),
-    }
-}
-
-/// Wait until `VECTOR` has been delivered `n` times in all, and not more.
-fn wait_exactly(n: u64) -> Result<(), String> {
-    wait_vector(VECTOR, n)?;
-    match interrupts::count(VECTOR) {
-        c if c == n => Ok(()),
-        c => Err(format!(
-            "vector {VECTOR:#x} delivered {c} times, expected {n}"
-        )),
-    }
-}
-
 /// The 64-byte IDENTIFY (controller) command with id `cid` in submission slot `slot`,
 /// its data to IOVA + IDENTIFY_OFF.
 fn put_identify(buf: &DmaBuffer, slot: u64, cid: u16) {
-    let mut cmd = [0u8; 64];
-    cmd[0] = OPC_IDENTIFY;
-    cmd[2..4].copy_from_slice(&cid.to_le_bytes());
-    cmd[24..32].copy_from_slice(&(IOVA + IDENTIFY_OFF).to_le_bytes());
-    cmd[40..44].copy_from_slice(&CNS_CONTROLLER.to_le_bytes());
-    buf.write((ASQ_OFF + slot * 64) as usize, &cmd);
+    buf.write(
+        (ASQ_OFF + slot * 64) as usize,
+        &nvme::identify_command(cid, IOVA + IDENTIFY_OFF),
+    );
 }
 
 /// The completion entry in `slot`: `(command id, status word)` once its phase tag is
@@ -152,7 +92,7 @@ fn completion(buf: &DmaBuffer, slot: u64, phase: u16) -> Result<(u16, u16), Stri
     }
     Err(format!(
         "no completion in slot {slot} (CSTS {:#x})",
-        reg_read(NVME_CSTS)
+        nvme::reg_read(nvme::CSTS)
     ))
 }
 
@@ -165,7 +105,7 @@ fn check_identify(buf: &DmaBuffer, slot: u64, phase: u16, cid: u16) -> Result<()
     let mut head = [0u8; 24];
     buf.read(IDENTIFY_OFF as usize, &mut head);
     let vid = u16::from_le_bytes([head[0], head[1]]);
-    if vid != NVME_VENDOR {
+    if vid != nvme::VENDOR {
         return Err(format!("IDENTIFY data names vendor {vid:#06x}"));
     }
     let serial = String::from_utf8_lossy(&head[4..24]);
@@ -192,9 +132,9 @@ fn msix_table(device: &Device) -> Result<(u64, u32), String> {
 fn entry(table: u64, i: u64) -> (u64, u32, u32) {
     let at = table + 16 * i;
     (
-        u64::from(reg_read(at)) | u64::from(reg_read(at + 4)) << 32,
-        reg_read(at + 8),
-        reg_read(at + 12),
+        u64::from(nvme::reg_read(at)) | u64::from(nvme::reg_read(at + 4)) << 32,
+        nvme::reg_read(at + 8),
+        nvme::reg_read(at + 12),
     )
 }
 
@@ -210,30 +150,23 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         group_list()?
             .iter()
             .find(|e| {
-                e.vendor_id == NVME_VENDOR
-                    && e.device_id == NVME_DEVICE
+                e.vendor_id == nvme::VENDOR
+                    && e.device_id == nvme::DEVICE
                     && e.group_flags & GROUP_LIST_OWNABLE != 0
             })
             .copied()
-            .ok_or(format!("no ownable {NVME_VENDOR:04x}:{NVME_DEVICE:04x}"))
+            .ok_or(format!(
+                "no ownable {:04x}:{:04x}",
+                nvme::VENDOR,
+                nvme::DEVICE
+            ))
     })?;
     let group = step(c, "group-open", || {
         call("GROUP_OPEN", Group::open(entry0.group_id))
     })?;
     let container = step(c, "container", || type1v2_container(&group))?;
     let buf = step(c, "map-dma", || {
-        let b = dma::alloc(BUFFER_SIZE as usize, BUFFER_SIZE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB buffer in the heap")?;
-        b.fill(0);
-        call(
-            "MAP_DMA",
-            container.map_dma(
-                b.addr(),
-                IOVA,
-                BUFFER_SIZE,
-                DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            ),
-        )?;
+        let b = map_dma_buffer(&container, IOVA, BUFFER_SIZE)?;
         Ok(b)
     })?;
     step(c, "bind-vm", || call("GROUP_BIND_VM", group.bind_vm()))?;
@@ -251,13 +184,13 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
         call(
             "DEVICE_MAP_REGION",
-            device.map_region(abi_vfio::REGION_BAR0, 0, r.size, BAR0_GPA),
+            device.map_region(abi_vfio::REGION_BAR0, 0, r.size, nvme::BAR0_GPA),
         )?;
-        paging::map_mmio(BAR0_GPA, r.size).map_err(|e| format!("map_mmio: {e}"))?;
-        println!("BAR0: {:#x} bytes at {BAR0_GPA:#x}", r.size);
-        Ok(4u64 << (reg_read(NVME_CAP + 4) & 0xF))
+        paging::map_mmio(nvme::BAR0_GPA, r.size).map_err(|e| format!("map_mmio: {e}"))?;
+        println!("BAR0: {:#x} bytes at {:#x}", r.size, nvme::BAR0_GPA);
+        Ok(4u64 << (nvme::reg_read(nvme::CAP + 4) & 0xF))
     })?;
-    let (sq0_tail, cq0_head) = (NVME_DOORBELLS, NVME_DOORBELLS + stride);
+    let (sq0_tail, cq0_head) = (nvme::DOORBELLS, nvme::DOORBELLS + stride);
 
     let table = step(c, "msix-bind", || {
         let info = call("DEVICE_GET_IRQ_INFO(MSIX)", device.irq_info(IRQ_INDEX_MSIX))?;
@@ -310,32 +243,41 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     step(c, "nvme-enable", || {
-        let (cc, csts) = (reg_read(NVME_CC), reg_read(NVME_CSTS));
+        let (cc, csts) = (nvme::reg_read(nvme::CC), nvme::reg_read(nvme::CSTS));
         if cc & 1 != 0 || csts & 1 != 0 {
-            reg_write(NVME_CC, cc & !1);
-            if !(0..RDY_POLLS).any(|_| reg_read(NVME_CSTS) & 1 == 0) {
-                return Err(format!("CSTS {:#x} after CC.EN = 0", reg_read(NVME_CSTS)));
+            nvme::reg_write(nvme::CC, cc & !1);
+            if !(0..nvme::RDY_POLLS).any(|_| nvme::reg_read(nvme::CSTS) & 1 == 0) {
+                return Err(format!(
+                    "CSTS {:#x} after CC.EN = 0",
+                    nvme::reg_read(nvme::CSTS)
+                ));
             }
         }
-        reg_write(NVME_AQA, (QUEUE_ENTRIES - 1) << 16 | (QUEUE_ENTRIES - 1));
-        reg_write(NVME_ASQ, (IOVA + ASQ_OFF) as u32);
-        reg_write(NVME_ASQ + 4, 0);
-        reg_write(NVME_ACQ, (IOVA + ACQ_OFF) as u32);
-        reg_write(NVME_ACQ + 4, 0);
-        reg_write(NVME_CC, CC_ENABLE);
-        if (0..RDY_POLLS).any(|_| reg_read(NVME_CSTS) & 1 == 1) {
+        nvme::reg_write(
+            nvme::AQA,
+            (nvme::QUEUE_ENTRIES - 1) << 16 | (nvme::QUEUE_ENTRIES - 1),
+        );
+        nvme::reg_write(nvme::ASQ, (IOVA + ASQ_OFF) as u32);
+        nvme::reg_write(nvme::ASQ + 4, 0);
+        nvme::reg_write(nvme::ACQ, (IOVA + ACQ_OFF) as u32);
+        nvme::reg_write(nvme::ACQ + 4, 0);
+        nvme::reg_write(nvme::CC, nvme::CC_ENABLE);
+        if (0..nvme::RDY_POLLS).any(|_| nvme::reg_read(nvme::CSTS) & 1 == 1) {
             Ok(())
         } else {
-            Err(format!("CSTS {:#x}: never ready", reg_read(NVME_CSTS)))
+            Err(format!(
+                "CSTS {:#x}: never ready",
+                nvme::reg_read(nvme::CSTS)
+            ))
         }
     })?;
 
     step(c, "identify-interrupt", || {
         put_identify(&buf, 0, 1);
-        reg_write(sq0_tail, 1);
-        wait_exactly(1)?;
+        nvme::reg_write(sq0_tail, 1);
+        wait_exactly(VECTOR, 1)?;
         check_identify(&buf, 0, 1, 1)?;
-        reg_write(cq0_head, 1);
+        nvme::reg_write(cq0_head, 1);
         println!("MSI-X vector 0 delivered as {VECTOR:#x} exactly once");
         Ok(())
     })?;
@@ -349,17 +291,17 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             return Err("entry 0's mask bit is clear after ACTION_MASK".into());
         }
         put_identify(&buf, 1, 2);
-        reg_write(sq0_tail, 0);
+        nvme::reg_write(sq0_tail, 0);
         completion(&buf, 1, 1)?;
-        quiet("masked")?;
+        quiet(VECTOR, "masked")?;
         check_identify(&buf, 1, 1, 2)?;
         call(
             "DEVICE_SET_IRQS(MSIX, UNMASK 0)",
             device.unmask_irq(IRQ_INDEX_MSIX, 0, 1),
         )?;
-        wait_exactly(2)?;
-        quiet("after the held interrupt")?;
-        reg_write(cq0_head, 0);
+        wait_exactly(VECTOR, 2)?;
+        quiet(VECTOR, "after the held interrupt")?;
+        nvme::reg_write(cq0_head, 0);
         println!("masked: the completion's interrupt held; unmasked: delivered once (count 2)");
         Ok(())
     })?;
@@ -369,7 +311,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             "DEVICE_SET_IRQS(MSIX, TRIGGER 0)",
             device.trigger_irq(IRQ_INDEX_MSIX, 0, 1),
         )?;
-        wait_exactly(3)?;
+        wait_exactly(VECTOR, 3)?;
         println!("loopback: delivered (count 3)");
         Ok(())
     })?;
@@ -386,11 +328,11 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
         // Third IDENTIFY: slot 0 again, phase 0 after the wrap.
         put_identify(&buf, 0, 3);
-        reg_write(sq0_tail, 1);
+        nvme::reg_write(sq0_tail, 1);
         completion(&buf, 0, 0)?;
-        quiet("MSI-X disabled")?;
+        quiet(VECTOR, "MSI-X disabled")?;
         check_identify(&buf, 0, 0, 3)?;
-        reg_write(cq0_head, 1);
+        nvme::reg_write(cq0_head, 1);
         expect_einval("mask while off", device.mask_irq(IRQ_INDEX_MSIX, 0, 1))?;
         expect_einval(
             "loopback while off",
@@ -402,7 +344,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     })?;
 
     step(c, "teardown", || {
-        reg_write(NVME_CC, reg_read(NVME_CC) & !1);
+        nvme::reg_write(nvme::CC, nvme::reg_read(nvme::CC) & !1);
         call("DEVICE close", device.close())?;
         call("UNMAP_DMA", container.unmap_dma(IOVA, BUFFER_SIZE))?;
         call("GROUP_UNBIND_VM", group.unbind_vm())?;

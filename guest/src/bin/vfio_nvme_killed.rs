@@ -27,20 +27,18 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::String;
 
-use sluice_guest::abi::vfio::{
-    self as abi_vfio, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, GROUP_LIST_OWNABLE,
-    REGION_INFO_FLAG_MMAP,
-};
+use sluice_guest::abi::vfio::{self as abi_vfio, GROUP_LIST_OWNABLE, REGION_INFO_FLAG_MMAP};
 use sluice_guest::client::vfio::Group;
 use sluice_guest::console::Console;
-use sluice_guest::dma::{self, DmaBuffer};
-use sluice_guest::passthrough::{call, device_name, group_list, step, type1v2_container};
+use sluice_guest::dma::DmaBuffer;
+use sluice_guest::nvme;
+use sluice_guest::passthrough::{
+    call, device_name, group_list, map_dma_buffer, step, type1v2_container,
+};
 use sluice_guest::{Checks, GuestStartInfo, paging, println, x86};
 
 sluice_guest::entry!(guest_main);
 
-const NVME_VENDOR: u16 = 0x1b36;
-const NVME_DEVICE: u16 = 0x0010;
 /// Where the buffer is mapped for the device, and its size.
 const IOVA: u64 = 0x20_0000;
 const BUFFER_SIZE: u64 = 2 << 20;
@@ -50,26 +48,7 @@ const ASQ_OFF: u64 = 0;
 const ACQ_OFF: u64 = 0x1000;
 const IDENTIFY_OFF: u64 = 0x2000;
 const IN_FLIGHT_OFF: u64 = 0x3000;
-/// Where BAR0 goes in guest-physical space.
-const BAR0_GPA: u64 = 0xD000_0000;
-/// NVMe controller registers.
-const NVME_CAP: u64 = 0x00;
-const NVME_VS: u64 = 0x08;
-const NVME_CC: u64 = 0x14;
-const NVME_CSTS: u64 = 0x1C;
-const NVME_AQA: u64 = 0x24;
-const NVME_ASQ: u64 = 0x28;
-const NVME_ACQ: u64 = 0x30;
-const NVME_DOORBELLS: u64 = 0x1000;
-/// Admin queue entries (each queue); AQA holds them minus one.
-const QUEUE_ENTRIES: u32 = 2;
-/// CC: EN, IOSQES = 6 (64-byte entries), IOCQES = 4 (16-byte entries).
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
-const RDY_POLLS: u32 = 100_000;
 const COMPLETION_POLLS: u32 = 1_000_000;
-/// Admin opcode IDENTIFY, CNS 1 (the controller).
-const OPC_IDENTIFY: u8 = 0x06;
-const CNS_CONTROLLER: u32 = 1;
 /// The port the hypervisor forbids (POST codes, as `bad-port`).
 const FORBIDDEN_PORT: u16 = 0x80;
 /// Exit status if the port write returns.
@@ -94,27 +73,13 @@ fn guest_main(_info: &GuestStartInfo) -> i32 {
     }
 }
 
-fn reg_read(offset: u64) -> u32 {
-    // SAFETY: BAR0 is mapped uncached at BAR0_GPA (hypervisor and our tables) while the
-    // device is open; offsets are controller registers inside it.
-    unsafe { core::ptr::read_volatile((BAR0_GPA + offset) as *const u32) }
-}
-
-fn reg_write(offset: u64, value: u32) {
-    // SAFETY: as in `reg_read`.
-    unsafe { core::ptr::write_volatile((BAR0_GPA + offset) as *mut u32, value) }
-}
-
 /// Writes the 64-byte IDENTIFY (controller) command with id `cid` into submission slot
 /// `slot`, its data to go to IOVA `data`.
 fn put_identify(buf: &DmaBuffer, slot: u64, cid: u16, data: u64) {
-    let mut cmd = [0u8; 64];
-    cmd[0] = OPC_IDENTIFY;
-    cmd[2..4].copy_from_slice(&cid.to_le_bytes());
-    // PRP1 (the 4 KiB data buffer, page aligned: no PRP2 needed).
-    cmd[24..32].copy_from_slice(&data.to_le_bytes());
-    cmd[40..44].copy_from_slice(&CNS_CONTROLLER.to_le_bytes());
-    buf.write((ASQ_OFF + slot * 64) as usize, &cmd);
+    buf.write(
+        (ASQ_OFF + slot * 64) as usize,
+        &nvme::identify_command(cid, data),
+    );
 }
 
 fn run(c: &mut Checks<Console>) -> Option<()> {
@@ -122,13 +87,15 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         let e = group_list()?
             .iter()
             .find(|e| {
-                e.vendor_id == NVME_VENDOR
-                    && e.device_id == NVME_DEVICE
+                e.vendor_id == nvme::VENDOR
+                    && e.device_id == nvme::DEVICE
                     && e.group_flags & GROUP_LIST_OWNABLE != 0
             })
             .copied()
             .ok_or(format!(
-                "no {NVME_VENDOR:04x}:{NVME_DEVICE:04x} in a group this guest may own"
+                "no {:04x}:{:04x} in a group this guest may own",
+                nvme::VENDOR,
+                nvme::DEVICE
             ))?;
         println!(
             "NVMe {} is in group {}, which this guest may own",
@@ -146,18 +113,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     let container = step(c, "container", || type1v2_container(&group))?;
 
     let buf = step(c, "map-dma", || {
-        let b = dma::alloc(BUFFER_SIZE as usize, BUFFER_SIZE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB buffer in the heap")?;
-        b.fill(0);
-        call(
-            "MAP_DMA",
-            container.map_dma(
-                b.addr(),
-                IOVA,
-                BUFFER_SIZE,
-                DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE,
-            ),
-        )?;
+        let b = map_dma_buffer(&container, IOVA, BUFFER_SIZE)?;
         println!(
             "MAP_DMA: IOVA {IOVA:#x}..{:#x} -> guest-physical {:#x}, read+write",
             IOVA + BUFFER_SIZE,
@@ -184,14 +140,15 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
         call(
             "DEVICE_MAP_REGION",
-            device.map_region(abi_vfio::REGION_BAR0, 0, r.size, BAR0_GPA),
+            device.map_region(abi_vfio::REGION_BAR0, 0, r.size, nvme::BAR0_GPA),
         )?;
-        paging::map_mmio(BAR0_GPA, r.size).map_err(|e| format!("map_mmio: {e}"))?;
-        let vs = reg_read(NVME_VS);
-        let cap_hi = reg_read(NVME_CAP + 4);
+        paging::map_mmio(nvme::BAR0_GPA, r.size).map_err(|e| format!("map_mmio: {e}"))?;
+        let vs = nvme::reg_read(nvme::VS);
+        let cap_hi = nvme::reg_read(nvme::CAP + 4);
         println!(
-            "BAR0 {:#x} bytes at {BAR0_GPA:#x}: NVMe version {vs:#x}, CAP.DSTRD {}",
+            "BAR0 {:#x} bytes at {:#x}: NVMe version {vs:#x}, CAP.DSTRD {}",
             r.size,
+            nvme::BAR0_GPA,
             cap_hi & 0xF
         );
         if vs == 0 || vs == u32::MAX {
@@ -199,51 +156,54 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         }
         Ok(4u64 << (cap_hi & 0xF))
     })?;
-    let sq0_tail = NVME_DOORBELLS;
-    let cq0_head = NVME_DOORBELLS + doorbell_stride;
+    let sq0_tail = nvme::DOORBELLS;
+    let cq0_head = nvme::DOORBELLS + doorbell_stride;
 
     step(c, "nvme-enable", || {
         // Firmware (SeaBIOS's NVMe driver) may have left it enabled: disable it first,
         // as a driver does, and wait for CSTS.RDY = 0.
-        let (cc, csts) = (reg_read(NVME_CC), reg_read(NVME_CSTS));
+        let (cc, csts) = (nvme::reg_read(nvme::CC), nvme::reg_read(nvme::CSTS));
         if cc & 1 != 0 || csts & 1 != 0 {
-            reg_write(NVME_CC, cc & !1);
-            let idle = (0..RDY_POLLS).any(|_| reg_read(NVME_CSTS) & 1 == 0);
+            nvme::reg_write(nvme::CC, cc & !1);
+            let idle = (0..nvme::RDY_POLLS).any(|_| nvme::reg_read(nvme::CSTS) & 1 == 0);
             println!(
                 "found enabled (CC {cc:#x}, CSTS {csts:#x}): CC.EN = 0 -> CSTS {:#x}",
-                reg_read(NVME_CSTS)
+                nvme::reg_read(nvme::CSTS)
             );
             if !idle {
                 return Err(format!(
                     "CSTS {:#x}: still ready after CC.EN = 0",
-                    reg_read(NVME_CSTS)
+                    nvme::reg_read(nvme::CSTS)
                 ));
             }
         }
-        let aqa = (QUEUE_ENTRIES - 1) << 16 | (QUEUE_ENTRIES - 1);
-        reg_write(NVME_AQA, aqa);
-        reg_write(NVME_ASQ, (IOVA + ASQ_OFF) as u32);
-        reg_write(NVME_ASQ + 4, ((IOVA + ASQ_OFF) >> 32) as u32);
-        reg_write(NVME_ACQ, (IOVA + ACQ_OFF) as u32);
-        reg_write(NVME_ACQ + 4, ((IOVA + ACQ_OFF) >> 32) as u32);
-        reg_write(NVME_CC, CC_ENABLE);
-        for poll in 0..RDY_POLLS {
-            if reg_read(NVME_CSTS) & 1 == 1 {
+        let aqa = (nvme::QUEUE_ENTRIES - 1) << 16 | (nvme::QUEUE_ENTRIES - 1);
+        nvme::reg_write(nvme::AQA, aqa);
+        nvme::reg_write(nvme::ASQ, (IOVA + ASQ_OFF) as u32);
+        nvme::reg_write(nvme::ASQ + 4, ((IOVA + ASQ_OFF) >> 32) as u32);
+        nvme::reg_write(nvme::ACQ, (IOVA + ACQ_OFF) as u32);
+        nvme::reg_write(nvme::ACQ + 4, ((IOVA + ACQ_OFF) >> 32) as u32);
+        nvme::reg_write(nvme::CC, nvme::CC_ENABLE);
+        for poll in 0..nvme::RDY_POLLS {
+            if nvme::reg_read(nvme::CSTS) & 1 == 1 {
                 println!(
                     "AQA {aqa:#x}, ASQ IOVA {:#x}, ACQ IOVA {:#x}; CC {:#x}: CSTS.RDY = 1 after {poll} polls",
                     IOVA + ASQ_OFF,
                     IOVA + ACQ_OFF,
-                    reg_read(NVME_CC)
+                    nvme::reg_read(nvme::CC)
                 );
                 return Ok(());
             }
         }
-        Err(format!("CSTS {:#x}: never ready", reg_read(NVME_CSTS)))
+        Err(format!(
+            "CSTS {:#x}: never ready",
+            nvme::reg_read(nvme::CSTS)
+        ))
     })?;
 
     step(c, "identify", || {
         put_identify(&buf, 0, 1, IOVA + IDENTIFY_OFF);
-        reg_write(sq0_tail, 1);
+        nvme::reg_write(sq0_tail, 1);
         let mut cqe = [0u8; 16];
         for _ in 0..COMPLETION_POLLS {
             buf.read(ACQ_OFF as usize, &mut cqe);
@@ -259,13 +219,13 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             return Err(format!(
                 "no completion posted at IOVA {:#x} (CSTS {:#x})",
                 IOVA + ACQ_OFF,
-                reg_read(NVME_CSTS)
+                nvme::reg_read(nvme::CSTS)
             ));
         }
         if status >> 1 != 0 || cid != 1 {
             return Err(format!("completion: command id {cid}, status {status:#x}"));
         }
-        reg_write(cq0_head, 1);
+        nvme::reg_write(cq0_head, 1);
         let mut head = [0u8; 24];
         buf.read(IDENTIFY_OFF as usize, &mut head);
         let vid = u16::from_le_bytes([head[0], head[1]]);
@@ -275,7 +235,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
             IOVA + IDENTIFY_OFF,
             serial.trim_end()
         );
-        if vid != NVME_VENDOR {
+        if vid != nvme::VENDOR {
             return Err(format!("IDENTIFY data names vendor {vid:#06x}"));
         }
         Ok(())
@@ -283,12 +243,12 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
 
     step(c, "identify-in-flight", || {
         put_identify(&buf, 1, 2, IOVA + IN_FLIGHT_OFF);
-        reg_write(sq0_tail, 0);
-        let csts = reg_read(NVME_CSTS);
+        nvme::reg_write(sq0_tail, 0);
+        let csts = nvme::reg_read(nvme::CSTS);
         println!(
             "IDENTIFY (id 2) to IOVA {:#x} submitted, not waited for; CC {:#x} CSTS {csts:#x}",
             IOVA + IN_FLIGHT_OFF,
-            reg_read(NVME_CC)
+            nvme::reg_read(nvme::CC)
         );
         if csts & 1 == 0 {
             return Err(format!("CSTS {csts:#x}: the controller is not ready"));

@@ -26,6 +26,7 @@ use sluice_guest::abi::vfio::{
 };
 use sluice_guest::client::vfio::{Device, Group};
 use sluice_guest::console::Console;
+use sluice_guest::nvme;
 use sluice_guest::passthrough::{
     call, cfg_read, cfg_write, device_name, find_capability, group_list, step, type1v2_container,
 };
@@ -33,21 +34,8 @@ use sluice_guest::{Checks, Errno, GuestStartInfo, paging, println};
 
 sluice_guest::entry!(guest_main);
 
-const NVME_VENDOR: u16 = 0x1b36;
-const NVME_DEVICE: u16 = 0x0010;
 const EDU_VENDOR: u16 = 0x1234;
 const EDU_DEVICE: u16 = 0x11e8;
-const BAR0_GPA: u64 = 0xD000_0000;
-/// NVMe controller registers.
-const NVME_VS: u64 = 0x08;
-const NVME_CC: u64 = 0x14;
-const NVME_CSTS: u64 = 0x1C;
-const NVME_AQA: u64 = 0x24;
-const NVME_ASQ: u64 = 0x28;
-const NVME_ACQ: u64 = 0x30;
-/// CC: EN, IOSQES = 6 (64-byte entries), IOCQES = 4 (16-byte entries).
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
-const RDY_POLLS: u32 = 100_000;
 
 fn guest_main(_info: &GuestStartInfo) -> i32 {
     println!(
@@ -58,17 +46,6 @@ fn guest_main(_info: &GuestStartInfo) -> i32 {
         println!("vfio-reset: stopped at the first failure (later steps depend on it)");
     }
     c.finish()
-}
-
-fn reg_read(offset: u64) -> u32 {
-    // SAFETY: BAR0 is mapped uncached at BAR0_GPA (hypervisor and our tables) while the
-    // device is open; offsets are controller registers inside it.
-    unsafe { core::ptr::read_volatile((BAR0_GPA + offset) as *const u32) }
-}
-
-fn reg_write(offset: u64, value: u32) {
-    // SAFETY: as in `reg_read`.
-    unsafe { core::ptr::write_volatile((BAR0_GPA + offset) as *mut u32, value) }
 }
 
 fn open(
@@ -101,9 +78,9 @@ fn open(
 }
 
 fn run(c: &mut Checks<Console>) -> Option<()> {
-    let (_g, _ct, nvme) = step(c, "nvme-open", || open(NVME_VENDOR, NVME_DEVICE))?;
+    let (_g, _ct, ctrl) = step(c, "nvme-open", || open(nvme::VENDOR, nvme::DEVICE))?;
     step(c, "nvme-reset-flag", || {
-        let info = call("DEVICE_GET_INFO", nvme.info())?;
+        let info = call("DEVICE_GET_INFO", ctrl.info())?;
         println!("DEVICE_GET_INFO flags {:#x}", info.flags);
         if info.flags & DEVICE_FLAGS_RESET == 0 {
             return Err(format!(
@@ -111,8 +88,8 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
                 info.flags
             ));
         }
-        let ids = cfg_read(&nvme, 0, 4)?;
-        if ids != u64::from(NVME_DEVICE) << 16 | u64::from(NVME_VENDOR) {
+        let ids = cfg_read(&ctrl, 0, 4)?;
+        if ids != u64::from(nvme::DEVICE) << 16 | u64::from(nvme::VENDOR) {
             return Err(format!("config ids {ids:#x}"));
         }
         Ok(())
@@ -120,20 +97,21 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
     let bar0 = step(c, "nvme-bar0", || {
         let r = call(
             "DEVICE_GET_REGION_INFO(0)",
-            nvme.region_info(abi_vfio::REGION_BAR0),
+            ctrl.region_info(abi_vfio::REGION_BAR0),
         )?;
         if r.flags & REGION_INFO_FLAG_MMAP == 0 {
             return Err(format!("BAR0 flags {:#x}: not mappable", r.flags));
         }
         call(
             "DEVICE_MAP_REGION",
-            nvme.map_region(abi_vfio::REGION_BAR0, 0, r.size, BAR0_GPA),
+            ctrl.map_region(abi_vfio::REGION_BAR0, 0, r.size, nvme::BAR0_GPA),
         )?;
-        paging::map_mmio(BAR0_GPA, r.size).map_err(|e| format!("map_mmio: {e}"))?;
-        let vs = reg_read(NVME_VS);
+        paging::map_mmio(nvme::BAR0_GPA, r.size).map_err(|e| format!("map_mmio: {e}"))?;
+        let vs = nvme::reg_read(nvme::VS);
         println!(
-            "BAR0 {:#x} bytes at {BAR0_GPA:#x}: NVMe version {vs:#x}",
-            r.size
+            "BAR0 {:#x} bytes at {:#x}: NVMe version {vs:#x}",
+            r.size,
+            nvme::BAR0_GPA
         );
         if vs == 0 || vs == u32::MAX {
             return Err(format!("VS {vs:#x}"));
@@ -141,9 +119,9 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         Ok((r.size, vs))
     })?;
     step(c, "config-bar-virtual", || {
-        let original = cfg_read(&nvme, 0x10, 4)?;
-        cfg_write(&nvme, 0x10, 4, 0xFFFF_FFFF)?;
-        let sized = cfg_read(&nvme, 0x10, 4)?;
+        let original = cfg_read(&ctrl, 0x10, 4)?;
+        cfg_write(&ctrl, 0x10, 4, 0xFFFF_FFFF)?;
+        let sized = cfg_read(&ctrl, 0x10, 4)?;
         let expected = (!(bar0.0 - 1) as u32 & !0xF) as u64 | (original & 0xF);
         println!(
             "BAR0 register {original:#x}; all-ones written: reads {sized:#x} (size {:#x})",
@@ -152,24 +130,25 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         if sized != expected {
             return Err(format!("sizing read {sized:#x}, expected {expected:#x}"));
         }
-        cfg_write(&nvme, 0x10, 4, 0x1234_5000)?;
-        let kept = cfg_read(&nvme, 0x10, 4)?;
-        let vs = reg_read(NVME_VS);
+        cfg_write(&ctrl, 0x10, 4, 0x1234_5000)?;
+        let kept = cfg_read(&ctrl, 0x10, 4)?;
+        let vs = nvme::reg_read(nvme::VS);
         println!(
-            "0x12345000 written: reads {kept:#x}; the controller still answers at {BAR0_GPA:#x} (VS {vs:#x})"
+            "0x12345000 written: reads {kept:#x}; the controller still answers at {:#x} (VS {vs:#x})",
+            nvme::BAR0_GPA
         );
         if vs != bar0.1 {
             return Err(format!(
                 "VS now {vs:#x}: the BAR write reached the hardware"
             ));
         }
-        cfg_write(&nvme, 0x10, 4, original)?;
+        cfg_write(&ctrl, 0x10, 4, original)?;
         Ok(())
     })?;
     step(c, "config-command-filter", || {
-        let before = cfg_read(&nvme, 4, 2)?;
-        cfg_write(&nvme, 4, 2, before ^ 1)?;
-        let after = cfg_read(&nvme, 4, 2)?;
+        let before = cfg_read(&ctrl, 4, 2)?;
+        cfg_write(&ctrl, 4, 2, before ^ 1)?;
+        let after = cfg_read(&ctrl, 4, 2)?;
         println!("COMMAND {before:#x}; I/O space bit toggled in a write: reads {after:#x}");
         if after & 1 != before & 1 || after & 0x6 != 0x6 {
             return Err(format!(
@@ -179,26 +158,33 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
         Ok(())
     })?;
     step(c, "nvme-enable", || {
-        reg_write(NVME_AQA, 0x0001_0001);
-        reg_write(NVME_ASQ, 0x10_0000);
-        reg_write(NVME_ASQ + 4, 0);
-        reg_write(NVME_ACQ, 0x10_1000);
-        reg_write(NVME_ACQ + 4, 0);
-        reg_write(NVME_CC, CC_ENABLE);
-        for poll in 0..RDY_POLLS {
-            if reg_read(NVME_CSTS) & 1 == 1 {
+        nvme::reg_write(nvme::AQA, 0x0001_0001);
+        nvme::reg_write(nvme::ASQ, 0x10_0000);
+        nvme::reg_write(nvme::ASQ + 4, 0);
+        nvme::reg_write(nvme::ACQ, 0x10_1000);
+        nvme::reg_write(nvme::ACQ + 4, 0);
+        nvme::reg_write(nvme::CC, nvme::CC_ENABLE);
+        for poll in 0..nvme::RDY_POLLS {
+            if nvme::reg_read(nvme::CSTS) & 1 == 1 {
                 println!(
                     "CC.EN = 1: CSTS.RDY = 1 after {poll} polls (CSTS {:#x})",
-                    reg_read(NVME_CSTS)
+                    nvme::reg_read(nvme::CSTS)
                 );
                 return Ok(());
             }
         }
-        Err(format!("CSTS {:#x}: never ready", reg_read(NVME_CSTS)))
+        Err(format!(
+            "CSTS {:#x}: never ready",
+            nvme::reg_read(nvme::CSTS)
+        ))
     })?;
     step(c, "nvme-reset", || {
-        call("DEVICE_RESET", nvme.reset())?;
-        let (cc, csts, vs) = (reg_read(NVME_CC), reg_read(NVME_CSTS), reg_read(NVME_VS));
+        call("DEVICE_RESET", ctrl.reset())?;
+        let (cc, csts, vs) = (
+            nvme::reg_read(nvme::CC),
+            nvme::reg_read(nvme::CSTS),
+            nvme::reg_read(nvme::VS),
+        );
         println!("DEVICE_RESET -> 0: CC {cc:#x}, CSTS {csts:#x}, VS {vs:#x}");
         if csts & 1 != 0 || cc & 1 != 0 {
             return Err(format!(
@@ -210,7 +196,7 @@ fn run(c: &mut Checks<Console>) -> Option<()> {
                 "VS {vs:#x}: BAR0 no longer decodes at its address (config not restored)"
             ));
         }
-        let command = cfg_read(&nvme, 4, 2)?;
+        let command = cfg_read(&ctrl, 4, 2)?;
         if command & 0x6 != 0x6 {
             return Err(format!(
                 "COMMAND {command:#x} after the reset: decoding/bus master not restored"

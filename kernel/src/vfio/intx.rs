@@ -187,7 +187,7 @@ impl Vfio {
         address: PciAddress,
         line: IntxLine,
     ) -> Result<(), Errno> {
-        if self.irq.msi.contains_key(&d) {
+        if self.irq_enabled(d) {
             // One interrupt type at a time.
             return Err(Errno::EINVAL);
         }

@@ -571,6 +571,12 @@ impl Vfio {
         Ok(0)
     }
 
+    /// Whether `d` has an interrupt type enabled (INTx, MSI or MSI-X): VFIO enables one
+    /// at a time.
+    pub(super) fn irq_enabled(&self, d: DeviceId) -> bool {
+        self.irq.intx.devices.contains_key(&d) || self.irq.msi.contains_key(&d)
+    }
+
     /// Enable MSI on `d` with `count` subindexes (none bound yet): host vectors, routes,
     /// remapping entries when the IOMMU remaps, the capability programmed. `EINVAL`
     /// without a capability, `ENOSPC` without host vectors or remapping entries, the
@@ -582,7 +588,7 @@ impl Vfio {
         address: PciAddress,
         count: u32,
     ) -> Result<(), Errno> {
-        if self.irq.intx.devices.contains_key(&d) || self.irq.msi.contains_key(&d) {
+        if self.irq_enabled(d) {
             // One interrupt type at a time.
             return Err(Errno::EINVAL);
         }
@@ -722,7 +728,7 @@ impl Vfio {
         address: PciAddress,
         count: u32,
     ) -> Result<(), Errno> {
-        if self.irq.intx.devices.contains_key(&d) || self.irq.msi.contains_key(&d) {
+        if self.irq_enabled(d) {
             // One interrupt type at a time.
             return Err(Errno::EINVAL);
         }

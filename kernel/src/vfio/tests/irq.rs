@@ -84,15 +84,7 @@ fn vectors(v: &[i32]) -> Vec<u8> {
 
 /// Offset of `address`'s MSI capability in the fake.
 fn msi_offset(rig: &Rig, address: PciAddress) -> u16 {
-    let cfg = rig.vfio.config();
-    let mut at = u16::from(cfg.read8(address, reg::CAPABILITY_POINTER));
-    while at != 0 {
-        if cfg.read8(address, at) == cap_id::MSI {
-            return at;
-        }
-        at = u16::from(cfg.read8(address, at + 1));
-    }
-    panic!("no MSI capability");
+    super::cap_offset(rig.vfio.config(), address, cap_id::MSI)
 }
 
 fn msi_control(rig: &Rig, address: PciAddress) -> u16 {

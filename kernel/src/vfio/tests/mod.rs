@@ -85,6 +85,18 @@ fn function(address: PciAddress, unit: u16, bridge: bool, host_owned: bool) -> G
     }
 }
 
+/// Offset of capability `id` of `address` (the test's fakes always have it).
+pub fn cap_offset(cfg: &dyn sluice_pci::ConfigSpace, address: PciAddress, id: u8) -> u16 {
+    let mut at = u16::from(cfg.read8(address, reg::CAPABILITY_POINTER));
+    while at != 0 {
+        if cfg.read8(address, at) == id {
+            return at;
+        }
+        at = u16::from(cfg.read8(address, at + 1));
+    }
+    panic!("{address}: no capability {id:#x}");
+}
+
 /// A fake config space the test keeps a handle on (to play the device's side).
 pub struct Shared(pub Rc<FakeConfigSpace>);
 

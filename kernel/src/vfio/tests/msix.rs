@@ -93,14 +93,7 @@ impl DeviceHw for FakeHw {
 }
 
 fn msix_offset(cfg: &dyn ConfigSpace) -> u16 {
-    let mut at = u16::from(cfg.read8(DEV_NIC, reg::CAPABILITY_POINTER));
-    while at != 0 {
-        if cfg.read8(DEV_NIC, at) == cap_id::MSIX {
-            return at;
-        }
-        at = u16::from(cfg.read8(DEV_NIC, at + 1));
-    }
-    panic!("no MSI-X capability");
+    super::cap_offset(cfg, DEV_NIC, cap_id::MSIX)
 }
 
 fn msix_control_of(cfg: &dyn ConfigSpace) -> u16 {
